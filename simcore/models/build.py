@@ -1,0 +1,160 @@
+"""Scenario -> population and graph -> (model, state, params, schedule). One direction only."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+
+from scenarios.loader import ScenarioError
+from scenarios.schema import MultilayerGraph, Scenario
+
+from ..engine import Intervention, Model, build_schedule, init_key, root_key
+from . import epidemic, seir
+
+
+@dataclass
+class Built:
+    model: Model
+    state: Any
+    params: dict
+    schedule: dict[str, np.ndarray]
+    n_agents: int
+    sample_idx: np.ndarray
+    info: dict = field(default_factory=dict)
+    population: Any = None
+
+
+def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
+    return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
+
+
+def check(scenario: Scenario) -> None:
+    """Semantic checks that need to know the model, without building anything."""
+    names = scheduled_params(scenario)
+    for i, iv in enumerate(scenario.interventions):
+        if iv.param not in names:
+            raise ScenarioError(f"interventions[{i}].param",
+                                f"unknown parameter {iv.param!r} for model {scenario.model.kind!r} "
+                                f"(scheduled: {', '.join(names)})")
+        if iv.start >= scenario.run.steps:
+            raise ScenarioError(f"interventions[{i}].start",
+                                f"must be < run.steps ({scenario.run.steps}), got {iv.start}")
+    if scenario.model.kind == "epidemic" and not isinstance(scenario.graph, MultilayerGraph):
+        raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
+
+
+def concat_rows(*csrs):
+    """Row-wise concatenation of CSRs on the same nodes, without sorting (multi-edges kept)."""
+    from ..graph import CSR
+
+    degs = [np.diff(c.indptr).astype(np.int64) for c in csrs]
+    total = sum(degs)
+    indptr = np.zeros(len(total) + 1, np.int64)
+    np.cumsum(total, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), np.int32)
+    offset = indptr[:-1].copy()
+    for c, d in zip(csrs, degs):
+        rows = np.repeat(np.arange(len(d)), d)
+        within = np.arange(len(c.indices)) - np.repeat(c.indptr[:-1].astype(np.int64), d)
+        indices[offset[rows] + within] = c.indices
+        offset += d
+    dtype = np.int64 if indptr[-1] >= 2**31 else np.int32
+    return CSR(indptr.astype(dtype), indices)
+
+
+def _graph(scenario: Scenario, n: int, seed: int):
+    from .. import graph as g
+
+    spec = scenario.graph
+    if spec.kind == "erdos_renyi":
+        return g.erdos_renyi(n, spec.mean_degree, seed)
+    if spec.kind == "barabasi_albert":
+        return g.barabasi_albert(n, spec.m, seed)
+    if spec.kind == "watts_strogatz":
+        return g.watts_strogatz(n, spec.k, spec.p, seed)
+    raise ScenarioError("graph.kind", f"{spec.kind!r} is not available for model {scenario.model.kind!r}")
+
+
+def contact_layers(population, spec: MultilayerGraph, seed: int) -> dict:
+    from .. import graph as g
+
+    a = population.attributes
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, 2**31, 5)
+    community = [
+        g.matching_layer(population.n, spec.community_rounds_local, int(seeds[3]), strata=a["borough"])
+        if spec.community_rounds_local else None,
+        g.matching_layer(population.n, spec.community_rounds_city, int(seeds[4]))
+        if spec.community_rounds_city else None,
+    ]
+    community = [c for c in community if c is not None]
+    empty = g.CSR(np.zeros(population.n + 1, np.int32), np.zeros(0, np.int32))
+    return {
+        "household": g.group_layer(a["household"], 64, int(seeds[0])),
+        "workplace": g.group_layer(a["workplace"], spec.workplace_neighbors, int(seeds[1])),
+        "school": g.group_layer(a["school"], spec.school_neighbors, int(seeds[2])),
+        "community": concat_rows(*community) if len(community) > 1 else (community[0] if community else empty),
+    }
+
+
+def _build_seir(scenario: Scenario, seed: int) -> Built:
+    n = scenario.population.size
+    t0 = time.perf_counter()
+    csr = _graph(scenario, n, seed)
+    t_graph = time.perf_counter() - t0
+    p = scenario.model.params
+    state, params, base = seir.init(csr, beta=p.beta, initial_infected=p.initial_infected, seed=seed)
+    cfg = seir.SEIRConfig(latent_days=p.latent_days, infectious_days=p.infectious_days,
+                          sparse_capacity=p.sparse_capacity)
+    info = {"graph_seconds": t_graph, "edges": csr.n_edges, "graph_bytes": params["graph"].nbytes,
+            "bytes_per_agent_state": 1}
+    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+
+
+def _build_epidemic(scenario: Scenario, seed: int) -> Built:
+    from populations import sample_population
+
+    pop_spec = scenario.population
+    t0 = time.perf_counter()
+    population = sample_population(pop_spec.size, seed, "nyc", workplace_mean_size=pop_spec.workplace_mean_size,
+                                   class_mean_size=pop_spec.class_mean_size)
+    t_pop = time.perf_counter() - t0
+    layers = contact_layers(population, scenario.graph, seed)
+    t_graph = time.perf_counter() - t0 - t_pop
+    sens = population.tables.occupation_lockdown_sensitivity
+    cfg, state, params, base = epidemic.init(population, layers, scenario.model.params, seed=seed,
+                                             occupation_sensitivity=sens)
+    edges = {k: v.n_edges for k, v in layers.items()}
+    info = {
+        "population_seconds": t_pop, "graph_seconds": t_graph, "edges": edges,
+        "edges_per_agent": sum(edges.values()) / population.n,
+        "graph_bytes": sum(l.nbytes for l in params["layers"].values()),
+        "bytes_per_agent_state": 4,
+    }
+    return Built(epidemic.make_model(cfg), state, params, base, population.n, np.empty(0, np.int32), info,
+                 population)
+
+
+_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic}
+
+
+def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None) -> Built:
+    """Population, graph, initial state, params and the intervention schedule for ``scenario``."""
+    check(scenario)
+    seed = scenario.run.seed if seed is None else seed
+    steps = scenario.run.steps if steps is None else steps
+    built = _BUILDERS[scenario.model.kind](scenario, seed)
+    interventions = [Intervention(param=iv.param, start=iv.start, end=iv.end, value=iv.value, mode=iv.mode,
+                                  name=iv.name) for iv in scenario.interventions]
+    built.schedule = build_schedule(built.schedule, steps, interventions)
+    k = min(scenario.output.sample_agents, built.n_agents)
+    if k:
+        pick = jax.random.choice(init_key(root_key(seed), 1), built.n_agents, (k,), replace=False)
+        built.sample_idx = np.sort(np.asarray(pick)).astype(np.int32)
+    leaves = jax.tree_util.tree_leaves((built.state, built.params))
+    built.info["device_bytes"] = int(sum(getattr(x, "nbytes", 0) for x in leaves))
+    built.info["bytes_per_agent"] = built.info["device_bytes"] / built.n_agents
+    return built

@@ -1,0 +1,281 @@
+"""NYC-style epidemic: SEIRM on a multilayer contact graph, with heuristic isolation and employment.
+
+Substeps, in order (each a pure ``(state, params, key) -> state``):
+
+1. ``observe``   reported cases per borough -> weekly growth against the 4-week mean, and level per 100k;
+2. ``behave``    isolation starts/ends and job loss/return (heuristic hazards, or archetype tables
+                 from ``llm_policy`` blended in by ``*_table_weight``);
+3. ``transmit``  layer-specific force of infection from infectious neighbours; isolation cuts
+                 non-household contacts at both ends; S -> E with age-specific susceptibility;
+4. ``progress``  E -> I, I -> R or M (age-specific infection fatality), counts for the metrics.
+
+Scheduled parameters (one row per step, edited by interventions): ``household_scale``,
+``workplace_scale``, ``school_scale``, ``community_scale`` (contact multipliers), ``lockdown``
+(0..1, drives job loss) and ``isolation_scale`` (multiplies the isolation start hazard).
+
+Memory per agent: 4 int8 state arrays (disease, isolation days, labour, isolation
+trend bin) + 4 int8 attributes (borough, age band, occupation, group) = 8 bytes,
+plus 4 bytes of ``indptr`` per layer (16) and 8 bytes per stored contact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine import Model, init_key, root_key
+from .layers import Layer, geometric_exit, seed_infections
+
+S, E, I, R, M = 0, 1, 2, 3, 4
+STATES = ("S", "E", "I", "R", "M")
+LAYERS = ("household", "workplace", "school", "community")
+LABOR = ("not_in_labor_force", "employed", "unemployed")
+TRENDS = ("falling", "flat", "rising")
+WINDOW = 28  # days of reported-case history kept per borough
+N_FLOWS = 3  # new infections, new deaths, new symptomatic (I) cases
+SCHEDULED = ("household_scale", "workplace_scale", "school_scale", "community_scale", "lockdown",
+             "isolation_scale")
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class EpidemicState:
+    disease: jax.Array  # int8 [N]
+    iso_days: jax.Array  # int8 [N], days of isolation left (0 = not isolating)
+    labor: jax.Array  # int8 [N]
+    case_hist: jax.Array  # float32 [WINDOW, B], expected reported cases per day and borough
+    growth: jax.Array  # float32 [B], weekly cases vs 4-week mean, relative
+    level: jax.Array  # float32 [B], weekly reported cases per 100k
+    flows: jax.Array  # int32 [G, N_FLOWS], this step's transitions by borough x age group
+
+
+@dataclass(frozen=True)
+class EpidemicConfig:
+    n_boroughs: int
+    n_ages: int
+    n_occupations: int
+    latent_days: float = 3.0
+    infectious_days: float = 5.0
+    quarantine_days: int = 12
+    sparse_capacity: float = 0.1
+    borough_labels: tuple[str, ...] = ()
+    age_labels: tuple[str, ...] = ()
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_boroughs * self.n_ages
+
+
+def trend_bin(growth: jax.Array, threshold: float = 0.1) -> jax.Array:
+    """falling / flat / rising (0/1/2) from relative weekly growth; archetypes group on it."""
+    return (growth > -threshold).astype(jnp.int8) + (growth > threshold).astype(jnp.int8)
+
+
+# -- substeps ---------------------------------------------------------------------
+def observe(cfg: EpidemicConfig, st: EpidemicState, p, key):
+    weekly = jnp.sum(_last_days(st.case_hist, p["step"], 7), axis=0)
+    monthly_mean = jnp.sum(st.case_hist, axis=0) / 4.0
+    growth = (weekly - monthly_mean) / jnp.maximum(monthly_mean, 1.0)
+    level = weekly / p["borough_pop"] * 1e5
+    return _replace(st, growth=growth, level=level)
+
+
+def _last_days(hist, step, days):
+    # hist row (t % WINDOW) holds day t's cases; rows for days step-days+1..step
+    idx = (step - jnp.arange(days)) % WINDOW
+    return hist[idx]
+
+
+def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
+    k_iso, k_loss, k_ret = jax.random.split(key, 3)
+    n = st.disease.shape[0]
+    b = p["borough"]
+    alive = st.disease != M
+    # isolation: heuristic hazard by borough, optionally blended with archetype probabilities
+    x = p["iso_base"] + p["iso_growth"] * jnp.clip(st.growth, -1.0, 1.0) + p["iso_level"] * jnp.log1p(st.level)
+    heuristic = jax.nn.sigmoid(x)[b]
+    arch = p["iso_table"][p["age_band"], b, trend_bin(st.growth)[b]]
+    w = p["iso_table_weight"]
+    p_start = ((1 - w) * heuristic + w * arch) * p["isolation_scale"]
+    p_start = jnp.where(st.disease == I, 1 - (1 - p_start) * (1 - p["iso_symptomatic"]), p_start)
+    u = jax.random.uniform(k_iso, (n,))
+    starting = (st.iso_days == 0) & alive & (u < jnp.clip(p_start, 0, 1))
+    iso_days = jnp.where(st.iso_days > 0, st.iso_days - 1, st.iso_days)
+    iso_days = jnp.where(starting, jnp.int8(cfg.quarantine_days), iso_days).astype(jnp.int8)
+    iso_days = jnp.where(alive, iso_days, jnp.int8(0))
+    # employment: loss by occupation's lockdown sensitivity and case load; return slowed by lockdown
+    lockdown = p["lockdown"]
+    sens = p["occ_sensitivity"][p["occupation"]]
+    loss = p["loss_base"] + lockdown * p["loss_lockdown"] * sens + p["loss_cases"] * jnp.minimum(st.level / 1000.0, 1.0)[b] * sens
+    arch_keep = p["work_table"][p["occupation"], trend_bin(st.growth)[b]]
+    wl = p["work_table_weight"]
+    loss = (1 - wl) * loss + wl * (1 - arch_keep) * p["loss_lockdown"]
+    ret = p["return_base"] * (1 - lockdown * p["return_drag"])
+    labor = st.labor
+    lose = (labor == 1) & (jax.random.uniform(k_loss, (n,)) < loss)
+    back = (labor == 2) & (jax.random.uniform(k_ret, (n,)) < ret)
+    labor = jnp.where(lose, jnp.int8(2), jnp.where(back, jnp.int8(1), labor))
+    labor = jnp.where(alive, labor, jnp.int8(0))
+    return _replace(st, iso_days=iso_days, labor=labor)
+
+
+def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
+    d = st.disease
+    infectious = d == I
+    isolating = (st.iso_days > 0).astype(jnp.float32)
+    keep = 1.0 - p["iso_effect"] * isolating  # share of non-household contact kept
+    ones = jnp.ones(d.shape, jnp.float32)
+    layers: dict[str, Layer] = p["layers"]
+    beta = p["beta"]
+    foi_home = beta[0] * p["household_scale"] * layers["household"].pull(ones, infectious, cfg.sparse_capacity)
+    foi_out = jnp.zeros(d.shape, jnp.float32)
+    for i, name in enumerate(LAYERS[1:], start=1):
+        foi_out += beta[i] * p[f"{name}_scale"] * layers[name].pull(keep, infectious, cfg.sparse_capacity)
+    foi = (foi_home + keep * foi_out) * p["susceptibility"][p["age_band"]]
+    infected = (d == S) & (jax.random.uniform(key, d.shape) < 1.0 - jnp.exp(-foi))
+    return _replace(st, disease=jnp.where(infected, jnp.int8(E), d), flows=_flow(st.flows, p, 0, infected, reset=True))
+
+
+def progress(cfg: EpidemicConfig, st: EpidemicState, p, key):
+    k_ei, k_ir, k_m = jax.random.split(key, 3)
+    d = st.disease
+    n = d.shape[0]
+    to_i = (d == E) & geometric_exit(k_ei, (n,), cfg.latent_days)
+    leave = (d == I) & geometric_exit(k_ir, (n,), cfg.infectious_days)
+    dies = leave & (jax.random.uniform(k_m, (n,)) < p["ifr"][p["age_band"]])
+    d = jnp.where(to_i, jnp.int8(I), d)
+    d = jnp.where(leave, jnp.where(dies, jnp.int8(M), jnp.int8(R)), d)
+    flows = _flow(st.flows, p, 1, dies)
+    flows = _flow(flows, p, 2, to_i)
+    # reported cases: expected detections of new symptomatic cases, by borough
+    reported = flows[:, 2].reshape(cfg.n_boroughs, cfg.n_ages).sum(axis=1) * p["detection_rate"]
+    hist = st.case_hist.at[p["step"] % WINDOW].set(reported.astype(jnp.float32))
+    return _replace(st, disease=d, flows=flows, case_hist=hist)
+
+
+def _flow(flows, p, column, mask, reset=False):
+    counts = jax.ops.segment_sum(mask.astype(jnp.int32), p["group"], num_segments=flows.shape[0])
+    base = jnp.zeros_like(flows) if reset else flows
+    return base.at[:, column].set(counts)
+
+
+def _replace(st: EpidemicState, **kw) -> EpidemicState:
+    return EpidemicState(**{**st.__dict__, **kw})
+
+
+# -- reductions -----------------------------------------------------------------------
+def _slug(label: str) -> str:
+    return label.lower().replace(" ", "_")
+
+
+def metrics(cfg: EpidemicConfig, st: EpidemicState, p):
+    """One flat dict of scalars per step: totals, then ``metric__borough_x`` and ``metric__age_y``."""
+    nb, na = cfg.n_boroughs, cfg.n_ages
+    # one histogram over (group, disease, isolating, labour) gives every count below
+    code = ((p["group"].astype(jnp.int32) * 5 + st.disease) * 2 + (st.iso_days > 0)) * 3 + st.labor
+    hist = jnp.bincount(code, length=cfg.n_groups * 30).reshape(nb, na, 5, 2, 3)
+    by_state = hist.sum(axis=(0, 1, 3, 4))
+    flows = st.flows.reshape(nb, na, N_FLOWS)
+    alive = hist[:, :, :M].sum(axis=(2, 3, 4))
+    iso = hist[:, :, :M, 1].sum(axis=(2, 3))
+    employed = hist[..., 1].sum(axis=(2, 3))
+    unemployed = hist[..., 2].sum(axis=(2, 3))
+    out = {name: by_state[i] for i, name in enumerate(STATES)}
+    out["new_infections"] = flows[..., 0].sum()
+    out["new_deaths"] = flows[..., 1].sum()
+    out["new_cases"] = flows[..., 2].sum()
+    out["isolating_share"] = iso.sum() / jnp.maximum(alive.sum(), 1)
+    out["unemployment_rate"] = unemployed.sum() / jnp.maximum(employed.sum() + unemployed.sum(), 1)
+    for bi, name in enumerate(cfg.borough_labels):
+        key = f"borough_{_slug(name)}"
+        out[f"I__{key}"] = hist[bi, :, I].sum()
+        out[f"new_infections__{key}"] = flows[bi, :, 0].sum()
+        out[f"new_deaths__{key}"] = flows[bi, :, 1].sum()
+        out[f"isolating_share__{key}"] = iso[bi].sum() / jnp.maximum(alive[bi].sum(), 1)
+        out[f"unemployment_rate__{key}"] = unemployed[bi].sum() / jnp.maximum(employed[bi].sum() + unemployed[bi].sum(), 1)
+        out[f"case_growth__{key}"] = st.growth[bi]
+    for ai, name in enumerate(cfg.age_labels):
+        key = f"age_{_slug(name)}"
+        out[f"I__{key}"] = hist[:, ai, I].sum()
+        out[f"new_infections__{key}"] = flows[:, ai, 0].sum()
+        out[f"new_deaths__{key}"] = flows[:, ai, 1].sum()
+    return out
+
+
+def sample(st: EpidemicState, p, idx):
+    return {
+        "agent": idx,
+        "disease": st.disease[idx],
+        "isolating": (st.iso_days[idx] > 0).astype(jnp.int8),
+        "labor": st.labor[idx],
+        "borough": p["borough"][idx],
+        "age_band": p["age_band"][idx],
+        "occupation": p["occupation"][idx],
+    }
+
+
+def make_model(cfg: EpidemicConfig) -> Model:
+    return Model(
+        name="epidemic",
+        substeps=tuple(partial(f, cfg) for f in (observe, behave, transmit, progress)),
+        metrics=partial(metrics, cfg),
+        sample=sample,
+        labels={"disease": STATES, "labor": LABOR, "borough": cfg.borough_labels, "age_band": cfg.age_labels},
+    )
+
+
+def init(population, layers: dict, params, *, seed: int, occupation_sensitivity, occupation_labels=()):
+    """State, array params and scheduled base values. ``params`` is the scenario's EpidemicParams."""
+    attrs = population.attributes
+    n = population.n
+    nb = len(population.labels["borough"])
+    na = len(population.labels["age_band"])
+    cfg = EpidemicConfig(
+        n_boroughs=nb, n_ages=na, n_occupations=len(population.labels["occupation"]),
+        latent_days=params.latent_days, infectious_days=params.infectious_days,
+        quarantine_days=params.isolation.quarantine_days, sparse_capacity=params.sparse_capacity,
+        borough_labels=tuple(population.labels["borough"]), age_labels=tuple(population.labels["age_band"]),
+    )
+    disease = np.zeros(n, np.int8)
+    disease[seed_infections(init_key(root_key(seed)), n, params.initial_infected)] = I
+    group = (attrs["borough"].astype(np.int16) * na + attrs["age_band"]).astype(np.int8)
+    state = EpidemicState(
+        disease=jnp.asarray(disease),
+        iso_days=jnp.zeros(n, jnp.int8),
+        labor=jnp.asarray(attrs["labor"]),
+        case_hist=jnp.zeros((WINDOW, nb), jnp.float32),
+        growth=jnp.zeros(nb, jnp.float32),
+        level=jnp.zeros(nb, jnp.float32),
+        flows=jnp.zeros((nb * na, N_FLOWS), jnp.int32),
+    )
+    borough_pop = np.bincount(attrs["borough"], minlength=nb).astype(np.float32)
+    iso, emp = params.isolation, params.employment
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    arrays = {
+        "borough": jnp.asarray(attrs["borough"]),
+        "age_band": jnp.asarray(attrs["age_band"]),
+        "occupation": jnp.asarray(attrs["occupation"]),
+        "group": jnp.asarray(group),
+        "borough_pop": f32(np.maximum(borough_pop, 1)),
+        "layers": {name: Layer.from_csr(layers[name]) for name in LAYERS},
+        "beta": f32([params.beta.household, params.beta.workplace, params.beta.school, params.beta.community]),
+        "susceptibility": f32(params.susceptibility),
+        "ifr": f32(params.ifr),
+        "detection_rate": f32(params.detection_rate),
+        "iso_base": f32(iso.base), "iso_growth": f32(iso.growth), "iso_level": f32(iso.level),
+        "iso_effect": f32(iso.effect), "iso_symptomatic": f32(iso.symptomatic),
+        "occ_sensitivity": f32(occupation_sensitivity),
+        "loss_base": f32(emp.loss_base), "loss_lockdown": f32(emp.loss_lockdown), "loss_cases": f32(emp.loss_cases),
+        "return_base": f32(emp.return_base), "return_drag": f32(emp.return_lockdown_drag),
+        # archetype decision tables, filled by llm_policy between chunks; weight 0 = heuristic only
+        "iso_table": jnp.zeros((na, nb, len(TRENDS)), jnp.float32),
+        "iso_table_weight": f32(0.0),
+        "work_table": jnp.ones((cfg.n_occupations, len(TRENDS)), jnp.float32),
+        "work_table_weight": f32(0.0),
+    }
+    base = {name: 1.0 for name in SCHEDULED}
+    base["lockdown"] = 0.0
+    return cfg, state, arrays, base

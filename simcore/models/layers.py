@@ -1,0 +1,59 @@
+"""Contact layers on the device: CSR plus the row of each entry, for dense pulls.
+
+Memory: 8 bytes per stored (directed) entry — 4 for the neighbour id, 4 for its
+row — plus 4 bytes per agent for ``indptr``. Undirected contacts are stored
+twice, so an undirected contact costs 16 bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine.ops import edge_rows, neighbor_sum
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Layer:
+    indptr: jax.Array
+    indices: jax.Array
+    rows: jax.Array
+
+    @staticmethod
+    def from_csr(csr) -> "Layer":
+        indptr = jnp.asarray(csr.indptr)
+        return Layer(indptr, jnp.asarray(csr.indices), edge_rows(indptr, int(csr.indices.shape[0])))
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes + self.rows.nbytes)
+
+    def pull(self, x: jax.Array, active: jax.Array, capacity: float) -> jax.Array:
+        """Sum of ``x`` over active neighbours. ``capacity`` is the fraction of agents/edges the sparse path may hold."""
+        n = x.shape[0]
+        node_cap = int(n * capacity) if capacity > 0 else 0
+        edge_cap = int(self.n_edges * capacity) if capacity > 0 else 0
+        if node_cap < 1 or edge_cap < 1:
+            node_cap = edge_cap = 0
+        return neighbor_sum(self.indptr, self.indices, self.rows, x, active,
+                            node_capacity=node_cap, edge_capacity=edge_cap)
+
+
+def geometric_exit(key: jax.Array, shape, mean_steps: float) -> jax.Array:
+    """Leave a state with probability 1/mean_steps per step (geometric sojourn with that mean)."""
+    if mean_steps <= 0:
+        return jnp.ones(shape, bool)
+    return jax.random.uniform(key, shape) < (1.0 / mean_steps)
+
+
+def seed_infections(key: jax.Array, n: int, fraction: float) -> np.ndarray:
+    """Exactly round(fraction * n) distinct agents (at least one)."""
+    k = max(1, int(round(fraction * n)))
+    return np.asarray(jax.random.choice(key, n, (k,), replace=False))

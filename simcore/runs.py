@@ -1,0 +1,127 @@
+"""Run a scenario end to end: build, step in chunks, stream to a run directory."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+
+from scenarios import Scenario
+
+from .engine import Chunk, HostPolicy, Simulation
+from .io import RunWriter
+from .models import Built, build
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("simcore", "jax", "jaxlib", "numpy", "pyarrow", "polars", "pydantic", "llama_cpp_python"):
+        try:
+            out[pkg] = _md.version(pkg)
+        except _md.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_revision() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    if not (here / ".git").exists():
+        return None
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+def device_description() -> dict[str, Any]:
+    devs = jax.devices()
+    return {"backend": jax.default_backend(), "count": len(devs), "kind": devs[0].device_kind,
+            "platform": platform.platform(), "cpu_count": __import__("os").cpu_count()}
+
+
+def default_run_dir(scenario: Scenario, base: str | Path | None = None) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(base or scenario.output.dir) / f"{scenario.name}-{stamp}"
+
+
+def manifest_for(scenario: Scenario, built: Built, seed: int, steps: int, extra: dict | None = None) -> dict:
+    return {
+        "scenario": scenario.model_dump(mode="json"),
+        "seed": seed,
+        "steps": steps,
+        "n_agents": built.n_agents,
+        "model": built.model.name,
+        "labels": {k: list(v) for k, v in built.model.labels.items()},
+        "sample_every": scenario.output.sample_every,
+        "versions": versions(),
+        "git_revision": git_revision(),
+        "device": device_description(),
+        "build_info": built.info,
+        **(extra or {}),
+    }
+
+
+def make_simulation(scenario: Scenario, built: Built, seed: int) -> Simulation:
+    return Simulation(built.model, built.state, built.params, built.schedule, seed=seed,
+                      chunk_size=scenario.run.chunk_size, sample_idx=built.sample_idx)
+
+
+def run_scenario(
+    scenario: Scenario,
+    run_dir: str | Path | None = None,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    policies: Iterable[HostPolicy] = (),
+    progress: bool = False,
+    on_chunk: Callable[[Simulation, Chunk], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    extra_metrics: Callable[[Simulation, Chunk], dict[str, np.ndarray]] | None = None,
+    manifest_extra: dict | None = None,
+) -> Path:
+    """Build and run ``scenario``; returns the run directory. The directory is created only after building."""
+    seed = scenario.run.seed if seed is None else seed
+    steps = scenario.run.steps if steps is None else steps
+    t_build = time.perf_counter()
+    built = build(scenario, seed=seed, steps=steps)
+    built.info["build_seconds"] = time.perf_counter() - t_build
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
+    writer = RunWriter(run_dir, manifest_for(scenario, built, seed, steps, manifest_extra),
+                       sample_every=scenario.output.sample_every)
+    sim = make_simulation(scenario, built, seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, unit="step", desc=scenario.name, dynamic_ncols=True)
+        bar.set_postfix(agents=f"{built.n_agents:,}")
+
+    def chunk_done(s: Simulation, chunk: Chunk) -> None:
+        extra = {"wall_seconds": np.full(len(chunk.steps), chunk.seconds / len(chunk.steps))}
+        if extra_metrics is not None:
+            extra.update(extra_metrics(s, chunk))
+        writer.submit(chunk, extra)
+        if bar is not None:
+            bar.update(len(chunk.steps))
+        if on_chunk is not None:
+            on_chunk(s, chunk)
+
+    status = "failed"
+    try:
+        done = sim.run(steps, policies=policies, on_chunk=chunk_done, should_stop=should_stop)
+        status = "completed" if done == steps else "stopped"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close(status)
+    return run_dir
