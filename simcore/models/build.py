@@ -39,9 +39,6 @@ def check(scenario: Scenario) -> None:
             raise ScenarioError(f"interventions[{i}].param",
                                 f"unknown parameter {iv.param!r} for model {scenario.model.kind!r} "
                                 f"(scheduled: {', '.join(names)})")
-        if iv.start >= scenario.run.steps:
-            raise ScenarioError(f"interventions[{i}].start",
-                                f"must be < run.steps ({scenario.run.steps}), got {iv.start}")
     if scenario.model.kind == "epidemic" and not isinstance(scenario.graph, MultilayerGraph):
         raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
 

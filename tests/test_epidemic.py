@@ -1,0 +1,96 @@
+"""The NYC epidemic model: invariants, determinism, interventions, crash safety."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SIMCORE
+from scenarios import load_scenario
+from simcore.engine import Simulation
+from simcore.models import build
+from simcore.runs import make_simulation
+
+SMALL = ["population.size=20000"]
+
+
+def _metrics(overrides, steps=60, seed=0):
+    sc = load_scenario("covid_small", SMALL + list(overrides))
+    built = build(sc, seed=seed, steps=steps)
+    sim = make_simulation(sc, built, seed)
+    chunks = []
+    sim.run(steps, on_chunk=lambda s, c: chunks.append(c))
+    return {k: np.concatenate([c.metrics[k] for c in chunks]) for k in chunks[0].metrics}
+
+
+def test_invariants_and_breakdowns_add_up():
+    m = _metrics([], steps=40)
+    n = 20_000
+    np.testing.assert_array_equal(m["S"] + m["E"] + m["I"] + m["R"] + m["M"], n)
+    assert np.all(np.diff(m["S"]) <= 0) and np.all(np.diff(m["M"]) >= 0)
+    boroughs = [k for k in m if k.startswith("new_infections__borough_")]
+    ages = [k for k in m if k.startswith("new_infections__age_")]
+    assert len(boroughs) == 5 and len(ages) == 6
+    np.testing.assert_array_equal(sum(m[k] for k in boroughs), m["new_infections"])
+    np.testing.assert_array_equal(sum(m[k] for k in ages), m["new_infections"])
+    np.testing.assert_array_equal(-np.diff(m["S"]), m["new_infections"][1:])
+    assert 0 <= m["isolating_share"].min() and m["isolating_share"].max() <= 1
+    assert 0.02 < m["unemployment_rate"][0] < 0.07  # Feb 2020 baseline of the tables (about 4%)
+
+
+def test_determinism_per_seed():
+    a, b, c = _metrics([], 30, 1), _metrics([], 30, 1), _metrics([], 30, 2)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["new_infections"], c["new_infections"])
+
+
+def test_lockdown_lowers_attack_rate_and_raises_unemployment_same_seed():
+    none = _metrics(["interventions=[]", "model.params.isolation.base=-30"], steps=90)
+    lock = _metrics(["interventions=[{param: community_scale, start: 10, end: 90, value: 0.3},"
+                     "{param: workplace_scale, start: 10, end: 90, value: 0.3},"
+                     "{param: school_scale, start: 10, end: 90, value: 0.0, mode: set},"
+                     "{param: lockdown, start: 10, end: 90, value: 1.0, mode: set}]",
+                     "model.params.isolation.base=-30"], steps=90)
+    assert (lock["R"][-1] + lock["M"][-1]) < 0.5 * (none["R"][-1] + none["M"][-1])
+    assert lock["unemployment_rate"][-1] > none["unemployment_rate"][-1] + 0.03
+    # identical before the lockdown starts: common random numbers
+    np.testing.assert_array_equal(none["new_infections"][:10], lock["new_infections"][:10])
+
+
+def test_isolation_rises_with_case_growth():
+    m = _metrics(["interventions=[]"], steps=40)
+    early, later = m["isolating_share"][:3].mean(), m["isolating_share"][20:40].max()
+    assert later > early + 0.05
+
+
+def test_killed_run_leaves_readable_parquet(cli_env, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        SIMCORE + ["run", "covid_small", "--set", "population.size=20000", "--set", "run.chunk_size=2",
+                   "--steps", "2000", "--set", "output.sample_every=1", "--out", str(out), "--quiet"],
+        env=cli_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    steps_done = 0
+    while time.time() < deadline:
+        mf = out / "manifest.json"
+        if mf.exists():
+            steps_done = json.loads(mf.read_text()).get("steps_done", 0)
+            if steps_done >= 20:
+                break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert steps_done >= 20, proc.stderr.read().decode()[-2000:]
+    table = pq.read_table(out / "metrics.parquet")
+    steps = table.column("step").to_pylist()
+    assert steps == list(range(len(steps))) and len(steps) >= 20
+    for part in (out / "agents").glob("step=*/part-0.parquet"):
+        assert pq.read_table(part).num_rows > 0
+    assert not list(out.rglob("*.parquet.tmp")) or all(p.name.startswith(".") for p in out.rglob("*.tmp"))
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
