@@ -168,6 +168,53 @@ class OutputSpec(Strict):
     sample_every: PositiveInt = 7
 
 
+class DecisionSpec(Strict):
+    """One archetype decision: who is grouped, what is asked, how answers become behaviour.
+
+    The agent value is ``sum(value[o] * P(o))``, read as the probability of the event over one
+    round (``policy.every`` steps); it is turned into a per-step hazard ``1 - (1 - v)**(1/every)``
+    and multiplied by ``scale`` before it fills the model's per-agent ``target`` parameter.
+    """
+
+    name: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    group_by: list[str] = Field(min_length=1)
+    options: list[str] = Field(min_length=2)
+    value: dict[str, float]
+    prompt: str = Field(min_length=1)
+    scale: float = Field(1.0, ge=0)
+    heterogeneity: float = Field(0.0, ge=0, description="sd of per-agent logit noise")
+
+    @model_validator(mode="after")
+    def _value_keys(self):
+        unknown = sorted(set(self.value) - set(self.options))
+        if unknown:
+            raise ValueError(f"value: keys {unknown} are not among options {self.options}")
+        if len(set(self.options)) != len(self.options):
+            raise ValueError(f"options: must be distinct, got {self.options}")
+        return self
+
+
+class PolicySpec(Strict):
+    """LLM archetype layer: one call per non-empty archetype per decision, every ``every`` steps."""
+
+    backend: dict[str, Any]
+    cache: str | None = Field(None, description="SQLite cache path; default <run_dir>/llm_cache.sqlite")
+    every: PositiveInt = 7
+    temperature: float = Field(1.0, gt=0)
+    n_samples: PositiveInt = Field(1, description="option orders averaged per archetype (bias control)")
+    pipelined: bool = False
+    start_date: str = "2020-03-01"
+    log_prompts: bool = False
+    decisions: list[DecisionSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _backend_kind(self):
+        if "kind" not in self.backend:
+            raise ValueError("backend: needs a 'kind' (llamacpp, openai, vllm or replay)")
+        return self
+
+
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -177,7 +224,7 @@ class Scenario(Strict):
     interventions: list[InterventionSpec] = []
     run: RunSpec
     output: OutputSpec = OutputSpec()
-    policy: dict[str, Any] | None = None
+    policy: PolicySpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -54,9 +54,57 @@ def cmd_run(args) -> int:
     if out is not None and out.exists() and any(out.iterdir()):
         from scenarios import ScenarioError
         raise ScenarioError("--out", f"directory exists and is not empty: {out}")
-    run_dir = run_scenario(sc, out, progress=not args.quiet)
+    every = getattr(args, "checkpoint_every", None)
+    if every is not None and every <= 0:
+        from scenarios import ScenarioError
+        raise ScenarioError("--checkpoint-every", f"must be > 0, got {every}")
+    run_dir = run_scenario(sc, out, progress=not args.quiet, checkpoint_every=every or 0)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def cmd_resume(args) -> int:
+    from simcore.checkpoint import resume_run
+
+    for flag, value in (("--steps", args.steps), ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None and value <= 0:
+            from scenarios import ScenarioError
+            raise ScenarioError(flag, f"must be > 0, got {value}")
+    run_dir = resume_run(args.run_dir, steps=args.steps, checkpoint=args.checkpoint,
+                         checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from simcore.experiments import run_experiment_file
+
+    out = run_experiment_file(args.experiment, out=args.out, progress=not args.quiet)
+    print(f"experiment directory: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from analysis.report import write_report
+
+    html = write_report(args.directory, out=args.out)
+    print(f"report: {html}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from scenarios import ScenarioError
+    from server.main import serve
+
+    token = args.token or os.environ.get("SIMCORE_TOKEN") or None
+    if args.max_runs < 0:
+        raise ScenarioError("--max-runs", f"must be >= 0, got {args.max_runs}")
+    try:
+        return serve(host=args.host, port=args.port, runs_dir=args.runs_dir, token=token, max_runs=args.max_runs)
+    except ValueError as exc:
+        raise ScenarioError("--token", str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +121,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int)
     sp.add_argument("--seed", type=int)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--checkpoint-every", type=int, metavar="N",
+                    help="write a checkpoint every N steps into <run>/checkpoints/step=K/")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("resume", help="continue a killed or stopped run from its latest checkpoint")
+    sp.add_argument("run_dir", help="run directory written with --checkpoint-every")
+    sp.add_argument("--steps", type=int, help="total steps (default: the run's own; larger extends it)")
+    sp.add_argument("--checkpoint", help="a checkpoint directory to resume from (default: the latest)")
+    sp.add_argument("--checkpoint-every", type=int, metavar="N", help="default: the run's own setting")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_resume)
+
+    sp = sub.add_parser("experiment", help="run an experiment file (arms x seeds, paired summaries)")
+    sp.add_argument("experiment", help="path to an experiment YAML")
+    sp.add_argument("--out", help="experiment directory (default: <output.dir>/<name>-<timestamp>)")
+    sp.add_argument("--quiet", action="store_true", help="no progress output")
+    sp.set_defaults(func=cmd_experiment)
+
+    sp = sub.add_parser("report", help="write an HTML report (with PNG figures) for a run or experiment")
+    sp.add_argument("directory", help="a run directory or an experiment directory")
+    sp.add_argument("--out", help="report directory (default: <directory>/report)")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("serve", help="live dashboard and REST API (FastAPI + uvicorn)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (anything but loopback needs a token)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--runs-dir", default="runs", help="where runs are written and listed from")
+    sp.add_argument("--token", help="required for mutating calls (default: $SIMCORE_TOKEN)")
+    sp.add_argument("--max-runs", type=int, default=4, help="concurrent live runs")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("validate", help="check a scenario without running it")
     scenario_args(sp)
@@ -93,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        from llm_policy.backends import ReplayMiss
+
+        if not isinstance(exc, ReplayMiss):
+            raise
+        # a replayed run asked a question the original never did: it has diverged
+        print(f"error: replay: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

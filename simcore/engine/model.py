@@ -7,7 +7,11 @@ The engine knows nothing about epidemics or posts. A model hands it
 - ``sample``: optional ``(state, params, idx) -> {name: array[k]}`` per-agent rows for
   a fixed set of sampled agents;
 - ``events``: optional ``(state, params) -> {name: array[cap]}`` with a ``valid`` mask,
-  a fixed-capacity append-only trace of what happened this step.
+  a fixed-capacity append-only trace of what happened this step;
+- for archetype policies: ``features`` (per-agent small-integer codes to group on, with
+  their labels in ``labels``), ``stats`` (per-agent numbers averaged per archetype for
+  prompts) and ``decision_targets`` (per-agent float params a policy may fill; NaN means
+  "use the model's heuristic", so a failed LLM call falls back per agent).
 
 ``params`` is a flat dict of arrays. Names listed in a run's schedule are replaced,
 inside the scan, by their value at the current step, so interventions are data.
@@ -31,8 +35,11 @@ class Model:
     metrics: Callable[[State, Params], dict[str, jax.Array]]
     sample: Callable[[State, Params, jax.Array], dict[str, jax.Array]] | None = None
     events: Callable[[State, Params], dict[str, jax.Array]] | None = None
-    # code -> label tables for categorical sample/event columns, written to the manifest
+    # code -> label tables for categorical sample/event/feature columns, written to the manifest
     labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    features: Callable[[State, Params], dict[str, jax.Array]] | None = None
+    stats: Callable[[State, Params], dict[str, jax.Array]] | None = None
+    decision_targets: tuple[str, ...] = ()
 
     def step(self, state: State, params: Params, key: jax.Array) -> State:
         from .rng import substep_key

@@ -131,7 +131,7 @@ def _build_epidemic(scenario: Scenario, seed: int) -> Built:
         "graph_bytes": sum(l.nbytes for l in params["layers"].values()),
         "bytes_per_agent_state": 4,
     }
-    return Built(epidemic.make_model(cfg), state, params, base, population.n, np.empty(0, np.int32), info,
+    return Built(epidemic.make_model(cfg, tuple(population.labels["occupation"])), state, params, base, population.n, np.empty(0, np.int32), info,
                  population)
 
 

@@ -97,9 +97,8 @@ def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     # isolation: heuristic hazard by borough, optionally blended with archetype probabilities
     x = p["iso_base"] + p["iso_growth"] * jnp.clip(st.growth, -1.0, 1.0) + p["iso_level"] * jnp.log1p(st.level)
     heuristic = jax.nn.sigmoid(x)[b]
-    arch = p["iso_table"][p["age_band"], b, trend_bin(st.growth)[b]]
-    w = p["iso_table_weight"]
-    p_start = ((1 - w) * heuristic + w * arch) * p["isolation_scale"]
+    # archetype decisions (llm_policy) where present; NaN = this agent follows the heuristic
+    p_start = jnp.where(jnp.isnan(p["isolate_llm"]), heuristic, p["isolate_llm"]) * p["isolation_scale"]
     p_start = jnp.where(st.disease == I, 1 - (1 - p_start) * (1 - p["iso_symptomatic"]), p_start)
     u = jax.random.uniform(k_iso, (n,))
     starting = (st.iso_days == 0) & alive & (u < jnp.clip(p_start, 0, 1))
@@ -110,9 +109,7 @@ def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     lockdown = p["lockdown"]
     sens = p["occ_sensitivity"][p["occupation"]]
     loss = p["loss_base"] + lockdown * p["loss_lockdown"] * sens + p["loss_cases"] * jnp.minimum(st.level / 1000.0, 1.0)[b] * sens
-    arch_keep = p["work_table"][p["occupation"], trend_bin(st.growth)[b]]
-    wl = p["work_table_weight"]
-    loss = (1 - wl) * loss + wl * (1 - arch_keep) * p["loss_lockdown"]
+    loss = jnp.where(jnp.isnan(p["work_llm"]), loss, p["work_llm"])
     ret = p["return_base"] * (1 - lockdown * p["return_drag"])
     labor = st.labor
     lose = (labor == 1) & (jax.random.uniform(k_loss, (n,)) < loss)
@@ -217,13 +214,40 @@ def sample(st: EpidemicState, p, idx):
     }
 
 
-def make_model(cfg: EpidemicConfig) -> Model:
+def features(st: EpidemicState, p):
+    """What archetypes may group on: attributes, the local case trend, own labour/isolation/disease state."""
+    b = p["borough"]
+    return {
+        "age_band": p["age_band"], "borough": b, "occupation": p["occupation"],
+        "case_trend": trend_bin(st.growth)[b], "labor": st.labor,
+        "isolating": (st.iso_days > 0).astype(jnp.int8), "disease": st.disease,
+    }
+
+
+def stats(st: EpidemicState, p):
+    """Per-agent numbers averaged per archetype and offered to prompt templates."""
+    b = p["borough"]
+    return {
+        "weekly_cases": st.level[b],  # reported cases per 100k in the agent's borough, last 7 days
+        "case_change_pct": 100.0 * st.growth[b],
+        "isolating_pct": 100.0 * (st.iso_days > 0),
+        "unemployed_pct": 100.0 * (st.labor == 2),
+        "employed_pct": 100.0 * (st.labor == 1),
+        "infected_pct": 100.0 * (st.disease == I),
+    }
+
+
+def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> Model:
     return Model(
         name="epidemic",
         substeps=tuple(partial(f, cfg) for f in (observe, behave, transmit, progress)),
         metrics=partial(metrics, cfg),
         sample=sample,
-        labels={"disease": STATES, "labor": LABOR, "borough": cfg.borough_labels, "age_band": cfg.age_labels},
+        labels={"disease": STATES, "labor": LABOR, "borough": cfg.borough_labels, "age_band": cfg.age_labels,
+                "occupation": occupation_labels, "case_trend": TRENDS, "isolating": ("no", "yes")},
+        features=features,
+        stats=stats,
+        decision_targets=("isolate_llm", "work_llm"),
     )
 
 
@@ -270,11 +294,9 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         "occ_sensitivity": f32(occupation_sensitivity),
         "loss_base": f32(emp.loss_base), "loss_lockdown": f32(emp.loss_lockdown), "loss_cases": f32(emp.loss_cases),
         "return_base": f32(emp.return_base), "return_drag": f32(emp.return_lockdown_drag),
-        # archetype decision tables, filled by llm_policy between chunks; weight 0 = heuristic only
-        "iso_table": jnp.zeros((na, nb, len(TRENDS)), jnp.float32),
-        "iso_table_weight": f32(0.0),
-        "work_table": jnp.ones((cfg.n_occupations, len(TRENDS)), jnp.float32),
-        "work_table_weight": f32(0.0),
+        # per-agent daily hazards from archetype decisions, filled between chunks; NaN = heuristic
+        "isolate_llm": jnp.full(n, jnp.nan, jnp.float32),
+        "work_llm": jnp.full(n, jnp.nan, jnp.float32),
     }
     base = {name: 1.0 for name in SCHEDULED}
     base["lockdown"] = 0.0

