@@ -85,9 +85,14 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from analysis.readers import NotAResultDir
     from analysis.report import write_report
+    from scenarios import ScenarioError
 
-    html = write_report(args.directory, out=args.out)
+    try:
+        html = write_report(args.directory, out=args.out)
+    except NotAResultDir as exc:
+        raise ScenarioError("directory", str(exc)) from None
     print(f"report: {html}")
     return 0
 
@@ -105,6 +110,38 @@ def cmd_serve(args) -> int:
         return serve(host=args.host, port=args.port, runs_dir=args.runs_dir, token=token, max_runs=args.max_runs)
     except ValueError as exc:
         raise ScenarioError("--token", str(exc)) from None
+
+
+def cmd_llm_probe(args) -> int:
+    from scenarios import ScenarioError
+    from simcore.models import build
+    from simcore.runs import make_archetype_policy
+
+    sc = _load(args)
+    if sc.policy is None:
+        raise ScenarioError("policy", "the scenario has no LLM policy to probe")
+    size = min(sc.population.size, args.size)
+    sc = sc.model_copy(update={"population": sc.population.model_copy(update={"size": size}),
+                               "output": sc.output.model_copy(update={"sample_agents": 0})})
+    built = build(sc)
+    policy = make_archetype_policy(sc, built)
+    from llm_policy.probe import probe
+
+    result = probe(policy, built.state, built.params, step=args.step)
+    policy.close()
+    for s in result.summary:
+        print(f"{s['decision']}: {s['archetypes']} archetypes, {s['failed']} failed")
+        print(f"  P({s['first_option']}) mean {s['rate']:.3f} (population-weighted {s['rate_population_weighted']:.3f}),"
+              f" spread across archetypes {s['spread_across_archetypes']:.3f}")
+        print(f"  listed option order reversed: {s['rate_reversed_order']:.3f}"
+              f" (shift {s['rate_reversed_order'] - s['rate']:+.3f})")
+        temps = ", ".join(f"T={k[6:]}: {v:.3f}" for k, v in s.items() if k.startswith("rate_T"))
+        print(f"  by temperature: {temps}")
+    if args.out:
+        import polars as pl
+        pl.DataFrame(result.rows).write_parquet(args.out)
+        print(f"rows: {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="required for mutating calls (default: $SIMCORE_TOKEN)")
     sp.add_argument("--max-runs", type=int, default=4, help="concurrent live runs")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("llm-probe", help="decision-bias diagnostic: every archetype prompt once")
+    scenario_args(sp)
+    sp.add_argument("--size", type=int, default=20_000, help="population used for group sizes (default 20000)")
+    sp.add_argument("--step", type=int, default=30, help="simulated day shown in the prompts")
+    sp.add_argument("--out", help="write per-archetype rows to this Parquet file")
+    sp.set_defaults(func=cmd_llm_probe)
 
     sp = sub.add_parser("validate", help="check a scenario without running it")
     scenario_args(sp)
