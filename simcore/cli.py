@@ -144,6 +144,19 @@ def cmd_llm_probe(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from scenarios import ScenarioError
+    from simcore.plan import check_fits
+
+    sc = _load(args)
+    if args.devices is not None and args.devices < 1:
+        raise ScenarioError("--devices", f"must be >= 1, got {args.devices}")
+    cap = args.capacity_gib * 2**30 if args.capacity_gib else None
+    p = check_fits(sc, args.devices, cap)
+    print(f"fits: {p.describe()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="simcore", description="Large-scale agent-based simulation with LLM archetypes.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -195,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--step", type=int, default=30, help="simulated day shown in the prompts")
     sp.add_argument("--out", help="write per-archetype rows to this Parquet file")
     sp.set_defaults(func=cmd_llm_probe)
+
+    sp = sub.add_parser("plan", help="predicted memory per device; refuses sizes that will not fit")
+    scenario_args(sp)
+    sp.add_argument("--devices", type=int, help="number of devices (default: run.devices)")
+    sp.add_argument("--capacity-gib", type=float, help="memory per device (default: what the device reports)")
+    sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("validate", help="check a scenario without running it")
     scenario_args(sp)

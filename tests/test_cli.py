@@ -92,3 +92,11 @@ def test_run_writes_a_complete_run_directory(cli_env, tmp_path):
     agents = pl.scan_parquet(out / "agents" / "**" / "*.parquet", hive_partitioning=True).collect()
     assert sorted(agents["step"].unique().to_list()) == [0, 5, 10, 15]
     assert agents.filter(pl.col("step") == 5).height == 100
+
+
+def test_plan_refuses_an_impossible_size_and_accepts_with_more_devices(cli_env, tmp_path):
+    huge = ["--set", "population.size=300000000", "--set", "policy=null"]
+    res = _run(["plan", "covid_nyc", *huge, "--capacity-gib", "24"], cli_env, tmp_path)
+    assert res.returncode == 2 and "population.size: will not fit" in res.stderr and "Traceback" not in res.stderr
+    res = _run(["plan", "covid_nyc", *huge, "--devices", "8", "--capacity-gib", "139"], cli_env, tmp_path)
+    assert res.returncode == 0 and "fits:" in res.stdout and "8 device(s)" in res.stdout
