@@ -25,6 +25,11 @@ def _load(args):
             from scenarios import ScenarioError
             raise ScenarioError("--steps", f"must be > 0, got {args.steps}")
         scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"steps": args.steps})})
+    if getattr(args, "devices", None) is not None and args.command != "plan":
+        if args.devices < 1:
+            from scenarios import ScenarioError
+            raise ScenarioError("--devices", f"must be >= 1, got {args.devices}")
+        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"devices": args.devices})})
     if getattr(args, "seed", None) is not None:
         scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"seed": args.seed})})
     check(scenario)
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run directory (default: <output.dir>/<name>-<timestamp>)")
     sp.add_argument("--steps", type=int)
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--devices", type=int, help="shard agents over this many devices (default: run.devices)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--checkpoint-every", type=int, metavar="N",
                     help="write a checkpoint every N steps into <run>/checkpoints/step=K/")

@@ -68,9 +68,28 @@ def manifest_for(scenario: Scenario, built: Built, seed: int, steps: int, extra:
     }
 
 
+def make_archetype_policy(scenario: Scenario, built: Built):
+    """The scenario's LLM archetype policy, or None when it has no ``policy`` block."""
+    if scenario.policy is None:
+        return None
+    from llm_policy import make_policy
+
+    stats_names = tuple(jax.eval_shape(built.model.stats, built.state, built.params)) if built.model.stats else ()
+    return make_policy(scenario.policy, built.model, stats_names)
+
+
 def make_simulation(scenario: Scenario, built: Built, seed: int) -> Simulation:
-    return Simulation(built.model, built.state, built.params, built.schedule, seed=seed,
-                      chunk_size=scenario.run.chunk_size, sample_idx=built.sample_idx)
+    """A Simulation for ``built``, sharded over ``run.devices`` devices along the agent axis."""
+    from .engine.sharding import shard_simulation
+
+    sim = Simulation(built.model, built.state, built.params, built.schedule, seed=seed,
+                     chunk_size=scenario.run.chunk_size, sample_idx=built.sample_idx)
+    try:
+        return shard_simulation(sim, built.n_agents, scenario.run.devices)
+    except ValueError as exc:
+        from scenarios import ScenarioError
+        field, _, reason = str(exc).partition(": ")
+        raise ScenarioError(field, reason) from None
 
 
 def run_scenario(
@@ -85,26 +104,58 @@ def run_scenario(
     should_stop: Callable[[], bool] | None = None,
     extra_metrics: Callable[[Simulation, Chunk], dict[str, np.ndarray]] | None = None,
     manifest_extra: dict | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_keep: int | None = None,
+    resume_from: Any = None,
 ) -> Path:
-    """Build and run ``scenario``; returns the run directory. The directory is created only after building."""
+    """Build and run ``scenario``; returns the run directory. The directory is created only after building.
+
+    ``checkpoint_every=N`` writes ``run_dir/checkpoints/step=K/`` every N steps (and where a
+    run stops early); ``resume_from`` (a :class:`simcore.checkpoint.Checkpoint`, see
+    :func:`simcore.checkpoint.resume_run`) continues an existing run directory from it.
+    """
     seed = scenario.run.seed if seed is None else seed
     steps = scenario.run.steps if steps is None else steps
     t_build = time.perf_counter()
     built = build(scenario, seed=seed, steps=steps)
     built.info["build_seconds"] = time.perf_counter() - t_build
+    sim = make_simulation(scenario, built, seed)  # bad device counts fail here, before any file
+    policy = make_archetype_policy(scenario, built)  # so does a backend that cannot start
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
-    writer = RunWriter(run_dir, manifest_for(scenario, built, seed, steps, manifest_extra),
-                       sample_every=scenario.output.sample_every)
-    sim = make_simulation(scenario, built, seed)
+    manifest_extra = dict(manifest_extra or {})
+    if policy is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache = policy.attach(run_dir)
+        manifest_extra["llm_cache"] = str(cache) if cache else scenario.policy.backend.get("cache")
+        manifest_extra["llm_backend"] = getattr(policy.backend, "identity", None)
+    manifest = manifest_for(scenario, built, seed, steps, manifest_extra)
+    if checkpoint_every:
+        manifest["checkpoint_every"] = int(checkpoint_every)
+    if resume_from is not None:
+        from .checkpoint import resume_manifest
+        manifest = resume_manifest(run_dir, resume_from, manifest)  # also truncates outputs to its step
+    writer = RunWriter(run_dir, manifest, sample_every=scenario.output.sample_every)
+    policies = list(policies) + ([policy] if policy is not None else [])
+    if resume_from is not None:
+        resume_from.restore_into(sim, policies)
+    start = sim.step
+    if checkpoint_every:
+        from .checkpoint import Checkpointer
+        checkpointer = Checkpointer(checkpoint_every, run_dir, scenario=scenario, steps=steps, writer=writer,
+                                    policies=policies, keep=checkpoint_keep, start_step=start,
+                                    extra={"llm_cache": manifest.get("llm_cache")})
+        policies = [checkpointer, *policies]  # first, so a resume repeats the other policies' updates
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, unit="step", desc=scenario.name, dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=start, unit="step", desc=scenario.name, dynamic_ncols=True)
         bar.set_postfix(agents=f"{built.n_agents:,}")
 
     def chunk_done(s: Simulation, chunk: Chunk) -> None:
         extra = {"wall_seconds": np.full(len(chunk.steps), chunk.seconds / len(chunk.steps))}
+        if policy is not None:
+            extra.update(policy.metrics_for(chunk.steps))
         if extra_metrics is not None:
             extra.update(extra_metrics(s, chunk))
         writer.submit(chunk, extra)
@@ -115,13 +166,18 @@ def run_scenario(
 
     status = "failed"
     try:
-        done = sim.run(steps, policies=policies, on_chunk=chunk_done, should_stop=should_stop)
-        status = "completed" if done == steps else "stopped"
+        done = sim.run(steps - start, policies=policies, on_chunk=chunk_done, should_stop=should_stop)
+        status = "completed" if start + done == steps else "stopped"
+        if checkpoint_every and status == "stopped" and sim.step > start:
+            checkpointer.save(sim)  # a stopped run can be resumed where it stopped
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         if bar is not None:
             bar.close()
+        if policy is not None:
+            policy.close()
+            writer.update_manifest(llm_totals=dict(policy.totals.__dict__))
         writer.close(status)
     return run_dir

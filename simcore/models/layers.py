@@ -14,6 +14,8 @@ import numpy as np
 
 from ..engine.ops import edge_rows, neighbor_sum
 
+EDGE_PAD = 128  # entries per layer are a multiple of this, so any power-of-two device count divides them
+
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
@@ -23,9 +25,22 @@ class Layer:
     rows: jax.Array
 
     @staticmethod
-    def from_csr(csr) -> "Layer":
+    def from_csr(csr, pad_to: int = EDGE_PAD) -> "Layer":
+        """Entries are padded to a multiple of ``pad_to`` so they split evenly over devices.
+
+        Padding rows point one past the last agent: segment sums drop them, and the
+        sparse path never reaches them (it walks ``indptr``).
+        """
+        n = int(csr.indptr.shape[0]) - 1
+        e = int(csr.indices.shape[0])
+        pad = (-e) % pad_to
         indptr = jnp.asarray(csr.indptr)
-        return Layer(indptr, jnp.asarray(csr.indices), edge_rows(indptr, int(csr.indices.shape[0])))
+        rows = edge_rows(indptr, e)
+        indices = jnp.asarray(csr.indices)
+        if pad:
+            indices = jnp.concatenate([indices, jnp.zeros(pad, indices.dtype)])
+            rows = jnp.concatenate([rows, jnp.full(pad, n, rows.dtype)])
+        return Layer(indptr, indices, rows)
 
     @property
     def n_edges(self) -> int:
