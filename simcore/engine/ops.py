@@ -47,26 +47,26 @@ def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
     return jnp.zeros(n, jnp.float32).at[dst].add(x[src].astype(jnp.float32), mode="drop")
 
 
-@partial(jax.jit, static_argnames=("node_capacity", "edge_capacity"))
-def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int):
+@partial(jax.jit, static_argnames=("node_capacity", "edge_capacity", "tiers"))
+def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int, tiers: int = 3):
     """``y[j] = sum(x[i] for i in neighbours(j) if active[i])`` on a symmetric CSR graph.
 
     ``rows`` is :func:`edge_rows` of the graph (4 bytes per edge, kept with the graph).
-    The sparse path runs when at most ``node_capacity`` sources are active and they
-    own at most ``edge_capacity`` edges: its cost is O(N) for finding them plus
-    O(edge_capacity) for their edges, against O(E) for the dense path.
+    The sparse push costs O(N) to find active sources plus O(buffer) for their edges,
+    whatever the number actually active, so buffers come in ``tiers`` sizes
+    (``capacity / 4**k``) and the smallest that fits runs; above ``edge_capacity``
+    active edges (or ``node_capacity`` active nodes) the dense O(E) pull runs.
     """
     if edge_capacity <= 0 or node_capacity <= 0:
         return _dense(indices, rows, x, active)
     deg = indptr[1:] - indptr[:-1]
     n_active = jnp.sum(active, dtype=jnp.int32)
     active_edges = jnp.sum(jnp.where(active, deg, 0), dtype=indptr.dtype)
-    use_sparse = (n_active <= node_capacity) & (active_edges <= edge_capacity)
-    return jax.lax.cond(
-        use_sparse,
-        lambda: _sparse(indptr, indices, x, active, node_capacity, edge_capacity),
-        lambda: _dense(indices, rows, x, active),
-    )
+    sizes = sorted({(max(node_capacity // 4**k, 1), max(edge_capacity // 4**k, 1)) for k in range(tiers)})
+    branches = [partial(_sparse, indptr, indices, x, active, nc, ec) for nc, ec in sizes]
+    branches.append(lambda: _dense(indices, rows, x, active))
+    misses = [((n_active > nc) | (active_edges > ec)).astype(jnp.int32) for nc, ec in sizes]
+    return jax.lax.switch(sum(misses), branches)
 
 
 def group_sum(values: jax.Array, group: jax.Array, n_groups: int, *, sorted_groups: bool = False) -> jax.Array:
