@@ -49,8 +49,7 @@ def _fields(template: str) -> set[str]:
 
 def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...]) -> None:
     """Field-by-field checks against what the model offers; raises ScenarioError."""
-    feats = set(model.labels) & {"age_band", "borough", "occupation", "case_trend", "labor", "isolating",
-                                  "disease", "sex"} if model.features else set()
+    feats = set(model.labels) if model.features else set()  # grouping needs each feature's levels
     for i, d in enumerate(spec.decisions):
         where = f"policy.decisions[{i}]"
         if d.target not in model.decision_targets:

@@ -134,7 +134,94 @@ class EpidemicModel(Strict):
     params: EpidemicParams = EpidemicParams()
 
 
-Model = Annotated[Union[EpidemicModel, SEIRModel], Field(discriminator="kind")]
+class SocialActionWeights(Strict):
+    """Baseline odds (versus doing nothing) of each action for an active user, per feed item."""
+
+    create_post: float = Field(0.15, ge=0)
+    like: float = Field(0.04, ge=0)
+    dislike: float = Field(0.01, ge=0)
+    repost: float = Field(0.01, ge=0)
+    quote: float = Field(0.003, ge=0)
+    comment: float = Field(0.006, ge=0)
+    follow: float = Field(0.004, ge=0)
+    unfollow: float = Field(0.002, ge=0)
+    mute: float = Field(0.0005, ge=0)
+
+
+class SocialFeedMix(Strict):
+    """Share of the feed's k slots per recommender (renormalized; largest-remainder rounding)."""
+
+    interest: float = Field(1.0, ge=0, description="OASIS-style R*F*S over topic-cluster + hot candidates")
+    hot: float = Field(0.0, ge=0, description="Reddit hot score, global")
+    network: float = Field(0.0, ge=0, description="followees' recent posts by popularity")
+    random: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.interest + self.hot + self.network + self.random <= 0:
+            raise ValueError("interest: at least one recommender share must be > 0")
+        return self
+
+
+class SeedPostSpec(Strict):
+    """Posts placed before step 0 by ``accounts`` users (the most followed first); their cascades are tracked."""
+
+    label: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    accounts: PositiveInt = 1
+    stance: float = Field(0.0, ge=-1, le=1)
+    topic: Annotated[int, Field(ge=0)] = 0
+    likes: Annotated[int, Field(ge=0)] = 0
+    dislikes: Annotated[int, Field(ge=0)] = 0
+    popular_authors: bool = True
+
+
+class SocialParams(Strict):
+    """OASIS-like X/Reddit platform as device arrays; see docs/social.md."""
+
+    embedding_dim: Annotated[int, Field(ge=4, le=64)] = 16
+    n_topics: Annotated[int, Field(ge=1, le=1024)] = 32
+    post_capacity: PositiveInt = 100_000
+    max_followees: Annotated[int, Field(ge=1, le=1024)] = 32
+    mute_slots: Annotated[int, Field(ge=1, le=64)] = 4
+    feed_size: Annotated[int, Field(ge=1, le=256)] = 10
+    feed: SocialFeedMix = SocialFeedMix()
+    cluster_list: Annotated[int, Field(ge=1, le=4096)] = 64
+    clusters_per_user: Annotated[int, Field(ge=1, le=64)] = 2
+    hot_candidates: Annotated[int, Field(ge=0, le=4096)] = 64
+    recommend_chunk: PositiveInt = 8192
+    minutes_per_step: float = Field(60.0, gt=0)
+    recency_unit_minutes: float = Field(60.0, gt=0, description="unit of delta-t in R = ln((271.8 - dt)/100)")
+    start_epoch: float = Field(1_700_000_000.0, ge=0, description="simulated clock at step 0 (Unix seconds)")
+    activity_rate: Fraction = Field(0.1, description="mean per-step activation probability over a day")
+    diurnal_amplitude: Fraction = Field(0.8, description="activity = rate x (1 + a cos(2 pi (hour - peak)/24)); 0 = flat")
+    start_hour: float = Field(0.0, ge=0, lt=24, description="simulated hour of day at step 0")
+    personas: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"lurker": 0.5, "regular": 0.4, "creator": 0.1})
+    initial_posts: Annotated[int, Field(ge=0)] = 1000
+    actions: SocialActionWeights = SocialActionWeights()
+    similarity_weight: float = 2.0
+    stance_weight: float = 1.5
+    popularity_weight: float = 0.3
+    herd_weight: float = Field(0.0, description="like/dislike odds shift by tanh((likes-dislikes)/herd_scale)")
+    herd_scale: float = Field(5.0, gt=0)
+    post_extremity: float = Field(0.3, ge=0, description="posts are clip(stance*(1+x)) of their author")
+    extremity_posting: float = Field(1.0, ge=0, description="post odds x exp(this*|stance|)")
+    stance_topic_coupling: float = Field(2.0, ge=0, description="weight of stance in the topic embedding")
+    interest_rate: Fraction = 0.05
+    confidence: float = Field(0.6, ge=0, le=2, description="bounded-confidence threshold on |stance difference|")
+    convergence: Fraction = Field(0.02, description="Deffuant mu per read post")
+    initial_stance_sd: float = Field(0.35, ge=0)
+    seed_posts: list[SeedPostSpec] = []
+    compact_every: PositiveInt = 24
+    record_events: bool = True
+
+
+class SocialModel(Strict):
+    kind: Literal["social"]
+    params: SocialParams = SocialParams()
+
+
+Model = Annotated[Union[EpidemicModel, SEIRModel, SocialModel], Field(discriminator="kind")]
 
 
 # -- interventions, run, output -------------------------------------------------

@@ -28,6 +28,9 @@ class Built:
 
 
 def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
+    if scenario.model.kind == "social":
+        from .social import SCHEDULED as social_scheduled
+        return social_scheduled
     return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
 
 
@@ -41,6 +44,43 @@ def check(scenario: Scenario) -> None:
                                 f"(scheduled: {', '.join(names)})")
     if scenario.model.kind == "epidemic" and not isinstance(scenario.graph, MultilayerGraph):
         raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
+    if scenario.model.kind == "social":
+        _check_social(scenario)
+
+
+def _check_social(scenario: Scenario) -> None:
+    from .social import PERSONAS
+
+    prm, field = scenario.model.params, "model.params"
+    if isinstance(scenario.graph, MultilayerGraph):
+        raise ScenarioError("graph.kind", "model 'social' needs a follow graph: erdos_renyi, barabasi_albert or "
+                                          "watts_strogatz")
+    if prm.feed_size > prm.post_capacity:
+        raise ScenarioError(f"{field}.feed_size", f"must be <= post_capacity ({prm.post_capacity}), got {prm.feed_size}")
+    unknown = sorted(set(prm.personas) - set(PERSONAS))
+    if unknown:
+        raise ScenarioError(f"{field}.personas", f"unknown persona {unknown[0]!r} (known: {', '.join(PERSONAS)})")
+    if sum(prm.personas.values()) <= 0:
+        raise ScenarioError(f"{field}.personas", "shares must sum to > 0")
+    seeds = sum(s.accounts for s in prm.seed_posts)
+    if seeds > scenario.population.size:
+        raise ScenarioError(f"{field}.seed_posts", f"accounts ({seeds}) must be <= population.size "
+                                                   f"({scenario.population.size})")
+    if seeds + prm.initial_posts > prm.post_capacity:
+        raise ScenarioError(f"{field}.initial_posts", f"seed posts ({seeds}) + initial_posts must be <= "
+                                                      f"post_capacity ({prm.post_capacity}), got {prm.initial_posts}")
+    labels = [s.label for s in prm.seed_posts]
+    if len(set(labels)) != len(labels):
+        raise ScenarioError(f"{field}.seed_posts", f"labels must be distinct, got {labels}")
+    for i, s in enumerate(prm.seed_posts):
+        if s.topic >= prm.n_topics:
+            raise ScenarioError(f"{field}.seed_posts[{i}].topic", f"must be < n_topics ({prm.n_topics}), got {s.topic}")
+    # the ring must hold at least one step of new posts: every active user may post once per step
+    peak = 1.8 * prm.activity_rate * scenario.population.size
+    if prm.post_capacity < peak:
+        raise ScenarioError(f"{field}.post_capacity", f"must be >= the peak active users per step "
+                                                      f"(~{peak:.0f} = 1.8 x activity_rate x population.size), "
+                                                      f"got {prm.post_capacity}")
 
 
 def concat_rows(*csrs):
@@ -135,7 +175,20 @@ def _build_epidemic(scenario: Scenario, seed: int) -> Built:
                  population)
 
 
-_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic}
+def _build_social(scenario: Scenario, seed: int) -> Built:
+    from . import social
+
+    n = scenario.population.size
+    t0 = time.perf_counter()
+    csr = _graph(scenario, n, seed)
+    t_graph = time.perf_counter() - t0
+    cfg, state, params, base, info = social.init(scenario.model.params, n, csr, seed)
+    info.update({"graph_seconds": t_graph, "init_seconds": time.perf_counter() - t0 - t_graph,
+                 "edges": int(state.followees.sum())})
+    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+
+
+_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social}
 
 
 def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None) -> Built:

@@ -7,7 +7,9 @@ Substeps, in order (each a pure ``(state, params, key) -> state``):
                  from ``llm_policy`` blended in by ``*_table_weight``);
 3. ``transmit``  layer-specific force of infection from infectious neighbours; isolation cuts
                  non-household contacts at both ends; S -> E with age-specific susceptibility;
-4. ``progress``  E -> I, I -> R or M (age-specific infection fatality), counts for the metrics.
+                 E -> I, I -> R or M (age-specific infection fatality), all read from the state at
+                 the start of the step;
+4. ``report``    expected reported cases per borough into the 28-day history.
 
 Scheduled parameters (one row per step, edited by interventions): ``household_scale``,
 ``workplace_scale``, ``school_scale``, ``community_scale`` (contact multipliers), ``lockdown``
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine import Model, init_key, root_key
-from .layers import Layer, geometric_exit, seed_infections
+from .layers import Layer, seed_infections
 
 S, E, I, R, M = 0, 1, 2, 3, 4
 STATES = ("S", "E", "I", "R", "M")
@@ -90,7 +92,7 @@ def _last_days(hist, step, days):
 
 
 def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
-    k_iso, k_loss, k_ret = jax.random.split(key, 3)
+    k_iso, k_loss = jax.random.split(key)
     n = st.disease.shape[0]
     b = p["borough"]
     alive = st.disease != M
@@ -112,8 +114,9 @@ def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     loss = jnp.where(jnp.isnan(p["work_llm"]), loss, p["work_llm"])
     ret = p["return_base"] * (1 - lockdown * p["return_drag"])
     labor = st.labor
-    lose = (labor == 1) & (jax.random.uniform(k_loss, (n,)) < loss)
-    back = (labor == 2) & (jax.random.uniform(k_ret, (n,)) < ret)
+    u_labor = jax.random.uniform(k_loss, (n,))  # one draw: losing and returning are exclusive by state
+    lose = (labor == 1) & (u_labor < loss)
+    back = (labor == 2) & (u_labor < ret)
     labor = jnp.where(lose, jnp.int8(2), jnp.where(back, jnp.int8(1), labor))
     labor = jnp.where(alive, labor, jnp.int8(0))
     return _replace(st, iso_days=iso_days, labor=labor)
@@ -132,25 +135,30 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     for i, name in enumerate(LAYERS[1:], start=1):
         foi_out += beta[i] * p[f"{name}_scale"] * layers[name].pull(keep, infectious, cfg.sparse_capacity)
     foi = (foi_home + keep * foi_out) * p["susceptibility"][p["age_band"]]
-    infected = (d == S) & (jax.random.uniform(key, d.shape) < 1.0 - jnp.exp(-foi))
-    return _replace(st, disease=jnp.where(infected, jnp.int8(E), d), flows=_flow(st.flows, p, 0, infected, reset=True))
-
-
-def progress(cfg: EpidemicConfig, st: EpidemicState, p, key):
-    k_ei, k_ir, k_m = jax.random.split(key, 3)
-    d = st.disease
-    n = d.shape[0]
-    to_i = (d == E) & geometric_exit(k_ei, (n,), cfg.latent_days)
-    leave = (d == I) & geometric_exit(k_ir, (n,), cfg.infectious_days)
-    dies = leave & (jax.random.uniform(k_m, (n,)) < p["ifr"][p["age_band"]])
+    # One uniform per agent serves every disease transition: they are exclusive by state
+    # (S infects, E progresses, I leaves), and I's death test reuses the same draw below its exit bar.
+    u = jax.random.uniform(key, d.shape)
+    infected = (d == S) & (u < 1.0 - jnp.exp(-foi))
+    p_ei = 1.0 if cfg.latent_days <= 0 else 1.0 / cfg.latent_days
+    p_ir = 1.0 / cfg.infectious_days
+    to_i = (d == E) & (u < p_ei)
+    leave = (d == I) & (u < p_ir)
+    dies = leave & (u < p_ir * p["ifr"][p["age_band"]])
+    d = jnp.where(infected, jnp.int8(E), d)
     d = jnp.where(to_i, jnp.int8(I), d)
     d = jnp.where(leave, jnp.where(dies, jnp.int8(M), jnp.int8(R)), d)
-    flows = _flow(st.flows, p, 1, dies)
+    flows = _flow(st.flows, p, 0, infected, reset=True)
+    flows = _flow(flows, p, 1, dies)
     flows = _flow(flows, p, 2, to_i)
+    return _replace(st, disease=d, flows=flows)
+
+
+def report(cfg: EpidemicConfig, st: EpidemicState, p, key):
+    flows = st.flows
     # reported cases: expected detections of new symptomatic cases, by borough
     reported = flows[:, 2].reshape(cfg.n_boroughs, cfg.n_ages).sum(axis=1) * p["detection_rate"]
     hist = st.case_hist.at[p["step"] % WINDOW].set(reported.astype(jnp.float32))
-    return _replace(st, disease=d, flows=flows, case_hist=hist)
+    return _replace(st, case_hist=hist)
 
 
 def _flow(flows, p, column, mask, reset=False):
@@ -240,7 +248,7 @@ def stats(st: EpidemicState, p):
 def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> Model:
     return Model(
         name="epidemic",
-        substeps=tuple(partial(f, cfg) for f in (observe, behave, transmit, progress)),
+        substeps=tuple(partial(f, cfg) for f in (observe, behave, transmit, report)),
         metrics=partial(metrics, cfg),
         sample=sample,
         labels={"disease": STATES, "labor": LABOR, "borough": cfg.borough_labels, "age_band": cfg.age_labels,

@@ -61,13 +61,6 @@ class Layer:
                             node_capacity=node_cap, edge_capacity=edge_cap)
 
 
-def geometric_exit(key: jax.Array, shape, mean_steps: float) -> jax.Array:
-    """Leave a state with probability 1/mean_steps per step (geometric sojourn with that mean)."""
-    if mean_steps <= 0:
-        return jnp.ones(shape, bool)
-    return jax.random.uniform(key, shape) < (1.0 / mean_steps)
-
-
 def seed_infections(key: jax.Array, n: int, fraction: float) -> np.ndarray:
     """Exactly round(fraction * n) distinct agents (at least one)."""
     k = max(1, int(round(fraction * n)))

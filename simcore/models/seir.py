@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine import Model, init_key, root_key
-from .layers import Layer, geometric_exit, seed_infections
+from .layers import Layer, seed_infections
 
 S, E, I, R = 0, 1, 2, 3
 STATES = ("S", "E", "I", "R")
@@ -49,15 +49,16 @@ def transmissibility(beta: float, infectious_days: float) -> float:
 
 
 def _step(cfg: SEIRConfig, state: SEIRState, params, key):
-    k_inf, k_ei, k_ir = jax.random.split(key, 3)
     d = state.disease
     infectious = d == I
     layer: Layer = params["graph"]
     pressure = layer.pull(jnp.ones(d.shape, jnp.float32), infectious, cfg.sparse_capacity)
     p_inf = 1.0 - jnp.exp(-params["beta"] * params["contact_scale"] * pressure)
-    infected = (d == S) & (jax.random.uniform(k_inf, d.shape) < p_inf)
-    to_i = (d == E) & geometric_exit(k_ei, d.shape, cfg.latent_days)
-    to_r = infectious & geometric_exit(k_ir, d.shape, cfg.infectious_days)
+    # one uniform per agent: infection, E -> I and I -> R are exclusive by state
+    u = jax.random.uniform(key, d.shape)
+    infected = (d == S) & (u < p_inf)
+    to_i = (d == E) & (u < (1.0 / cfg.latent_days if cfg.latent_days > 0 else 1.0))
+    to_r = infectious & (u < 1.0 / cfg.infectious_days)
     d = jnp.where(infected, jnp.int8(E if cfg.latent_days > 0 else I), d)
     d = jnp.where(to_i, jnp.int8(I), d)
     d = jnp.where(to_r, jnp.int8(R), d)
