@@ -166,9 +166,11 @@ def run_mesa(csr, k: int, peak_state: np.ndarray) -> dict:
     }
 
 
-def run_nyc(out_dir: Path) -> dict:
+def run_nyc(out_dir: Path, llm: bool = False) -> dict:
     """``simcore run covid_nyc`` in a child process; wall time and the child's own peak RSS (wait4)."""
     cmd = [sys.executable, "-m", "simcore", "run", "covid_nyc", "--out", str(out_dir), "--quiet"]
+    if not llm:  # the issue-2 target is heuristic behaviour; --nyc-llm measures the archetype run
+        cmd += ["--set", "policy=null"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the NYC scenario; 3 Mesa steps per phase")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ap.add_argument("--mesa-steps", type=int, help="Mesa steps timed per phase (default 3 quick, 5 full)")
+    ap.add_argument("--nyc-llm", action="store_true", help="run covid_nyc with its LLM archetypes (default: heuristic)")
     ap.add_argument("--nyc-out", metavar="DIR", help="keep the NYC run directory here (default: a temp dir)")
     args = ap.parse_args(argv)
     k = args.mesa_steps or (3 if args.quick else 5)
@@ -297,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         print("covid_nyc (simcore run covid_nyc, 8.4M agents) ...", flush=True)
         if args.nyc_out:
-            res["nyc"] = run_nyc(Path(args.nyc_out))
+            res["nyc"] = run_nyc(Path(args.nyc_out), args.nyc_llm)
         else:
             with tempfile.TemporaryDirectory(prefix="bench-nyc-") as tmp:
-                res["nyc"] = run_nyc(Path(tmp) / "run")
+                res["nyc"] = run_nyc(Path(tmp) / "run", args.nyc_llm)
 
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     print()
