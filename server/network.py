@@ -1,0 +1,77 @@
+"""A small, drawable piece of a run's contact graph.
+
+Breadth-first from one agent over every layer, a level at a time (vectorised per
+level; only the visited rows are read from the device), capped at ``max_nodes``;
+then the induced subgraph and a spring layout computed once with networkx.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def layers_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Named CSR-like layers (``indptr``/``indices``) of a model's params: epidemic ``layers`` or seir ``graph``."""
+    if isinstance(params.get("layers"), Mapping):
+        return dict(params["layers"])
+    if params.get("graph") is not None and hasattr(params["graph"], "indptr"):
+        return {"contacts": params["graph"]}
+    return {}
+
+
+def _neighbours(layer, nodes: np.ndarray, per_node: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(source, neighbour) pairs for ``nodes``; at most ``per_node`` neighbours each (the first ones)."""
+    indptr = layer.indptr
+    lo = np.asarray(indptr[nodes]).astype(np.int64)
+    hi = np.asarray(indptr[nodes + 1]).astype(np.int64)
+    deg = hi - lo
+    if per_node is not None:
+        deg = np.minimum(deg, per_node)
+    total = int(deg.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    src = np.repeat(nodes, deg)
+    offs = np.arange(total) - np.repeat(np.cumsum(deg) - deg, deg)
+    pos = np.repeat(lo, deg) + offs
+    nbr = np.asarray(layer.indices[pos]).astype(np.int64)
+    return src, nbr
+
+
+def sample_subgraph(layers: Mapping[str, Any], start: int, *, max_nodes: int = 150, per_node: int = 6,
+                    seed: int = 0) -> dict[str, Any]:
+    """Nodes (agent ids), edges ``[i, j, layer]`` between node positions, and ``x``/``y`` positions."""
+    import networkx as nx
+
+    names = list(layers)
+    chosen = np.array([start], np.int64)
+    frontier = chosen
+    while len(chosen) < max_nodes and len(frontier):
+        found = [_neighbours(layers[n], frontier, per_node)[1] for n in names]
+        nxt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        nxt = nxt[~np.isin(nxt, chosen)]
+        nxt = nxt[: max_nodes - len(chosen)]
+        chosen = np.concatenate([chosen, nxt])
+        frontier = nxt
+    nodes = np.sort(chosen)
+    edges = []
+    for li, name in enumerate(names):
+        src, nbr = _neighbours(layers[name], nodes, None)
+        keep = np.isin(nbr, nodes) & (src < nbr)
+        i = np.searchsorted(nodes, src[keep])
+        j = np.searchsorted(nodes, nbr[keep])
+        pairs = np.unique(np.stack([i, j], 1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+        edges.append(np.concatenate([pairs, np.full((len(pairs), 1), li)], 1))
+    edges_arr = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+    g = nx.Graph()
+    g.add_nodes_from(range(len(nodes)))
+    g.add_edges_from(map(tuple, edges_arr[:, :2].tolist()))
+    pos = nx.spring_layout(g, seed=seed)
+    xy = np.array([pos[i] for i in range(len(nodes))]) if len(nodes) else np.zeros((0, 2))
+    return {
+        "nodes": nodes.tolist(),
+        "x": np.round(xy[:, 0], 4).tolist(),
+        "y": np.round(xy[:, 1], 4).tolist(),
+        "edges": edges_arr.tolist(),
+        "layers": names,
+    }

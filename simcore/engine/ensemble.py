@@ -1,0 +1,336 @@
+"""Replicates of one model stepped together: stacked states, per-replicate keys, shared params.
+
+An :class:`Ensemble` holds ``R`` replicates of the same model on the same
+parameters (population, graph): a state pytree with a leading replicate axis,
+one root key per replicate and one schedule row per replicate and step, so arms
+of an experiment (which differ only in their schedules) can share a batch.
+Step ``t`` of replicate ``r`` uses ``fold_in(root_key(seeds[r]), t)``, exactly as
+:class:`~simcore.engine.Simulation` does, so a replicate draws the same numbers
+as a single run of the same seed from the same state.
+
+Replicates run ``batch_size`` at a time under ``jax.vmap`` (one compiled program
+per batch size, reused across arms, batches and step counts: every chunk has the
+same length); ``batch_size=1`` runs them one after another without ``vmap``.
+:func:`batch_size_for` picks the largest batch that fits a memory budget. Under
+``vmap`` a data-dependent ``lax.cond``/``lax.switch`` (the tiered sparse/dense
+neighbour pull) evaluates every branch, so batching pays least, or loses, for
+models that lean on it; on CPU it measured slower even without it
+(``benchmarks/experiments.py``).
+
+Only per-step metrics come back to the host; agent samples and event traces are
+not recorded for ensembles.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import Model, Params, State
+from .rng import root_key, step_key
+from .schedule import extend_schedule
+
+_RUNNERS: dict[Any, "_Compiled"] = {}
+
+
+class _Compiled:
+    """The jitted chunk functions of one model (single replicate and vmapped), built once per model."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+        def chunk(state, params, rows, root, t0, t_end, length):
+            # Steps at or past t_end are skipped by a cond on unbatched values (it stays a real
+            # branch under vmap), so every chunk has the same length and compiles once.
+            def go(st, t, row):
+                p = {**params, **row, "step": t}
+                st = model.step(st, p, step_key(root, t))
+                return st, model.metrics(st, p)
+
+            def body(st, xs):
+                t, row = xs
+                shapes = jax.eval_shape(go, st, t, row)[1]
+                skip = lambda st, t, row: (st, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))  # noqa: E731
+                return jax.lax.cond(t < t_end, go, skip, st, t, row)
+
+            ts = t0 + jnp.arange(length, dtype=jnp.int32)
+            return jax.lax.scan(body, state, (ts, rows))
+
+        donate = (0,) if jax.default_backend() != "cpu" else ()
+        self.single = jax.jit(chunk, static_argnums=(6,), donate_argnums=donate)
+        batched = jax.vmap(chunk, in_axes=(0, None, 0, 0, None, None, None))
+        self.batched = jax.jit(batched, static_argnums=(6,), donate_argnums=donate)
+
+
+def _fn_key(fn):
+    if isinstance(fn, functools.partial):
+        return (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
+    return fn
+
+
+def model_key(model: Model):
+    """Equal for two models built from the same functions and configuration (so they share compiled code)."""
+    key = (model.name, tuple(_fn_key(f) for f in model.substeps), _fn_key(model.metrics))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable configuration: share only with the very same model object
+        return ("id", id(model))
+    return key
+
+
+def compiled_for(model: Model) -> _Compiled:
+    """The shared compiled functions for ``model`` (compiled lazily per shape, reused by every Ensemble).
+
+    Keyed by :func:`model_key`, so arms built separately from equal configurations
+    (each ``build`` makes a new ``Model``) reuse one compilation.
+    """
+    key = model_key(model)
+    hit = _RUNNERS.get(key)
+    if hit is None:
+        hit = _RUNNERS[key] = _Compiled(model)
+    return hit
+
+
+@dataclass
+class EnsembleChunk:
+    """Metrics of one chunk: ``metrics[name]`` has shape ``[R, len(steps)]``."""
+
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+    seconds: float = 0.0
+
+
+def stack_states(states: Sequence[State]) -> State:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack_state(stacked: State, index: int) -> State:
+    return jax.tree_util.tree_map(lambda x: x[index], stacked)
+
+
+def replicate_state(state: State, n: int) -> State:
+    """``n`` copies of one state along a new leading axis."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))).copy(), state)
+
+
+def tree_bytes(tree: Any) -> int:
+    return int(sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def available_memory() -> int:
+    """Bytes the default device can still hand out (GPU: allocator stats; CPU: available RAM)."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def batch_size_for(state: State, n_replicates: int, *, work_factor: float = 8.0, budget: int | None = None,
+                   fraction: float = 0.5) -> int:
+    """Largest batch (<= n_replicates) whose replicated state and step temporaries fit the budget.
+
+    ``work_factor`` is the step's peak temporary memory in multiples of one
+    replicate's state (force-of-infection floats, masks, random bits: per agent a
+    few 4-byte arrays against ~1-8 bytes of state). The budget defaults to
+    ``fraction`` of the memory :func:`available_memory` reports.
+    """
+    per = max(tree_bytes(state), 1) * (1.0 + work_factor)
+    budget = int(available_memory() * fraction) if budget is None else int(budget)
+    return int(max(1, min(n_replicates, budget // per)))
+
+
+class Ensemble:
+    """``R`` replicates of ``model`` on shared ``params``, stepped in compiled chunks.
+
+    ``states``: a list of R state pytrees, or one pytree with a leading axis of R.
+    ``schedule``: ``{name: rows}`` with rows ``[T, ...]`` shared by all replicates, or
+    ``[R, T, ...]`` (one schedule per replicate) with ``per_replicate_schedule=True``;
+    ``seeds``: R root seeds.
+    """
+
+    def __init__(self, model: Model, states: State | Sequence[State], params: Params,
+                 schedule: Mapping[str, np.ndarray], seeds: Sequence[int], *, chunk_size: int = 32,
+                 step: int = 0, batch_size: int | None = None, per_replicate_schedule: bool = False):
+        self.model = model
+        self.seeds = [int(s) for s in seeds]
+        r = len(self.seeds)
+        if r < 1:
+            raise ValueError("an ensemble needs at least one seed")
+        self.state = stack_states(states) if isinstance(states, (list, tuple)) else states
+        lead = {int(np.shape(x)[0]) for x in jax.tree_util.tree_leaves(self.state)}
+        if lead != {r}:
+            raise ValueError(f"states have leading sizes {sorted(lead)}, expected {r} (one per seed)")
+        self.params = dict(params)
+        clash = set(self.params) & set(schedule)
+        if clash:
+            raise ValueError(f"parameters both static and scheduled: {sorted(clash)}")
+        self.schedule = {k: self._per_replicate(k, np.asarray(v, np.float32), per_replicate_schedule)
+                         for k, v in schedule.items()}
+        self.roots = jnp.stack([root_key(s) for s in self.seeds])
+        self.step = int(step)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
+        self.batch_size = r if batch_size is None else max(1, min(int(batch_size), r))
+        self._fns = compiled_for(model)
+
+    def _per_replicate(self, name: str, table: np.ndarray, per_replicate: bool) -> np.ndarray:
+        r = len(self.seeds)
+        if per_replicate:
+            if table.shape[0] != r:
+                raise ValueError(f"schedule {name!r}: {table.shape[0]} tables for {r} replicates")
+            return table.copy()
+        return np.repeat(table[None], r, axis=0)
+
+    @property
+    def n_replicates(self) -> int:
+        return len(self.seeds)
+
+    # -- schedule edits ---------------------------------------------------------------
+    def _ensure_rows(self, end: int) -> None:
+        if any(v.shape[1] < end for v in self.schedule.values()):
+            ext = extend_schedule({k: np.swapaxes(v, 0, 1) for k, v in self.schedule.items()}, end)
+            self.schedule = {k: np.ascontiguousarray(np.swapaxes(v, 0, 1)) for k, v in ext.items()}
+
+    def set_schedule(self, name: str, rows: np.ndarray, replicates: Sequence[int] | None = None) -> None:
+        """Replace the rows of ``name`` from the current step on, for all (or some) replicates."""
+        rows = np.asarray(rows, np.float32)
+        self._ensure_rows(self.step + len(rows))
+        sel = slice(None) if replicates is None else np.asarray(replicates)
+        self.schedule[name][sel, self.step:self.step + len(rows)] = rows
+
+    # -- stepping ---------------------------------------------------------------
+    def advance(self, n_steps: int) -> EnsembleChunk:
+        """Run ``n_steps`` for every replicate; metrics come back as ``[R, n_steps]`` arrays.
+
+        Steps run in compiled chunks of exactly ``chunk_size`` (the tail of the last one
+        is skipped), so any ``n_steps`` reuses the same program.
+        """
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        t_start = time.perf_counter()
+        start = self.step
+        parts = []
+        while n_steps > 0:
+            m = min(n_steps, self.chunk_size)
+            parts.append(self._advance_chunk(m))
+            n_steps -= m
+        metrics = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+        return EnsembleChunk(steps=np.arange(start, self.step, dtype=np.int64), metrics=metrics, seconds=time.perf_counter() - t_start)
+
+    def _advance_chunk(self, n_steps: int) -> dict[str, np.ndarray]:
+        start, length = self.step, self.chunk_size
+        self._ensure_rows(start + length)
+        rows = {k: v[:, start:start + length] for k, v in self.schedule.items()}
+        r, b = self.n_replicates, self.batch_size
+        t0 = (jnp.int32(start), jnp.int32(start + n_steps))
+        if b == r:
+            state, out = self._call(self.state, rows, self.roots, t0, length, batched=r > 1 or b > 1)
+        else:
+            states, outs = [], []
+            for lo in range(0, r, b):
+                idx = np.arange(lo, min(lo + b, r))
+                pad = np.concatenate([idx, np.full(b - len(idx), idx[-1])])  # same batch shape: no recompilation
+                sub = jax.tree_util.tree_map(lambda x: x[pad], self.state)
+                st, o = self._call(sub, {k: v[pad] for k, v in rows.items()}, self.roots[pad], t0, length,
+                                   batched=b > 1)
+                keep = len(idx)
+                states.append(jax.tree_util.tree_map(lambda x: x[:keep], st))
+                outs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], o))
+            state = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
+            out = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outs)
+        self.state = state
+        host = jax.device_get(out)
+        self.step = start + n_steps
+        return {k: np.asarray(v)[:, :n_steps] for k, v in host.items()}
+
+    def _call(self, state, rows, roots, t0, n, *, batched: bool):
+        if batched:
+            return self._fns.batched(state, self.params, rows, roots, *t0, n)
+        one = jax.tree_util.tree_map(lambda x: x[0], state)
+        st, out = self._fns.single(one, self.params, {k: v[0] for k, v in rows.items()}, roots[0], *t0, n)
+        return (jax.tree_util.tree_map(lambda x: x[None], st), jax.tree_util.tree_map(lambda x: x[None], out))
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Replace a shared parameter with an array of the same shape and dtype (no recompilation)."""
+        if name not in self.params:
+            raise KeyError(f"unknown parameter {name!r}")
+        old = self.params[name]
+        new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
+        if new.shape != jnp.shape(old):
+            raise ValueError(f"parameter {name!r}: shape {new.shape} != {jnp.shape(old)}")
+        self.params[name] = new
+
+    def run(self, n_steps: int, *, policies: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+        """Step ``n_steps`` in chunks of ``chunk_size``; returns ``{metric: [R, n_steps]}``.
+
+        ``policies`` (host policies, as for :meth:`Simulation.run`) need a single
+        replicate: they see a Simulation-like view (``step``, ``state``, ``params``,
+        ``root``, ``seed``, ``model``, ``set_param``) and are called before every
+        step that is a multiple of their ``every``.
+        """
+        policies = list(policies)
+        if policies and self.n_replicates != 1:
+            raise ValueError("host policies need an ensemble of one replicate (they may set its params)")
+        cadences = [p.every for p in policies if p.every > 0]
+        parts: list[dict[str, np.ndarray]] = []
+        end = self.step + n_steps
+        view = _SimView(self) if policies else None
+        while self.step < end:
+            nxt = min(self.step + self.chunk_size, end)
+            for every in cadences:
+                nxt = min(nxt, (self.step // every + 1) * every)
+            for policy in policies:
+                if policy.every > 0 and self.step % policy.every == 0:
+                    policy.update(view)
+            parts.append(self.advance(nxt - self.step).metrics)
+        if not parts:
+            return {}
+        return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+    def replicate(self, index: int) -> State:
+        """The state of one replicate (device arrays)."""
+        return unstack_state(self.state, index)
+
+
+class _SimView:
+    """What a host policy sees of a one-replicate ensemble: the Simulation attributes it uses."""
+
+    def __init__(self, ens: Ensemble):
+        self._ens = ens
+        self.model = ens.model
+        self.seed = ens.seeds[0]
+        self.root = ens.roots[0]
+
+    @property
+    def step(self) -> int:
+        return self._ens.step
+
+    @property
+    def state(self) -> State:
+        return self._ens.replicate(0)
+
+    @property
+    def params(self) -> dict:
+        return self._ens.params
+
+    @property
+    def schedule(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self._ens.schedule.items()}
+
+    def set_param(self, name: str, value: Any) -> None:
+        self._ens.set_param(name, value)
