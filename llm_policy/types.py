@@ -305,3 +305,11 @@ def parse_json_output(text: str, schema: dict) -> dict:
         raise BackendError(f"generated JSON violates schema: {'; '.join(errs[:5])}: {text[:200]!r}")
     return value
 
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the shared prefix of two token sequences (how much KV cache a prompt can reuse)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llm_policy.types import common_prefix_length as _lcp
 from llm_policy.types import (
     BackendError,
     BackendUnavailable,
@@ -83,14 +84,6 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64, copy=False)
     m = x.max()
     return x - (m + np.log(np.exp(x - m).sum()))
-
-
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaCppBackend:

@@ -27,17 +27,10 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from llm_policy.types import common_prefix_length as _lcp
 from llm_policy.types import BackendError, BackendUnavailable, ScoreRequest, ScoreResult, parse_json_output
 
 __all__ = ["VLLMBackend"]
-
-
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class VLLMBackend:
