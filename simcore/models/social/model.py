@@ -21,6 +21,7 @@ Scheduled parameters: ``activity_scale``, ``post_scale``, ``like_scale``, ``repo
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -329,7 +330,8 @@ def act(cfg: SocialConfig, st: SocialState, p, key):
     pull = p["convergence"] * jnp.sum(jnp.where(near, diff, 0.0), axis=1)
     new_stance = jnp.clip(s_u + pull, -1.0, 1.0)
     n_read = jnp.sum(fvalid)
-    feed_distance = jnp.sum(jnp.where(fvalid, jnp.abs(diff), 0.0)) / jnp.maximum(n_read, 1)
+    # order-independent: the active slots are split over devices where active_cap >= n_users
+    feed_distance = exact_sum(jnp.where(fvalid, jnp.abs(diff), 0.0), 2.0) / jnp.maximum(n_read, 1)
     feed_fill = n_read / jnp.maximum(jnp.sum(live), 1)
 
     # interest drifts toward what one likes or reposts
@@ -453,26 +455,61 @@ def maintain(cfg: SocialConfig, st: SocialState, p, key):
 
 
 # -- reductions ------------------------------------------------------------------------------------------------
+def exact_sum(x, bound: float):
+    """Sum of float32 ``x`` (|x| <= ``bound``) whose bits do not depend on the summation order.
+
+    A float sum over the agent axis is per-shard partial sums plus an all-reduce under sharding,
+    a different order than on one device, so its last bits differ. Here every term is rounded to a
+    multiple of 2^-F (|term| < 2^30 units, so about 2^-30 relative to ``bound``) and the integers are
+    summed exactly: int32 digit columns narrow enough that no column can overflow, since integer
+    addition is associative. The digit totals are then combined in a fixed order.
+    """
+    n = max(int(np.prod(x.shape)), 2)
+    F = 30 - max(0, math.ceil(math.log2(bound)))
+    nb = math.ceil(math.log2(n))  # n <= 2^nb terms
+    B = 31 - nb  # low digits in [0, 2^B): a column sums to < 2^31
+    if B < 1:
+        raise ValueError(f"exact_sum: {n} terms are too many for int32 digit columns")
+    m = 1 + math.ceil((nb + 1) / B)  # top digit |t| <= 2^(30 - B(m-1)) <= 2^(30 - nb - 1): no overflow
+    q = jnp.round(x.reshape(-1).astype(jnp.float32) * np.float32(2.0**F)).astype(jnp.int32)
+    cols = [jnp.sum((q >> (B * i)) & ((1 << B) - 1), dtype=jnp.int32) for i in range(m - 1)]
+    cols.append(jnp.sum(q >> (B * (m - 1)), dtype=jnp.int32))
+    total = jnp.float32(0.0)
+    for i in reversed(range(m)):  # most significant first
+        total = total + cols[i].astype(jnp.float32) * np.float32(2.0 ** (B * i - F))
+    return total
+
+
+def exact_mean(x, bound: float):
+    return exact_sum(x, bound) / np.float32(max(int(np.prod(x.shape)), 1))
+
+
 def bimodality(x):
-    """Sarle's bimodality coefficient with the sample-size correction; > 5/9 suggests bimodality."""
+    """Sarle's bimodality coefficient with the sample-size correction; > 5/9 suggests bimodality.
+
+    ``x`` lies in [-1, 1] (stances), so deviations from the mean lie in [-2, 2].
+    """
     n = x.shape[0]
-    d = x - jnp.mean(x)
-    m2 = jnp.mean(d**2)
-    skew = jnp.mean(d**3) / jnp.maximum(m2, 1e-12) ** 1.5
-    kurt = jnp.mean(d**4) / jnp.maximum(m2, 1e-12) ** 2 - 3.0
+    d = x - exact_mean(x, 1.0)
+    m2 = exact_mean(d**2, 4.0)
+    skew = exact_mean(d**3, 8.0) / jnp.maximum(m2, 1e-12) ** 1.5
+    kurt = exact_mean(d**4, 16.0) / jnp.maximum(m2, 1e-12) ** 2 - 3.0
     corr = 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3))
     return (skew**2 + 1.0) / (kurt + corr)
 
 
 def metrics(cfg: SocialConfig, st: SocialState, p):
     s = st.stance
+    mean = exact_mean(s, 1.0)
     live = st.active < cfg.n_users
     counts = jnp.bincount(jnp.where(live, st.ev_action.astype(jnp.int32), len(ACTIONS)), length=len(ACTIONS) + 1)
     out = {
         "active": jnp.sum(live, dtype=jnp.int32), "active_dropped": st.n_dropped,
         "posts_total": st.n_posts, "edges": jnp.sum(st.followees),
-        "stance_mean": jnp.mean(s), "stance_var": jnp.var(s), "extremity": jnp.mean(jnp.abs(s)),
-        "extreme_share": jnp.mean(jnp.abs(s) > EXTREME), "bimodality": bimodality(s),
+        # order-independent sums: a run sharded over the agent axis gives the same bits
+        "stance_mean": mean, "stance_var": exact_mean((s - mean) ** 2, 4.0), "extremity": exact_mean(jnp.abs(s), 1.0),
+        "extreme_share": jnp.sum(jnp.abs(s) > EXTREME, dtype=jnp.int32) / np.float32(cfg.n_users),
+        "bimodality": bimodality(s),
         "feed_stance_distance": st.feed_distance, "feed_fill": st.feed_fill, "follow_refused": st.n_follow_full,
     }
     for i, name in enumerate(ACTIONS):
