@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from scenarios.loader import ScenarioError
 from scenarios.schema import DecisionSpec, PolicySpec
+from simcore.distributed import broadcast_from_lead
 from simcore.engine import Model, Simulation, step_key
 from simcore.io import atomic_write_table
 
@@ -165,6 +166,8 @@ class ArchetypePolicy:
         return d.prompt.format_map(values)
 
     def _score(self, pending: _Pending):
+        if jax.process_index() != 0:
+            return [], 0.0  # in a multi-process run only process 0 asks; _apply receives its answers
         d = self.spec.decisions[pending.decision]
         options = tuple(" " + o for o in d.options)
         requests = [ScoreRequest(p, options, self.spec.temperature) for ps in pending.prompts for p in ps]
@@ -180,7 +183,7 @@ class ArchetypePolicy:
         values = np.full(len(pending.groups.codes), np.nan)
         stats = self.per_step.setdefault(step, RoundStats())
         identity = getattr(self.backend, "identity", type(self.backend).__name__)
-        for j in range(len(pending.groups.codes)):
+        for j in range(len(pending.groups.codes) if results else 0):
             res = results[j * n_s:(j + 1) * n_s]
             ok = [r for r in res if r.error is None and all(math.isfinite(p) for p in r.probs)]
             probs = np.mean([r.probs for r in ok], axis=0) if ok else np.full(len(d.options), np.nan)
@@ -211,6 +214,7 @@ class ArchetypePolicy:
                 "fallback": fallback, "error": next((r.error for r in res if r.error), None),
             })
         stats.seconds += seconds
+        values = broadcast_from_lead(values)
         key = jax.random.fold_in(step_key(sim.root, step), 0x4C4C4D + pending.decision)
         sim.set_param(d.target, broadcast(pending.groups, values.astype(np.float32), key, d.heterogeneity))
 

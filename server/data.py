@@ -66,7 +66,7 @@ def agent_steps(run_dir: Path) -> list[int]:
     steps = []
     for p in base.iterdir():
         name = p.name
-        if name.startswith("step=") and name[5:].isdigit() and (p / "part-0.parquet").is_file():
+        if name.startswith("step=") and name[5:].isdigit() and any(p.glob("part-*.parquet")):
             steps.append(int(name[5:]))
     return sorted(steps)
 
@@ -74,7 +74,11 @@ def agent_steps(run_dir: Path) -> list[int]:
 def read_agents(run_dir: Path, step: int, labels: dict[str, list[str]], *, offset: int = 0,
                 limit: int = 100, state: str | None = None) -> dict[str, Any]:
     """One sampled-agents partition, categorical codes decoded with the manifest's labels."""
-    table = pq.read_table(run_dir / "agents" / f"step={step}" / "part-0.parquet")
+    # one part per process in multi-process runs; ordered by agent id whatever the part count
+    parts = sorted((run_dir / "agents" / f"step={step}").glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no sampled agents at step {step}")
+    table = pa.concat_tables([pq.read_table(f) for f in parts]).sort_by("agent")
     if state is not None:
         names = labels.get("disease", [])
         if state not in names:

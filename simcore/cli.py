@@ -54,11 +54,18 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from simcore.runs import run_scenario
 
+    if args.distributed:
+        # before anything touches a device: JAX's backends must see the whole cluster
+        from simcore.distributed import initialize
+        initialize()
     sc = _load(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()):
         from scenarios import ScenarioError
         raise ScenarioError("--out", f"directory exists and is not empty: {out}")
+    if args.distributed:
+        from simcore.distributed import barrier
+        barrier("simcore-out-checked")  # no process may create it before every process has looked
     every = getattr(args, "checkpoint_every", None)
     if every is not None and every <= 0:
         from scenarios import ScenarioError
@@ -179,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--checkpoint-every", type=int, metavar="N",
                     help="write a checkpoint every N steps into <run>/checkpoints/step=K/")
+    sp.add_argument("--distributed", action="store_true",
+                    help="one process of a multi-host run: jax.distributed from JAX_COORDINATOR_ADDRESS, "
+                         "JAX_NUM_PROCESSES, JAX_PROCESS_ID (or SLURM/Open MPI); uses every device of every process")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("resume", help="continue a killed or stopped run from its latest checkpoint")
@@ -233,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from scenarios import ScenarioError
 
+    from simcore.distributed import DistributedError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ScenarioError as exc:
+    except (ScenarioError, DistributedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

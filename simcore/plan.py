@@ -1,10 +1,12 @@
 """Memory planning: predict bytes per device before building anything large.
 
-The model is measured, not guessed: a small sample of the scenario (same model,
-same graph generator) is built, its resident bytes per agent and per stored edge
-are read off the device arrays, and the full size is extrapolated linearly.
-Per-step temporaries (draws, forces, dense-pull gathers) are added from the
-kernel's shapes: about 6 float32 arrays per agent and one float32 per stored edge.
+The model is measured, not guessed. The scenario is built at two small sizes
+(same model, same graph generator); for each, the resident device bytes are read
+off the arrays and XLA's memory analysis of one compiled chunk gives the
+temporaries (feeds, draws, gathers) and the outputs. A straight line through the
+two sizes separates what grows with agents from fixed buffers (the social post
+ring buffer), and is extrapolated to the full size. Without donation (the CPU
+backend) a chunk's new state is a second copy, so outputs count too.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import jax
 from scenarios import Scenario, ScenarioError
 
 SAMPLE_AGENTS = 20_000
-TEMP_BYTES_PER_AGENT = 6 * 4
-TEMP_BYTES_PER_EDGE = 4
+INT32_MAX = 2**31 - 1
 
 
 @dataclass
@@ -30,12 +31,17 @@ class Plan:
     predicted_bytes_per_device: float
     capacity_bytes_per_device: float
     fits: bool
+    largest_layer_entries: int = 0  # stored contacts of the biggest layer: int32 indices cap it
+    fixed_bytes: float = 0.0  # buffers that do not grow with agents (the social post ring buffer)
+    step_bytes_per_agent: float = 0.0  # a chunk's temporaries (and outputs without donation), per agent
 
     def describe(self) -> str:
         gib = 2**30
         return (f"{self.agents:,} agents on {self.devices} device(s): "
                 f"{self.resident_bytes_per_agent:.0f} B/agent resident (incl. {self.edges_per_agent:.1f} stored "
-                f"contacts x {self.bytes_per_edge:.0f} B), predicted {self.predicted_bytes_per_device / gib:.2f} GiB "
+                f"contacts x {self.bytes_per_edge:.0f} B) + {self.step_bytes_per_agent:.0f} B/agent while stepping"
+                + (f" + {self.fixed_bytes / 2**20:,.0f} MiB fixed buffers" if self.fixed_bytes else "")
+                + f", predicted {self.predicted_bytes_per_device / gib:.2f} GiB "
                 f"per device of {self.capacity_bytes_per_device / gib:.1f} GiB")
 
 
@@ -49,31 +55,58 @@ def device_capacity() -> float:
     return float(pages * size) / max(len(jax.devices("cpu")), 1)
 
 
-def plan(scenario: Scenario, devices: int | None = None, capacity: float | None = None) -> Plan:
+def _measure(scenario: Scenario, m: int):
+    """(built, resident bytes, temporary + undonated output bytes) of ``scenario`` at ``m`` agents."""
+    from .engine import Simulation
     from .models import build
 
-    devices = devices or scenario.run.devices
-    n = scenario.population.size
     small = scenario.model_copy(update={
-        "population": scenario.population.model_copy(update={"size": min(n, SAMPLE_AGENTS)}),
+        "population": scenario.population.model_copy(update={"size": m}),
         "output": scenario.output.model_copy(update={"sample_agents": 0}),
     })
     built = build(small, steps=2)
+    sim = Simulation(built.model, built.state, built.params, built.schedule, chunk_size=scenario.run.chunk_size)
+    ma = sim.memory_analysis()
+    extra = ma.temp_size_in_bytes + (ma.output_size_in_bytes if jax.default_backend() == "cpu" else 0)
+    return built, float(built.info["device_bytes"]), float(extra)
+
+
+def plan(scenario: Scenario, devices: int | None = None, capacity: float | None = None) -> Plan:
+    devices = devices or scenario.run.devices
+    n = scenario.population.size
+    m1, m2 = min(n, SAMPLE_AGENTS // 2), min(n, SAMPLE_AGENTS * 2)
+    built, r1, x1 = _measure(scenario, m1)
+    if m2 > m1:
+        _, r2, x2 = _measure(scenario, m2)
+        per_agent, per_agent_extra = (r2 - r1) / (m2 - m1), (x2 - x1) / (m2 - m1)
+    else:
+        per_agent, per_agent_extra = r1 / m1, x1 / m1
+    fixed = max(r1 - per_agent * m1, 0.0) + max(x1 - per_agent_extra * m1, 0.0)
     m = built.n_agents
     edges = built.info["edges"]
     n_edges = sum(edges.values()) if isinstance(edges, dict) else int(edges)
-    edge_bytes = float(built.info["graph_bytes"]) - 4.0 * (m + 1) * (len(edges) if isinstance(edges, dict) else 1)
-    per_edge = edge_bytes / max(n_edges, 1)
-    resident = built.info["device_bytes"] / m
-    edges_per_agent = n_edges / m
-    total = n * (resident + TEMP_BYTES_PER_AGENT + edges_per_agent * TEMP_BYTES_PER_EDGE)
+    if "graph_bytes" in built.info:  # contact layers: 4 B per agent of indptr each, the rest per entry
+        edge_bytes = float(built.info["graph_bytes"]) - 4.0 * (m + 1) * (len(edges) if isinstance(edges, dict) else 1)
+        per_edge = edge_bytes / max(n_edges, 1)
+        edges_per_agent = n_edges / m
+    else:  # social: follow slots are reserved per user, one int32 each
+        per_edge = 4.0
+        edges_per_agent = float(built.state.follows.shape[1])
+    total = n * (per_agent + per_agent_extra) + fixed
     per_device = total / devices
     cap = capacity if capacity is not None else device_capacity()
-    return Plan(n, devices, edges_per_agent, resident, per_edge, per_device, cap, per_device <= 0.9 * cap)
+    per_layer = edges.values() if isinstance(edges, dict) else [edges]
+    largest = int(max(per_layer, default=0) * n / m)
+    fits = per_device <= 0.9 * cap and largest <= INT32_MAX
+    return Plan(n, devices, edges_per_agent, per_agent, per_edge, per_device, cap, fits, largest, fixed,
+                per_agent_extra)
 
 
 def check_fits(scenario: Scenario, devices: int | None = None, capacity: float | None = None) -> Plan:
     p = plan(scenario, devices, capacity)
+    if p.largest_layer_entries > INT32_MAX:
+        raise ScenarioError("population.size", f"{p.agents:,} agents need {p.largest_layer_entries:,} stored "
+                                               f"contacts in one layer, over the int32 index limit ({INT32_MAX:,})")
     if not p.fits:
         raise ScenarioError("population.size", f"will not fit: {p.describe()} (keep below 90%); "
                                                f"use more devices (--devices) or fewer agents")

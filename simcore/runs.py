@@ -43,11 +43,16 @@ def git_revision() -> str | None:
 def device_description() -> dict[str, Any]:
     devs = jax.devices()
     return {"backend": jax.default_backend(), "count": len(devs), "kind": devs[0].device_kind,
-            "platform": platform.platform(), "cpu_count": __import__("os").cpu_count()}
+            "processes": jax.process_count(), "platform": platform.platform(),
+            "cpu_count": __import__("os").cpu_count()}
 
 
 def default_run_dir(scenario: Scenario, base: str | Path | None = None) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    from .distributed import broadcast_from_lead
+
+    # every process of a multi-process run must pick the same name: process 0's clock decides
+    now_us = int(broadcast_from_lead(np.array([time.time_ns() // 1000], np.int64))[0])
+    stamp = _dt.datetime.fromtimestamp(now_us / 1e6).strftime("%Y%m%d-%H%M%S-%f")
     return Path(base or scenario.output.dir) / f"{scenario.name}-{stamp}"
 
 
@@ -84,8 +89,11 @@ def make_simulation(scenario: Scenario, built: Built, seed: int) -> Simulation:
 
     sim = Simulation(built.model, built.state, built.params, built.schedule, seed=seed,
                      chunk_size=scenario.run.chunk_size, sample_idx=built.sample_idx)
+    devices = scenario.run.devices
+    if jax.process_count() > 1 and devices == 1:
+        devices = jax.device_count()  # a multi-process run spans every process's devices
     try:
-        return shard_simulation(sim, built.n_agents, scenario.run.devices)
+        return shard_simulation(sim, built.n_agents, devices, halo=scenario.run.halo)
     except ValueError as exc:
         from scenarios import ScenarioError
         field, _, reason = str(exc).partition(": ")
@@ -114,6 +122,12 @@ def run_scenario(
     run stops early); ``resume_from`` (a :class:`simcore.checkpoint.Checkpoint`, see
     :func:`simcore.checkpoint.resume_run`) continues an existing run directory from it.
     """
+    from .distributed import barrier, current, owned_ranges
+
+    cluster = current()
+    if cluster.multi and (checkpoint_every or resume_from is not None):
+        from scenarios import ScenarioError
+        raise ScenarioError("--checkpoint-every", "checkpoints are not supported in multi-process runs yet")
     seed = scenario.run.seed if seed is None else seed
     steps = scenario.run.steps if steps is None else steps
     t_build = time.perf_counter()
@@ -123,7 +137,7 @@ def run_scenario(
     policy = make_archetype_policy(scenario, built)  # so does a backend that cannot start
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
     manifest_extra = dict(manifest_extra or {})
-    if policy is not None:
+    if policy is not None and cluster.is_lead:  # the other processes receive process 0's decisions
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = policy.attach(run_dir)
         manifest_extra["llm_cache"] = str(cache) if cache else scenario.policy.backend.get("cache")
@@ -134,7 +148,9 @@ def run_scenario(
     if resume_from is not None:
         from .checkpoint import resume_manifest
         manifest = resume_manifest(run_dir, resume_from, manifest)  # also truncates outputs to its step
-    writer = RunWriter(run_dir, manifest, sample_every=scenario.output.sample_every)
+    writer = RunWriter(run_dir, manifest, sample_every=scenario.output.sample_every,
+                       process_id=cluster.process_id, num_processes=cluster.num_processes,
+                       owned=owned_ranges(built.n_agents, sim.mesh) if cluster.multi else None)
     policies = list(policies) + ([policy] if policy is not None else [])
     if resume_from is not None:
         resume_from.restore_into(sim, policies)
@@ -146,7 +162,7 @@ def run_scenario(
                                     extra={"llm_cache": manifest.get("llm_cache")})
         policies = [checkpointer, *policies]  # first, so a resume repeats the other policies' updates
     bar = None
-    if progress:
+    if progress and cluster.is_lead:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=start, unit="step", desc=scenario.name, dynamic_ncols=True)
@@ -180,4 +196,8 @@ def run_scenario(
             policy.close()
             writer.update_manifest(llm_totals=dict(policy.totals.__dict__))
         writer.close(status)
+        if cluster.multi and status in ("completed", "stopped"):
+            barrier("simcore-run-closed")  # every process's part files are on disk
+            if cluster.is_lead:
+                writer.merge_hosts()
     return run_dir

@@ -100,3 +100,13 @@ def test_plan_refuses_an_impossible_size_and_accepts_with_more_devices(cli_env, 
     assert res.returncode == 2 and "population.size: will not fit" in res.stderr and "Traceback" not in res.stderr
     res = _run(["plan", "covid_nyc", *huge, "--devices", "8", "--capacity-gib", "139"], cli_env, tmp_path)
     assert res.returncode == 0 and "fits:" in res.stdout and "8 device(s)" in res.stdout
+
+
+def test_plan_refuses_a_layer_beyond_int32_indices(cli_env, tmp_path):
+    # 250M agents x mean degree 10 = 2.5e9 stored contacts in one layer: int32 ids would wrap silently
+    big = ["--set", "population={kind: homogeneous, size: 250000000}", "--set",
+           "graph={kind: erdos_renyi, mean_degree: 10}", "--set", "model={kind: seir, params: {beta: 0.05}}",
+           "--set", "interventions=[]", "--set", "policy=null"]
+    res = _run(["plan", "covid_small", *big, "--devices", "64", "--capacity-gib", "139"], cli_env, tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "population.size: 250,000,000 agents need" in res.stderr and "int32 index limit" in res.stderr

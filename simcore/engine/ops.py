@@ -23,7 +23,10 @@ def edge_rows(indptr: jax.Array, n_edges: int) -> jax.Array:
 def _dense(indices, rows, x, active):
     n = x.shape[0]
     src = jnp.where(active, x, 0).astype(jnp.float32)
-    return jax.ops.segment_sum(src[indices], rows, num_segments=n, indices_are_sorted=True)
+    # indices are in range by construction (padding points at 0): skipping XLA's bounds
+    # normalisation saves a live int32 copy of ``indices`` per chunk (~30% of the pull's bytes)
+    gathered = src.at[indices].get(mode="promise_in_bounds", wrap_negative_indices=False)
+    return jax.ops.segment_sum(gathered, rows, num_segments=n, indices_are_sorted=True)
 
 
 def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
@@ -48,7 +51,8 @@ def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
 
 
 @partial(jax.jit, static_argnames=("node_capacity", "edge_capacity", "tiers"))
-def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int, tiers: int = 3):
+def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int, tiers: int = 3,
+                 halo=None):
     """``y[j] = sum(x[i] for i in neighbours(j) if active[i])`` on a symmetric CSR graph.
 
     ``rows`` is :func:`edge_rows` of the graph (4 bytes per edge, kept with the graph).
@@ -56,15 +60,24 @@ def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_c
     whatever the number actually active, so buffers come in ``tiers`` sizes
     (``capacity / 4**k``) and the smallest that fits runs; above ``edge_capacity``
     active edges (or ``node_capacity`` active nodes) the dense O(E) pull runs.
+    With a :class:`~simcore.engine.halo.HaloPlan` the dense pull exchanges halos explicitly.
     """
+    if halo is not None:
+        from .halo import halo_pull
+
+        def dense():
+            return halo_pull(halo, x, active)
+    else:
+        def dense():
+            return _dense(indices, rows, x, active)
     if edge_capacity <= 0 or node_capacity <= 0:
-        return _dense(indices, rows, x, active)
+        return dense()
     deg = indptr[1:] - indptr[:-1]
     n_active = jnp.sum(active, dtype=jnp.int32)
     active_edges = jnp.sum(jnp.where(active, deg, 0), dtype=indptr.dtype)
     sizes = sorted({(max(node_capacity // 4**k, 1), max(edge_capacity // 4**k, 1)) for k in range(tiers)})
     branches = [partial(_sparse, indptr, indices, x, active, nc, ec) for nc, ec in sizes]
-    branches.append(lambda: _dense(indices, rows, x, active))
+    branches.append(dense)
     misses = [((n_active > nc) | (active_edges > ec)).astype(jnp.int32) for nc, ec in sizes]
     return jax.lax.switch(sum(misses), branches)
 

@@ -74,7 +74,9 @@ class Simulation:
         self.sample_idx = jnp.asarray(
             np.zeros(0, np.int32) if sample_idx is None else np.asarray(sample_idx, np.int32)
         )
-        # Donation lets XLA update the state in place; the CPU backend ignores it with a warning.
+        self.mesh = None  # set by simcore.engine.sharding.shard_simulation
+        # Donation lets XLA update the state in place. Kept off on CPU, where it saves little, so a
+        # caller's reference to the initial state (reused across experiment arms) stays valid there.
         donate = (0,) if jax.default_backend() != "cpu" else ()
         self._compiled = jax.jit(self._chunk, static_argnums=(5,), donate_argnums=donate)
 
@@ -95,7 +97,12 @@ class Simulation:
             return state, out
 
         ts = t0 + jnp.arange(length, dtype=jnp.int32)
-        return jax.lax.scan(body, state, (ts, rows))
+        state, out = jax.lax.scan(body, state, (ts, rows))
+        if self.mesh is not None:
+            # the host reads these on every process, so every process must hold all of them
+            whole = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            out = jax.lax.with_sharding_constraint(out, whole)
+        return state, out
 
     # -- host API ------------------------------------------------------------
     def _rows(self, start: int, length: int) -> dict[str, np.ndarray]:
@@ -122,6 +129,13 @@ class Simulation:
             seconds=time.perf_counter() - t0,
         )
 
+    def memory_analysis(self, n_steps: int | None = None):
+        """XLA's memory analysis of one compiled chunk (argument, output and temporary bytes), without running it."""
+        n_steps = n_steps or self.chunk_size
+        rows = self._rows(self.step, n_steps)
+        lowered = self._compiled.lower(self.state, self.params, rows, jnp.int32(self.step), self.sample_idx, n_steps)
+        return lowered.compile().memory_analysis()
+
     def set_param(self, name: str, value: Any) -> None:
         """Replace a static parameter with an array of the same shape and dtype (no recompilation)."""
         if name not in self.params:
@@ -130,6 +144,9 @@ class Simulation:
         new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
         if new.shape != jnp.shape(old):
             raise ValueError(f"parameter {name!r}: shape {new.shape} != {jnp.shape(old)}")
+        if self.mesh is not None and getattr(new, "sharding", None) != old.sharding:
+            from .sharding import place
+            new = place(new, old.sharding)
         self.params[name] = new
 
     def intervene(self, param: str, value: float, *, start: int | None = None, end: int | None = None,

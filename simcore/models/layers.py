@@ -6,15 +6,18 @@ twice, so an undirected contact costs 16 bytes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..engine.halo import HaloPlan, build_halo
 from ..engine.ops import edge_rows, neighbor_sum
+from ..engine.sharding import shard_tree
 
-EDGE_PAD = 128  # entries per layer are a multiple of this, so any power-of-two device count divides them
+EDGE_PAD = 128
+INT32_MAX = 2**31 - 1  # entries per layer are a multiple of this, so any power-of-two device count divides them
 
 
 @jax.tree_util.register_dataclass
@@ -23,6 +26,7 @@ class Layer:
     indptr: jax.Array
     indices: jax.Array
     rows: jax.Array
+    halo: HaloPlan | None = None  # explicit halo exchange for the dense pull when sharded (run.halo)
 
     @staticmethod
     def from_csr(csr, pad_to: int = EDGE_PAD) -> "Layer":
@@ -34,6 +38,10 @@ class Layer:
         n = int(csr.indptr.shape[0]) - 1
         e = int(csr.indices.shape[0])
         pad = (-e) % pad_to
+        if e + pad > INT32_MAX:
+            # jnp.asarray would silently wrap int64 offsets into int32 (jax_enable_x64 is off)
+            raise ValueError(f"graph: {e + pad:,} stored contacts in one layer exceed the int32 index limit "
+                             f"({INT32_MAX:,}); use fewer agents or contacts per device layer")
         indptr = jnp.asarray(csr.indptr)
         rows = edge_rows(indptr, e)
         indices = jnp.asarray(csr.indices)
@@ -42,13 +50,20 @@ class Layer:
             rows = jnp.concatenate([rows, jnp.full(pad, n, rows.dtype)])
         return Layer(indptr, indices, rows)
 
+    def for_mesh(self, mesh, n_agents: int, halo: bool = False) -> "Layer":
+        """This layer on ``mesh``: entries split with their destinations, plus a halo plan if asked."""
+        plan = build_halo(np.asarray(self.indptr), np.asarray(self.indices), mesh) if halo else None
+        placed = shard_tree((self.indptr, self.indices, self.rows), n_agents, mesh)
+        return replace(self, indptr=placed[0], indices=placed[1], rows=placed[2], halo=plan)
+
     @property
     def n_edges(self) -> int:
         return int(self.indices.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.rows.nbytes)
+        halo = self.halo.nbytes if self.halo is not None else 0
+        return int(self.indptr.nbytes + self.indices.nbytes + self.rows.nbytes + halo)
 
     def pull(self, x: jax.Array, active: jax.Array, capacity: float) -> jax.Array:
         """Sum of ``x`` over active neighbours. ``capacity`` is the fraction of agents/edges the sparse path may hold."""
@@ -58,7 +73,7 @@ class Layer:
         if node_cap < 1 or edge_cap < 1:
             node_cap = edge_cap = 0
         return neighbor_sum(self.indptr, self.indices, self.rows, x, active,
-                            node_capacity=node_cap, edge_capacity=edge_cap)
+                            node_capacity=node_cap, edge_capacity=edge_cap, halo=self.halo)
 
 
 def seed_infections(key: jax.Array, n: int, fraction: float) -> np.ndarray:
