@@ -13,3 +13,15 @@ def cli_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def run_script_on_devices(script: str, cli_env: dict, n_devices: int = 4, timeout: int = 600) -> dict:
+    """Run ``script`` in a fresh interpreter with ``n_devices`` CPU devices; it prints one JSON line last."""
+    import json
+    import subprocess
+
+    env = dict(cli_env, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])

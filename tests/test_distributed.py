@@ -144,3 +144,24 @@ def test_agents_that_do_not_split_evenly_are_a_clear_error(cli_env, tmp_path):
     assert res.returncode == 2
     assert "run.devices: 2,002 agents do not split evenly over 4 devices" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_two_process_social_run_splits_events_by_owner(cli_env, tmp_path):
+    args = ["misinformation_small", "--set", "population.size=2000", "--steps", "12", "--seed", "1"]
+    res = run_processes(args + ["--out", str(tmp_path / "multi")], cli_env, tmp_path)
+    for rc, _, se in res:
+        assert rc == 0, se[-3000:]
+    run_single(args + ["--out", str(tmp_path / "single")], cli_env, tmp_path)
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    m = check_layout(multi, 2000)
+    assert metrics(multi).equals(metrics(single))
+    for h in m["hosts"]:  # each process wrote events, and only its own users'
+        lo, hi = h["owned_agents"][0]
+        parts = [f for f in h["files"] if f.startswith("events/")]
+        assert parts and all(f.endswith(f"-p{h['process_id']}.parquet") for f in parts)
+        agents = pl.concat([pl.read_parquet(multi / f) for f in parts])["agent"]
+        assert agents.min() >= lo and agents.max() < hi
+    keys = ["step", "agent", "action", "post"]
+    ev_multi = pl.read_parquet(multi / "events" / "*.parquet").sort(keys)
+    ev_single = pl.read_parquet(single / "events" / "*.parquet").sort(keys)
+    assert ev_multi.height > 100 and ev_multi.equals(ev_single.select(ev_multi.columns))

@@ -1,10 +1,8 @@
 """Agent-axis sharding over 4 CPU devices gives the single-device metrics exactly."""
-import os
 import subprocess
-import sys
 import textwrap
 
-from conftest import ROOT, SIMCORE
+from conftest import SIMCORE, run_script_on_devices
 
 SCRIPT = textwrap.dedent("""
     import os, sys, json
@@ -41,12 +39,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_runs_equal_single_device_runs(cli_env):
-    env = dict(cli_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    import json
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_script_on_devices(SCRIPT, cli_env)
     assert set(out) == {"epidemic-gspmd", "epidemic-halo", "seir-gspmd", "seir-halo"}
     for name, r in out.items():
         assert r["sharded"], name

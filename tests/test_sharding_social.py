@@ -3,12 +3,9 @@
 Metrics, samples, the event trace and the whole final state (stance, follow rows, followers,
 the post ring buffer, ...) are compared with ``np.array_equal``, in a subprocess with 4 host devices.
 """
-import json
-import subprocess
-import sys
 import textwrap
 
-from conftest import ROOT
+from conftest import run_script_on_devices
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -65,11 +62,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_social_sharded_runs_equal_single_device_runs(cli_env):
-    env = dict(cli_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_script_on_devices(SCRIPT, cli_env, timeout=900)
     assert set(out) == {"misinformation", "polarization", "herd_effect", "busy"}
     for case, r in out.items():
         # split along the agent axis, not replicated: per-user state, params, and the post buffer

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Model, Params, State
+from .model import Model, Params, State, replacement_param
 from .rng import root_key, step_key
 from .schedule import extend_schedule
 
@@ -267,13 +267,7 @@ class Ensemble:
 
     def set_param(self, name: str, value: Any) -> None:
         """Replace a shared parameter with an array of the same shape and dtype (no recompilation)."""
-        if name not in self.params:
-            raise KeyError(f"unknown parameter {name!r}")
-        old = self.params[name]
-        new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
-        if new.shape != jnp.shape(old):
-            raise ValueError(f"parameter {name!r}: shape {new.shape} != {jnp.shape(old)}")
-        self.params[name] = new
+        self.params[name] = replacement_param(self.params, name, value)
 
     def run(self, n_steps: int, *, policies: Sequence[Any] = ()) -> dict[str, np.ndarray]:
         """Step ``n_steps`` in chunks of ``chunk_size``; returns ``{metric: [R, n_steps]}``.

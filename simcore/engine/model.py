@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
 State = Any  # any pytree of arrays
 Params = Mapping[str, Any]
@@ -47,3 +48,14 @@ class Model:
         for i, substep in enumerate(self.substeps):
             state = substep(state, params, substep_key(key, i))
         return state
+
+
+def replacement_param(params: Params, name: str, value) -> jax.Array:
+    """``value`` as a stand-in for ``params[name]``: same shape and dtype, so no recompilation."""
+    if name not in params:
+        raise KeyError(f"unknown parameter {name!r}")
+    old = params[name]
+    new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
+    if new.shape != jnp.shape(old):
+        raise ValueError(f"parameter {name!r}: shape {new.shape} != {jnp.shape(old)}")
+    return new

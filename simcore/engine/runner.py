@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Model, Params, State
+from .model import Model, Params, State, replacement_param
 from .rng import root_key, step_key
 from .schedule import extend_schedule
 
@@ -138,12 +138,8 @@ class Simulation:
 
     def set_param(self, name: str, value: Any) -> None:
         """Replace a static parameter with an array of the same shape and dtype (no recompilation)."""
-        if name not in self.params:
-            raise KeyError(f"unknown parameter {name!r}")
+        new = replacement_param(self.params, name, value)
         old = self.params[name]
-        new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
-        if new.shape != jnp.shape(old):
-            raise ValueError(f"parameter {name!r}: shape {new.shape} != {jnp.shape(old)}")
         if self.mesh is not None and getattr(new, "sharding", None) != old.sharding:
             from .sharding import place
             new = place(new, old.sharding)
