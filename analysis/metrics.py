@@ -11,23 +11,18 @@ _BOROUGH = re.compile(r"^(?P<metric>.+)__borough_(?P<slug>.+)$")
 _AGE = re.compile(r"^(?P<metric>.+)__age_(?P<slug>.+)$")
 
 
+def _breakdown_columns(pattern: re.Pattern, columns: Sequence[str], metric: str) -> dict[str, str]:
+    return {m.group("slug"): col for col in columns if (m := pattern.match(col)) and m.group("metric") == metric}
+
+
 def borough_columns(columns: Sequence[str], metric: str) -> dict[str, str]:
     """``{slug: column}`` for the ``<metric>__borough_<slug>`` columns, in table order."""
-    out = {}
-    for col in columns:
-        m = _BOROUGH.match(col)
-        if m and m.group("metric") == metric:
-            out[m.group("slug")] = col
-    return out
+    return _breakdown_columns(_BOROUGH, columns, metric)
 
 
 def age_columns(columns: Sequence[str], metric: str) -> dict[str, str]:
-    out = {}
-    for col in columns:
-        m = _AGE.match(col)
-        if m and m.group("metric") == metric:
-            out[m.group("slug")] = col
-    return out
+    """``{slug: column}`` for the ``<metric>__age_<slug>`` columns, in table order."""
+    return _breakdown_columns(_AGE, columns, metric)
 
 
 def breakdown_metrics(columns: Sequence[str], kind: str = "borough") -> list[str]:

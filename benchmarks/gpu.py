@@ -414,11 +414,9 @@ def top_ops(trace_dir: Path, top: int) -> dict:
 def hlo_sources(sim, chunk: int) -> dict[str, str]:
     """HLO instruction name -> the JAX op it came from (``metadata.op_name``), from the chunk's compiled HLO.
 
-    Reaches into Simulation's jitted chunk (``_compiled``) with advance()'s arguments: trace
-    names such as ``bitcast_gather_fusion`` mean little without it.
+    Trace names such as ``bitcast_gather_fusion`` mean little without it.
     """
-    rows = sim._rows(sim.step, chunk)
-    hlo = sim._compiled.lower(sim.state, sim.params, rows, jnp.int32(sim.step), sim.sample_idx, chunk).compile()
+    hlo = sim.compile_chunk(chunk)
     out = {}
     for line in hlo.as_text().splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]+)\"", line)

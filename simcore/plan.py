@@ -17,8 +17,9 @@ import jax
 
 from scenarios import Scenario, ScenarioError
 
+from .models.layers import INT32_MAX
+
 SAMPLE_AGENTS = 20_000
-INT32_MAX = 2**31 - 1
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _measure(scenario: Scenario, m: int):
     })
     built = build(small, steps=2)
     sim = Simulation(built.model, built.state, built.params, built.schedule, chunk_size=scenario.run.chunk_size)
-    ma = sim.memory_analysis()
+    ma = sim.compile_chunk().memory_analysis()
     extra = ma.temp_size_in_bytes + (ma.output_size_in_bytes if jax.default_backend() == "cpu" else 0)
     return built, float(built.info["device_bytes"]), float(extra)
 

@@ -53,20 +53,19 @@ class HaloPlan:
         return (d - 1) * self.halo / max((d - 1) * self.block, 1)
 
 
-def build_halo(indptr: np.ndarray, indices: np.ndarray, mesh: Mesh) -> HaloPlan:
-    """Plan the exchange for a CSR graph (``indptr`` [N+1], ``indices`` the real entries)."""
+def build_halo(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, mesh: Mesh) -> HaloPlan:
+    """Plan the exchange for a CSR graph: ``indptr`` [N+1], ``indices`` and ``rows`` (destination) per entry.
+
+    N must divide evenly over the mesh (``shard_simulation`` checks it first).
+    """
     indptr = np.asarray(indptr, np.int64)
-    n = indptr.size - 1
     d = int(mesh.devices.size)
-    if n % d:
-        raise ValueError(f"run.devices: {n:,} agents do not split evenly over {d} devices")
-    b = n // d
+    b = (indptr.size - 1) // d
     indices = np.asarray(indices)[: indptr[-1]].astype(np.int64)
+    rows = np.asarray(rows)[: indptr[-1]]
     bounds = indptr[np.arange(d + 1) * b]
     counts = np.diff(bounds)
     emax = max(int(-(-counts.max() // ENTRY_PAD) * ENTRY_PAD), ENTRY_PAD)
-    deg = np.diff(indptr)
-    rows = np.repeat(np.arange(n, dtype=np.int64), deg)
     edges = np.arange(d + 1, dtype=np.int64) * b
 
     # distinct sources each device reads, sorted, hence grouped by the device that owns them

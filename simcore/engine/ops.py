@@ -12,6 +12,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from .halo import halo_pull
+
 
 def edge_rows(indptr: jax.Array, n_edges: int) -> jax.Array:
     """Row (destination) of each CSR entry; sorted, so dense pulls use sorted segment sums."""
@@ -63,8 +65,6 @@ def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_c
     With a :class:`~simcore.engine.halo.HaloPlan` the dense pull exchanges halos explicitly.
     """
     if halo is not None:
-        from .halo import halo_pull
-
         def dense():
             return halo_pull(halo, x, active)
     else:

@@ -18,6 +18,7 @@ import numpy as np
 from .model import Model, Params, State, replacement_param
 from .rng import root_key, step_key
 from .schedule import extend_schedule
+from .sharding import place
 
 
 @dataclass
@@ -129,19 +130,18 @@ class Simulation:
             seconds=time.perf_counter() - t0,
         )
 
-    def memory_analysis(self, n_steps: int | None = None):
-        """XLA's memory analysis of one compiled chunk (argument, output and temporary bytes), without running it."""
+    def compile_chunk(self, n_steps: int | None = None):
+        """The compiled chunk ``advance(n_steps)`` would run, without running it (for memory and HLO analysis)."""
         n_steps = n_steps or self.chunk_size
         rows = self._rows(self.step, n_steps)
         lowered = self._compiled.lower(self.state, self.params, rows, jnp.int32(self.step), self.sample_idx, n_steps)
-        return lowered.compile().memory_analysis()
+        return lowered.compile()
 
     def set_param(self, name: str, value: Any) -> None:
         """Replace a static parameter with an array of the same shape and dtype (no recompilation)."""
         new = replacement_param(self.params, name, value)
         old = self.params[name]
         if self.mesh is not None and getattr(new, "sharding", None) != old.sharding:
-            from .sharding import place
             new = place(new, old.sharding)
         self.params[name] = new
 

@@ -16,8 +16,8 @@ from ..engine.halo import HaloPlan, build_halo
 from ..engine.ops import edge_rows, neighbor_sum
 from ..engine.sharding import shard_tree
 
-EDGE_PAD = 128
-INT32_MAX = 2**31 - 1  # entries per layer are a multiple of this, so any power-of-two device count divides them
+EDGE_PAD = 128  # entries per layer are a multiple of this, so any power-of-two device count divides them
+INT32_MAX = 2**31 - 1  # entries per layer: indices are int32 (jax_enable_x64 is off)
 
 
 @jax.tree_util.register_dataclass
@@ -52,7 +52,9 @@ class Layer:
 
     def for_mesh(self, mesh, n_agents: int, halo: bool = False) -> "Layer":
         """This layer on ``mesh``: entries split with their destinations, plus a halo plan if asked."""
-        plan = build_halo(np.asarray(self.indptr), np.asarray(self.indices), mesh) if halo else None
+        plan = None
+        if halo:
+            plan = build_halo(np.asarray(self.indptr), np.asarray(self.indices), np.asarray(self.rows), mesh)
         placed = shard_tree((self.indptr, self.indices, self.rows), n_agents, mesh)
         return replace(self, indptr=placed[0], indices=placed[1], rows=placed[2], halo=plan)
 
