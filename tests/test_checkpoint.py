@@ -175,7 +175,6 @@ def test_resume_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(cli_env, tmp_path):
     env = {**cli_env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache")}  # later processes skip compiling
     args = ["covid_small", "--set", "population.size=20000", "--quiet"]
@@ -234,7 +233,6 @@ print(json.dumps({"equal": a.equals(b), "rows": b.height,
 """
 
 
-@pytest.mark.slow
 def test_resume_of_a_sharded_run(cli_env, tmp_path):
     """Restored state goes back onto the run's device mesh; the metrics equal a single-device run's."""
     import sys
