@@ -367,12 +367,22 @@ def compile_cache(request):
         enable_compile_cache(str(cache.mkdir("simcore-jax")))
 
 
-def test_fuzzed_runs_of_one_step_succeed_or_exit_2(work, compile_cache, record_property):
+def _run_runs(work, n: int, record_property):
     stats = {"n": 0, "ok": 0, "refused": 0}
     prop = _run_property(work, stats, work.parent)
-    prop = settings(max_examples=RUN_EXAMPLES, deadline=None, database=None,
+    prop = settings(max_examples=n, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))(seed(SEED)(prop))
     t0 = time.perf_counter()
     prop()
     record_property("fuzz_run", _report("run --steps 1", stats, t0))
-    assert stats["n"] >= RUN_EXAMPLES and stats["ok"] > 0
+    assert stats["n"] >= n and stats["ok"] > 0
+
+
+def test_fuzzed_runs_of_one_step_succeed_or_exit_2(work, compile_cache, record_property):
+    _run_runs(work, RUN_EXAMPLES, record_property)
+
+
+@pytest.mark.fuzz
+@pytest.mark.slow
+def test_fuzzed_runs_many(work, compile_cache, record_property):
+    _run_runs(work, int(os.environ.get("SIMCORE_FUZZ_RUNS", "100")), record_property)

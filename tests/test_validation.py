@@ -131,6 +131,28 @@ def test_cli_flags_obey_the_schema_bounds(work, capsys):
     assert not (work / "runs").exists()
 
 
+def test_check_backend_starts_or_reaches_the_backend(work, capsys):
+    from llm_servers import FakeCompletionServer
+
+    with FakeCompletionServer(mode="ok") as srv:
+        backend = f"policy.backend={{kind: openai, endpoints: ['{srv.url}'], max_retries: 0}}"
+        rc = main(["validate", "covid_nyc", "--set", backend, "--check-backend"])
+        assert (rc, srv.completions >= 1) == (0, True)
+        assert "backend openai answered" in capsys.readouterr().out
+    with FakeCompletionServer(mode="garbage") as srv:
+        backend = f"policy.backend={{kind: openai, endpoints: ['{srv.url}'], max_retries: 0}}"
+        rc, err = cli(["validate", "covid_nyc", "--set", backend, "--check-backend"], capsys)
+        assert_refused(rc, err, "policy.backend", "")
+    dead = "policy.backend={kind: openai, endpoints: ['http://127.0.0.1:9']}"
+    assert main(["validate", "covid_nyc", "--set", dead]) == 0  # without the flag nothing is contacted
+    capsys.readouterr()
+    rc, err = cli(["validate", "covid_nyc", "--set", dead, "--check-backend"], capsys)
+    assert_refused(rc, err, "policy.backend", "cannot start")
+    rc, err = cli(["validate", "covid_nyc", "--set", "policy.backend={kind: replay, cache: nope.sqlite}",
+                   "--check-backend"], capsys)
+    assert_refused(rc, err, "policy.backend", "replay cache file not found")
+
+
 def test_validate_is_quick_and_builds_nothing(work, capsys, monkeypatch):
     """covid_nyc (8.4M agents) validates without sampling a population or a graph."""
     import importlib
