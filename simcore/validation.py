@@ -9,6 +9,7 @@ needs to know the model, without building a population or a graph:
   social model's capacities (``simcore.models.check``);
 - the LLM policy's decision targets, group-by features and prompt fields against what the model
   offers (``simcore.models.policy_interface``), and the backend's kind and keys;
+- ``run.devices`` against the devices there are and the population size;
 - the memory floor against this machine's devices (``simcore.plan.check_floor``; ``simcore plan``
   measures the full figure);
 - with ``backend=True``, the LLM backend itself is started (or reached) once and closed.
@@ -39,6 +40,7 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
         except ValueError as exc:
             key, _, reason = str(exc).partition(": ")
             raise ScenarioError(f"policy.backend.{key}", reason) from None
+    _check_devices(scenario)
     if memory:
         from .plan import check_floor
 
@@ -46,6 +48,22 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
     if backend and scenario.policy is not None:
         start_backend(scenario)
     return scenario
+
+
+def _check_devices(scenario: Scenario) -> None:
+    """What sharding would refuse after the build (simcore.engine.sharding): too many devices, uneven split."""
+    import jax
+
+    d, n = scenario.run.devices, scenario.population.size
+    if d <= 1 or jax.process_count() > 1:  # a multi-process run's mesh is checked as it forms
+        return
+    if d > jax.device_count():
+        raise ScenarioError("run.devices", f"{d} requested but only {jax.device_count()} available "
+                                           f"({jax.default_backend()}); on CPU set "
+                                           f"XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    if n % d:
+        raise ScenarioError("run.devices", f"{n:,} agents do not split evenly over {d} devices; "
+                                           f"make population.size a multiple of {d}")
 
 
 def start_backend(scenario: Scenario) -> str:

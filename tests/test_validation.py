@@ -93,6 +93,8 @@ CASES = [
     ("tiny.yaml", ["run.seed=99999999999"], "run.seed", "must be <= 4294967295"),
     ("covid_nyc", ["policy.backend.n_ctx=99999999999999"], "policy.backend.n_ctx", "must be <= 2147483647 (int32)"),
     ("covid_small", ["graph.workplace_neighbors=1000000"], "graph.workplace_neighbors", "must be <= 10000"),
+    ("tiny.yaml", ["run.devices=4096"], "run.devices", "requested but only"),
+    ("tiny.yaml", ["run.devices=100000"], "run.devices", "must be <= 65536"),
     # memory the machine cannot have, found without building
     ("tiny.yaml", ["population.size=2000000000", "graph.mean_degree=5000"], "population.size", "int32 index limit"),
     ("misinformation_small", ["population.size=2000000000", "model.params.post_capacity=400000000",
