@@ -65,7 +65,7 @@ _BOOL_WORDS = ("yes", "no", "on", "off", "true", "false")  # YAML 1.1 booleans (
 
 
 class _YAMLLimit(yaml.YAMLError):
-    """A limit of the strict loader; carries ``field``/``reason`` and where in the text."""
+    """A limit of the strict loader: ``reason``, and ``mark`` (where in the text)."""
 
     def __init__(self, reason: str, mark=None):
         super().__init__(reason)

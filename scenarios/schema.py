@@ -44,12 +44,14 @@ def _out_of_bounds(value: Any, path: str, explicit_int_bound: bool) -> tuple[str
             return path, f"must be within float32 range (|x| <= {FLOAT32_MAX:.4g}), got {value:g}"
         return None
     if isinstance(value, dict):
-        items = value.items()
-        for k, _ in items:
-            bad = _out_of_bounds(k, f"{path}.{k}", False) if isinstance(k, (int, float)) else None
+        def sub(k):
+            return f"{path}.{k}" if isinstance(k, str) and k.isidentifier() else f"{path}[{k!r}]"
+
+        for k in value:
+            bad = _out_of_bounds(k, sub(k), False) if isinstance(k, (int, float)) else None
             if bad:
                 return bad
-        return next((b for k, v in items if (b := _out_of_bounds(v, f"{path}.{k}", False))), None)
+        return next((b for k, v in value.items() if (b := _out_of_bounds(v, sub(k), False))), None)
     if isinstance(value, (list, tuple)):
         return next((b for i, v in enumerate(value) if (b := _out_of_bounds(v, f"{path}[{i}]", False))), None)
     return None
