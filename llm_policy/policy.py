@@ -49,21 +49,38 @@ def _fields(template: str) -> set[str]:
 
 
 def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...]) -> None:
-    """Field-by-field checks against what the model offers; raises ScenarioError."""
-    feats = set(model.labels) if model.features else set()  # grouping needs each feature's levels
+    """Field-by-field checks against what a built model offers; raises ScenarioError."""
+    features = tuple(model.labels) if model.features else ()  # grouping needs each feature's levels
+    check_policy_names(spec, model.name, model.decision_targets, features, stats_names)
+
+
+def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names) -> None:
+    """The policy's decisions against a model's targets, features and stats (names only: nothing is built)."""
+    feats = set(features)
     for i, d in enumerate(spec.decisions):
         where = f"policy.decisions[{i}]"
-        if d.target not in model.decision_targets:
+        if d.target not in decision_targets:
             raise ScenarioError(f"{where}.target", f"unknown decision target {d.target!r} for model "
-                                f"{model.name!r} (targets: {', '.join(model.decision_targets) or 'none'})")
+                                f"{model_name!r} (targets: {', '.join(decision_targets) or 'none'})")
         for f in d.group_by:
             if f not in feats:
                 raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(feats))})")
         allowed = set(d.group_by) | set(stats_names) | set(ENV_FIELDS)
-        unknown = sorted(_fields(d.prompt) - allowed)
+        try:
+            fields = _fields(d.prompt)
+        except ValueError as exc:  # an unmatched brace: str.format could never render it
+            raise ScenarioError(f"{where}.prompt", f"not a valid template: {exc}") from None
+        unknown = sorted(fields - allowed)
         if unknown:
             raise ScenarioError(f"{where}.prompt", f"unknown field {{{unknown[0]}}} "
                                 f"(available: {', '.join(sorted(allowed))})")
+        # a dry render with values of the types _render passes (labels are text, stats numbers)
+        sample = {"date": "March 2020", "month": "March", "year": 2020, "step": 0, "options": "yes or no",
+                  "group_size": 1, **{f: "label" for f in d.group_by}, **{s: 1.0 for s in stats_names}}
+        try:
+            d.prompt.format_map(sample)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise ScenarioError(f"{where}.prompt", f"cannot be rendered: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass

@@ -1,17 +1,75 @@
-"""The scenario file format (pydantic). Unknown keys are rejected everywhere."""
+"""The scenario file format (pydantic). Unknown keys are rejected everywhere.
+
+Generic rules live on :class:`Strict`, the base of every scenario class: no unknown keys, every
+float finite and within float32 range (device arrays are float32), every integer within int32
+unless its field states its own bound. Counts use the shared ``Count`` / ``PositiveInt`` types,
+whose bounds are the engine's integer types.
+"""
 from __future__ import annotations
 
+import datetime as _dt
+import math
 from typing import Annotated, Any, Literal, Union
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
+INT32_MAX = 2**31 - 1  # agent ids, CSR offsets and counters on the device are int32
+FLOAT32_MAX = 3.4028234e38
+MAX_STEPS = 10_000_000  # step keys stay far below 2**30 (init keys); a schedule row is 4 B/parameter/step
+MAX_DEGREE = 10_000  # contacts or edges per agent asked of a graph generator
+MAX_SEED = 2**32 - 1  # jax.random.key takes an unsigned 32-bit seed without x64
+
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+PositiveInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
+Degree = Annotated[int, Field(ge=0, le=MAX_DEGREE)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 AGE_BANDS = 6
 
 
+def _out_of_bounds(value: Any, path: str, explicit_int_bound: bool) -> tuple[str, str] | None:
+    """(path, reason) of the first number in ``value`` that breaks the generic rules, else None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, BaseModel)):
+        return None  # nested models check themselves
+    if isinstance(value, int):
+        if not explicit_int_bound and not -INT32_MAX - 1 <= value <= INT32_MAX:
+            return path, f"must be <= {INT32_MAX} (int32), got {value}" if value > 0 else \
+                f"must be >= {-INT32_MAX - 1} (int32), got {value}"
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return path, f"must be a finite number, got {value}"
+        if abs(value) > FLOAT32_MAX:
+            return path, f"must be within float32 range (|x| <= {FLOAT32_MAX:.4g}), got {value:g}"
+        return None
+    if isinstance(value, dict):
+        def sub(k):
+            return f"{path}.{k}" if isinstance(k, str) and k.isidentifier() else f"{path}[{k!r}]"
+
+        for k in value:
+            bad = _out_of_bounds(k, sub(k), False) if isinstance(k, (int, float)) else None
+            if bad:
+                return bad
+        return next((b for k, v in value.items() if (b := _out_of_bounds(v, sub(k), False))), None)
+    if isinstance(value, (list, tuple)):
+        return next((b for i, v in enumerate(value) if (b := _out_of_bounds(v, f"{path}[{i}]", False))), None)
+    return None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every scenario class; see the module docstring for the rules it enforces."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _numbers_bounded(self):
+        for name, info in type(self).model_fields.items():
+            explicit = any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in info.metadata)
+            bad = _out_of_bounds(getattr(self, name), name, explicit)
+            if bad:
+                raise ValueError(f"{bad[0]}: {bad[1]}")
+        return self
 
 
 # -- population --------------------------------------------------------------
@@ -39,26 +97,32 @@ class MultilayerGraph(Strict):
     """Households (cliques), workplaces and school classes (groups), community (random, by borough)."""
 
     kind: Literal["multilayer"] = "multilayer"
-    workplace_neighbors: Annotated[int, Field(ge=0)] = 8
-    school_neighbors: Annotated[int, Field(ge=0)] = 10
-    community_rounds_local: Annotated[int, Field(ge=0)] = 4
-    community_rounds_city: Annotated[int, Field(ge=0)] = 2
+    workplace_neighbors: Degree = 8
+    school_neighbors: Degree = 10
+    community_rounds_local: Degree = 4
+    community_rounds_city: Degree = 2
 
 
 class ErdosRenyiGraph(Strict):
     kind: Literal["erdos_renyi"]
-    mean_degree: float = Field(gt=0)
+    mean_degree: float = Field(gt=0, le=MAX_DEGREE)
 
 
 class BarabasiAlbertGraph(Strict):
     kind: Literal["barabasi_albert"]
-    m: PositiveInt
+    m: Annotated[int, Field(gt=0, le=MAX_DEGREE)]
 
 
 class WattsStrogatzGraph(Strict):
     kind: Literal["watts_strogatz"]
-    k: PositiveInt
+    k: Annotated[int, Field(gt=0, le=MAX_DEGREE)]
     p: Fraction
+
+    @model_validator(mode="after")
+    def _even(self):
+        if self.k % 2:
+            raise ValueError(f"k: must be even (k/2 neighbours on each side of the ring), got {self.k}")
+        return self
 
 
 Graph = Annotated[
@@ -169,9 +233,9 @@ class SeedPostSpec(Strict):
     label: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
     accounts: PositiveInt = 1
     stance: float = Field(0.0, ge=-1, le=1)
-    topic: Annotated[int, Field(ge=0)] = 0
-    likes: Annotated[int, Field(ge=0)] = 0
-    dislikes: Annotated[int, Field(ge=0)] = 0
+    topic: Count = 0
+    likes: Count = 0
+    dislikes: Count = 0
     popular_authors: bool = True
 
 
@@ -197,7 +261,7 @@ class SocialParams(Strict):
     start_hour: float = Field(0.0, ge=0, lt=24, description="simulated hour of day at step 0")
     personas: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"lurker": 0.5, "regular": 0.4, "creator": 0.1})
-    initial_posts: Annotated[int, Field(ge=0)] = 1000
+    initial_posts: Count = 1000
     actions: SocialActionWeights = SocialActionWeights()
     similarity_weight: float = 2.0
     stance_weight: float = 1.5
@@ -230,8 +294,8 @@ class InterventionSpec(Strict):
 
     name: str = ""
     param: str
-    start: Annotated[int, Field(ge=0)]
-    end: Annotated[int, Field(gt=0)]
+    start: Annotated[int, Field(ge=0, le=MAX_STEPS)]
+    end: Annotated[int, Field(gt=0, le=MAX_STEPS)]
     value: float
     mode: Literal["multiply", "set", "add"] = "multiply"
 
@@ -243,19 +307,26 @@ class InterventionSpec(Strict):
 
 
 class RunSpec(Strict):
-    steps: PositiveInt
-    seed: Annotated[int, Field(ge=0)] = 0
-    chunk_size: PositiveInt = 30
-    devices: PositiveInt = 1
+    steps: Annotated[int, Field(gt=0, le=MAX_STEPS)]
+    seed: Seed = 0
+    chunk_size: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 30
+    devices: Annotated[int, Field(gt=0, le=65_536)] = 1
     # sharded runs: graph pulls exchange only the halo each device reads (explicit all_to_all)
     # instead of letting XLA all-gather every source value; costs 8 B per stored contact
     halo: bool = False
 
 
 class OutputSpec(Strict):
-    dir: str = "runs"
-    sample_agents: Annotated[int, Field(ge=0)] = 1000
+    dir: str = Field("runs", min_length=1, description="where run directories are made; no '..' parts")
+    sample_agents: Count = 1000
     sample_every: PositiveInt = 7
+
+    @model_validator(mode="after")
+    def _dir_stays(self):
+        parts = self.dir.replace("\\", "/").split("/")
+        if ".." in parts or "\0" in self.dir:
+            raise ValueError(f"dir: must not contain '..' parts or NUL, got {self.dir!r}")
+        return self
 
 
 class DecisionSpec(Strict):
@@ -302,6 +373,10 @@ class PolicySpec(Strict):
     def _backend_kind(self):
         if "kind" not in self.backend:
             raise ValueError("backend: needs a 'kind' (llamacpp, openai, vllm or replay)")
+        try:
+            _dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ValueError(f"start_date: must be a date as YYYY-MM-DD, got {self.start_date!r}") from None
         return self
 
 
@@ -320,9 +395,20 @@ class Scenario(Strict):
     def _consistent(self):
         if isinstance(self.graph, MultilayerGraph) and not isinstance(self.population, NYCPopulation):
             raise ValueError("graph.kind: 'multilayer' needs population.kind 'nyc' (it uses households, jobs, schools)")
+        _check_graph_fits(self.graph, self.population.size)
         if self.output.sample_agents > self.population.size:
             raise ValueError(
                 f"output.sample_agents: must be <= population.size ({self.population.size}), "
                 f"got {self.output.sample_agents}"
             )
         return self
+
+
+def _check_graph_fits(graph, n: int) -> None:
+    """Graph parameters the population size must allow (the generators' own preconditions)."""
+    if isinstance(graph, ErdosRenyiGraph) and graph.mean_degree > n - 1:
+        raise ValueError(f"graph.mean_degree: must be <= population.size - 1 ({n - 1}), got {graph.mean_degree}")
+    if isinstance(graph, BarabasiAlbertGraph) and graph.m >= n:
+        raise ValueError(f"graph.m: must be < population.size ({n}), got {graph.m}")
+    if isinstance(graph, WattsStrogatzGraph) and graph.k >= n:
+        raise ValueError(f"graph.k: must be < population.size ({n}), got {graph.k}")

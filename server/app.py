@@ -2,7 +2,7 @@
 
 ``create_app(ServerConfig(...))`` builds an app around one :class:`RunManager`.
 Every scenario that comes in over HTTP goes through exactly the CLI's path:
-``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``simcore.models.check``;
+``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``simcore.validation.check_scenario``;
 only built-in names or uploaded text are accepted, never a path on the server.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from scenarios import Scenario, ScenarioError, apply_overrides, builtin_dir, builtin_names, parse_yaml, validate
+from scenarios.loader import read_yaml
 
 from . import data
 from .runs import FINISHED, MODES, RunController, RunError, RunLimitError, RunManager, summary_from_manifest
@@ -168,67 +169,34 @@ def not_found(what: str = "run") -> ApiError:
 
 
 # -- scenario input: the CLI's path, nothing else ---------------------------------------------
-MAX_YAML_DEPTH = 32
-MAX_YAML_EVENTS = 20_000  # a full scenario is a few hundred; PyYAML's pure-Python loader needs ~0.1 ms each
-
-
-def _precheck_yaml(text: str) -> None:
-    """Refuse what would make parsing or validation explode, before building any object.
-
-    Aliases can expand exponentially during validation, deep nesting is quadratic in
-    PyYAML's pure-Python loader, and a huge document ties up a thread for seconds; a
-    scenario needs none of these. Only parser events are read
-    (libyaml's when available): nothing is constructed, nothing executed.
-    """
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    depth = 0
-    try:
-        for n, event in enumerate(yaml.parse(text, Loader=loader)):
-            if n > MAX_YAML_EVENTS:
-                raise ScenarioError("scenario", f"more than {MAX_YAML_EVENTS} YAML nodes")
-            if isinstance(event, yaml.AliasEvent):
-                raise ScenarioError("scenario", "YAML aliases (*name) are not allowed in uploaded scenarios")
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    raise ScenarioError("scenario", f"nested deeper than {MAX_YAML_DEPTH} levels")
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-    except yaml.YAMLError:
-        return  # parse_yaml reports syntax errors with their position
-
-
 def load_request(req: ScenarioRequest, cfg: ServerConfig) -> tuple[Scenario, str]:
-    from simcore.models import check
+    """The CLI's path for uploaded text or a built-in name: the strict YAML loader (depth, node and
+    size limits; no aliases from HTTP), overrides, the schema, then ``check_scenario``."""
+    from simcore.validation import check_scenario
 
     if (req.scenario is None) == (req.yaml is None):
         raise ScenarioError("scenario", "give exactly one of 'scenario' (a built-in name) or 'yaml' (scenario text)")
+    if req.scenario is not None:
+        names = builtin_names()
+        if req.scenario not in names:
+            raise ScenarioError("scenario",
+                                f"unknown built-in scenario {req.scenario!r} (built-in: {', '.join(names)})")
+        raw = read_yaml(builtin_dir() / f"{req.scenario}.yaml")
+        source = f"builtin:{req.scenario}"
+    else:
+        raw = parse_yaml(req.yaml, "uploaded scenario", aliases=False)
+        source = "upload"
     try:
-        if req.scenario is not None:
-            names = builtin_names()
-            if req.scenario not in names:
-                raise ScenarioError("scenario",
-                                    f"unknown built-in scenario {req.scenario!r} (built-in: {', '.join(names)})")
-            path = builtin_dir() / f"{req.scenario}.yaml"
-            raw = parse_yaml(path.read_text(), str(path.name))
-            source = f"builtin:{req.scenario}"
-        else:
-            _precheck_yaml(req.yaml)
-            raw = parse_yaml(req.yaml, "uploaded scenario")
-            source = "upload"
-        try:
-            data_ = apply_overrides(raw, req.overrides)
-        except ScenarioError as exc:
-            raise ScenarioError("overrides" if exc.field == "--set" else exc.field, exc.reason) from None
-        scenario = validate(data_)
-    except RecursionError:
-        raise ScenarioError("scenario", "nested too deeply") from None
-    check(scenario)
-    _check_policy(scenario, cfg)
+        data_ = apply_overrides(raw, req.overrides)
+    except ScenarioError as exc:
+        raise ScenarioError("overrides" if exc.field == "--set" else exc.field, exc.reason) from None
+    scenario = validate(data_)
+    _check_policy(scenario, cfg)  # before check_scenario: it names the backend keys HTTP may not use
     if scenario.population.size > cfg.max_agents:
         raise ScenarioError("population.size", f"must be <= {cfg.max_agents} on this server, got {scenario.population.size}")
     if scenario.run.steps > cfg.max_steps:
         raise ScenarioError("run.steps", f"must be <= {cfg.max_steps} on this server, got {scenario.run.steps}")
+    check_scenario(scenario)
     return scenario, source
 
 

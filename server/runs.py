@@ -57,7 +57,9 @@ def valid_run_id(run_id: str) -> bool:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:48] or "run"
+    from simcore.naming import slug
+
+    return slug(name)
 
 
 def _now() -> str:

@@ -15,25 +15,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _load(args):
-    from scenarios import load_scenario
-    from simcore.models import check
+def _load(args, *, memory: bool = True, backend: bool = False):
+    """The scenario as ``run`` will see it: file, ``--set``, the flags, then :func:`simcore.validation.check_scenario`."""
+    from scenarios import ScenarioError, load_scenario, validate
+    from simcore.validation import check_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
+    run = {}
     if getattr(args, "steps", None) is not None:
         if args.steps <= 0:
-            from scenarios import ScenarioError
             raise ScenarioError("--steps", f"must be > 0, got {args.steps}")
-        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"steps": args.steps})})
+        run["steps"] = args.steps
     if getattr(args, "devices", None) is not None and args.command != "plan":
         if args.devices < 1:
-            from scenarios import ScenarioError
             raise ScenarioError("--devices", f"must be >= 1, got {args.devices}")
-        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"devices": args.devices})})
+        run["devices"] = args.devices
     if getattr(args, "seed", None) is not None:
-        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"seed": args.seed})})
-    check(scenario)
-    return scenario
+        run["seed"] = args.seed
+    if run:  # through the schema again: the flags obey the same bounds as the file
+        data = scenario.model_dump(mode="json")
+        data["run"].update(run)
+        try:
+            scenario = validate(data)
+        except ScenarioError as exc:
+            key = exc.field.removeprefix("run.")
+            raise ScenarioError(f"--{key}" if key in run else exc.field, exc.reason) from None
+    return check_scenario(scenario, memory=memory, backend=backend)
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """``path`` (a directory to be made) can be made: its nearest existing ancestor is a writable directory."""
+    import os
+
+    from scenarios import ScenarioError
+
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ScenarioError(flag, f"cannot create {path}: {probe} is not a writable directory")
 
 
 def cmd_scenarios(args) -> int:
@@ -46,8 +68,9 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    sc = _load(args)
-    print(f"ok: {sc.name} ({sc.model.kind}, {sc.population.size:,} agents, {sc.run.steps} steps)")
+    sc = _load(args, backend=args.check_backend)
+    backend = f", backend {sc.policy.backend.get('kind')} answered" if args.check_backend and sc.policy else ""
+    print(f"ok: {sc.name} ({sc.model.kind}, {sc.population.size:,} agents, {sc.run.steps} steps{backend})")
     return 0
 
 
@@ -60,9 +83,10 @@ def cmd_run(args) -> int:
         initialize()
     sc = _load(args)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and any(out.iterdir()):
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         from scenarios import ScenarioError
-        raise ScenarioError("--out", f"directory exists and is not empty: {out}")
+        raise ScenarioError("--out", f"{'directory exists and is not empty' if out.is_dir() else 'not a directory'}: {out}")
+    _check_writable(out if out is not None else Path(sc.output.dir), "--out" if out is not None else "output.dir")
     if args.distributed:
         from simcore.distributed import barrier
         barrier("simcore-out-checked")  # no process may create it before every process has looked
@@ -129,7 +153,7 @@ def cmd_llm_probe(args) -> int:
     from simcore.models import build
     from simcore.runs import make_archetype_policy
 
-    sc = _load(args)
+    sc = _load(args, memory=False)  # probed at --size agents
     if sc.policy is None:
         raise ScenarioError("policy", "the scenario has no LLM policy to probe")
     size = min(sc.population.size, args.size)
@@ -160,7 +184,7 @@ def cmd_plan(args) -> int:
     from scenarios import ScenarioError
     from simcore.plan import check_fits
 
-    sc = _load(args)
+    sc = _load(args, memory=False)  # plan measures memory itself
     if args.devices is not None and args.devices < 1:
         raise ScenarioError("--devices", f"must be >= 1, got {args.devices}")
     cap = args.capacity_gib * 2**30 if args.capacity_gib else None
@@ -231,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--capacity-gib", type=float, help="memory per device (default: what the device reports)")
     sp.set_defaults(func=cmd_plan)
 
-    sp = sub.add_parser("validate", help="check a scenario without running it")
+    sp = sub.add_parser("validate", help="check a scenario without running it (all that `run` checks, nothing built)")
     scenario_args(sp)
+    sp.add_argument("--check-backend", action="store_true",
+                    help="also start (or reach) the policy's LLM backend and score one test prompt")
     sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("scenarios", help="list the built-in scenarios")

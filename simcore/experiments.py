@@ -56,19 +56,30 @@ from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, Sequenc
 import jax
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from scenarios import Scenario, ScenarioError, load_scenario
-from scenarios.loader import apply_overrides, format_validation_error, parse_yaml, validate
-from scenarios.schema import InterventionSpec
+from scenarios.loader import apply_overrides, format_validation_error, read_yaml, validate
+from scenarios.schema import MAX_SEED, MAX_STEPS, InterventionSpec, Strict
 
 from .engine import Intervention, build_schedule
 from .engine.ensemble import Ensemble, batch_size_for, replicate_state
 from .models import Built, build, check
+from .naming import child_dir, slug
+from .validation import check_scenario
 
 BASELINE = "baseline"
 REDUCERS = ("sum", "mean", "max", "min", "final", "peak_step")
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")  # with no '..': one safe path component, arm=NAME/
+
+
+def _no_dotdot(name: str) -> str:
+    if ".." in name:
+        raise ValueError(f"must not contain '..', got {name!r}")
+    return name
+
+
+_Name = Annotated[str, Field(min_length=1, pattern=_NAME.pattern), AfterValidator(_no_dotdot)]
 
 
 class ExperimentError(ScenarioError):
@@ -76,14 +87,13 @@ class ExperimentError(ScenarioError):
 
 
 # -- the experiment file ----------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict  # the scenario schema's base: no unknown keys, finite floats, bounded integers
 
 
 class ArmSpec(_Strict):
     """One arm: the baseline scenario plus these edits (overrides first, then remove, then add)."""
 
-    name: str = Field(min_length=1, pattern=_NAME.pattern)
+    name: _Name
     description: str = ""
     overrides: list[str] = []
     remove: list[str] = []
@@ -93,19 +103,20 @@ class ArmSpec(_Strict):
 class ExperimentSpec(_Strict):
     """An experiment file (YAML)."""
 
-    name: str = Field(min_length=1, pattern=_NAME.pattern)
+    name: _Name
     description: str = ""
     scenario: Union[str, dict[str, Any]]
     overrides: list[str] = []
-    seeds: Union[Annotated[int, Field(gt=0)], Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]] = 4
-    steps: Annotated[int, Field(gt=0)] | None = None
+    seeds: Union[Annotated[int, Field(gt=0, le=100_000)],
+                 Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1, max_length=100_000)]] = 4
+    steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = None
     replicates: Literal["shared", "independent"] = "shared"
     batch_size: Annotated[int, Field(gt=0)] | None = None
     branch_step: Annotated[int, Field(ge=0)] | None = None
     arms: list[ArmSpec] = Field(min_length=1)
     outcomes: list[str] = []
     ci: float = Field(0.95, gt=0, lt=1)
-    n_boot: Annotated[int, Field(ge=100)] = 4000
+    n_boot: Annotated[int, Field(ge=100, le=1_000_000)] = 4000
 
 
 # -- outcomes ---------------------------------------------------------------------------------
@@ -182,7 +193,7 @@ class Experiment:
                  overrides: Sequence[str] = (), steps: int | None = None, replicates: str = "shared",
                  batch_size: int | None = None, name: str | None = None, chunk_size: int | None = None):
         self.scenario = _as_scenario(scenario, overrides)
-        check(self.scenario)
+        check_scenario(self.scenario)  # what `simcore validate` checks, before any arm is built
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ExperimentError("seeds", "needs at least one seed")
@@ -206,8 +217,9 @@ class Experiment:
             policies: Callable[[Built], Iterable[Any]] | None = None, description: str = "") -> "Experiment":
         """Add an arm: the baseline scenario with ``overrides`` applied, interventions named in
         ``remove`` dropped (``"*"``: all), then ``interventions`` added. Returns the experiment."""
-        if not _NAME.match(name or ""):
-            raise ExperimentError("arms.name", f"must be letters, digits or . _ + -, got {name!r}")
+        if not _NAME.match(name or "") or ".." in name:
+            raise ExperimentError("arms.name", f"must be letters, digits or . _ + - (no '..', not first '.', '+' "
+                                               f"or '-'), got {name!r}")
         if name == BASELINE:
             raise ExperimentError("arms.name", f"{BASELINE!r} is the scenario itself; use baseline_policies() "
                                                "to give it host policies")
@@ -256,7 +268,7 @@ class Experiment:
         except ScenarioError as exc:
             raise ExperimentError(f"{where}.overrides", str(exc)) from None
         try:
-            check(sc.model_copy(update={"run": sc.run.model_copy(update={"steps": self.steps})}))
+            check_scenario(sc.model_copy(update={"run": sc.run.model_copy(update={"steps": self.steps})}), memory=False)
         except ScenarioError as exc:
             raise ExperimentError(where, str(exc)) from None
         after = sc.model_dump(mode="json")
@@ -423,7 +435,7 @@ class Experiment:
         out.mkdir(parents=True, exist_ok=True)
         by_arm = {a.name: a for a in arms}
         for (arm, seed), part in results.metrics.partition_by(["arm", "seed"], as_dict=True).items():
-            d = out / f"arm={arm}" / f"seed={seed}"
+            d = child_dir(out, f"arm={arm}") / f"seed={int(seed)}"
             d.mkdir(parents=True, exist_ok=True)
             part.drop("arm", "seed").write_parquet(d / "metrics.parquet")
             a = by_arm[arm]
@@ -438,7 +450,7 @@ class Experiment:
             base = arms[0]
             for s, (state, _) in prefix.items():
                 b = builds[(base.group, pop_of[s])]
-                save_checkpoint(out / f"arm={BASELINE}" / f"seed={s}" / "checkpoints", step=self.branch_step, seed=s,
+                save_checkpoint(out / f"arm={BASELINE}" / f"seed={int(s)}" / "checkpoints", step=self.branch_step, seed=s,
                                 state=state, schedule=schedules[BASELINE], params=b.params, scenario=base.scenario,
                                 steps=self.steps, live_params=getattr(b.model, "decision_targets", ()),
                                 extra={"population_seed": pop_of[s], "experiment": self.name})
@@ -615,11 +627,7 @@ def load_experiment_spec(path: str | Path) -> ExperimentSpec:
     if not path.is_file():
         raise ExperimentError("experiment", f"file not found: {path}")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExperimentError("experiment", f"cannot read {path}: {exc}") from None
-    try:
-        data = parse_yaml(text, str(path))
+        data = read_yaml(path, "experiment")  # the scenarios' strict loader: limits, no duplicate keys or tags
     except ScenarioError as exc:
         raise ExperimentError("experiment", exc.reason) from None
     try:
@@ -662,7 +670,7 @@ def run_experiment_file(path: str | Path, *, out: str | Path | None = None, prog
     exp = experiment_from_spec(spec, Path(path).parent)
     if out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(exp.scenario.output.dir) / f"{spec.name}-{stamp}"
+        out = child_dir(exp.scenario.output.dir, f"{slug(spec.name)}-{stamp}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExperimentError("--out", f"directory exists and is not empty: {out}")

@@ -112,3 +112,58 @@ def check_fits(scenario: Scenario, devices: int | None = None, capacity: float |
         raise ScenarioError("population.size", f"will not fit: {p.describe()} (keep below 90%); "
                                                f"use more devices (--devices) or fewer agents")
     return p
+
+
+def floor_bytes(scenario: Scenario) -> tuple[float, int, str]:
+    """A lower bound of the device bytes ``scenario`` needs, its largest layer's stored contacts
+    (lower bound too) and the field that dominates, from the scenario alone: nothing is built.
+
+    Only terms that cannot be smaller are counted: 4 B of row pointer per agent and layer, 4 B of
+    neighbour id per stored contact (of the documented 8), the int8 state and attributes, the
+    social follow slots and post embeddings, and the float32 schedule rows. The measured figure
+    is :func:`plan`'s; this one is what ``simcore validate`` can afford in milliseconds.
+    """
+    from .models import scheduled_params
+
+    n, g = scenario.population.size, scenario.graph
+    kind = scenario.model.kind
+    per_agent, entries, field = 1.0, [0.0], "population.size"
+    if g.kind == "multilayer":
+        per_agent = 7.0 + 4 * 4  # epidemic int8 state + attributes, 4 layers' row pointers
+        # the community layer: one partner per matching round, but the odd one out of each borough
+        entries = [float(max(g.community_rounds_local, 0) * max(n - 5, 0) + g.community_rounds_city * max(n - 1, 0))]
+    elif g.kind == "erdos_renyi":
+        entries = [0.9 * n * g.mean_degree]  # Binomial edge count: far above 0.9 x its mean only for tiny n
+    elif g.kind == "watts_strogatz":
+        entries = [0.9 * n * g.k]  # rewired edges lost to dedupe: a fraction ~ p k / n
+    elif g.kind == "barabasi_albert":
+        entries = [0.9 * 2 * g.m * max(n - g.m - 1, 0)]
+    total = n * (per_agent + 4) + 4 * sum(entries)
+    if kind == "social":  # the follow graph's CSR is built first; then follow slots and the post ring
+        prm = scenario.model.params
+        slots, posts = n * 4.0 * prm.max_followees, prm.post_capacity * 4.0 * prm.embedding_dim
+        total += slots + posts
+        if posts > slots + n * 5.0 + 4 * sum(entries):
+            field = "model.params.post_capacity"
+    schedule = 4.0 * scenario.run.steps * len(scheduled_params(scenario))
+    if schedule > total:
+        field = "run.steps"
+    return total + schedule, int(max(entries)), field
+
+
+def check_floor(scenario: Scenario, devices: int | None = None, capacity: float | None = None) -> float:
+    """Refuse (ScenarioError) what cannot fit even by :func:`floor_bytes`; returns the floor per device."""
+    devices = devices or scenario.run.devices
+    need, largest, field = floor_bytes(scenario)
+    if largest > INT32_MAX:
+        raise ScenarioError(field if field != "run.steps" else "population.size",
+                            f"{scenario.population.size:,} agents need at least {largest:,} stored contacts in one "
+                            f"layer, over the int32 index limit ({INT32_MAX:,})")
+    per_device = need / devices
+    cap = capacity if capacity is not None else device_capacity()
+    if per_device > cap:
+        gib = 2**30
+        raise ScenarioError(field, f"needs at least {per_device / gib:,.1f} GiB per device (a lower bound), more "
+                                   f"than the {cap / gib:,.1f} GiB of this machine's devices; use more devices or "
+                                   f"a smaller size (`simcore plan` measures the full figure)")
+    return per_device

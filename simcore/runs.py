@@ -17,6 +17,7 @@ from scenarios import Scenario
 from .engine import Chunk, HostPolicy, Simulation
 from .io import RunWriter
 from .models import Built, build
+from .naming import child_dir, slug
 
 
 def versions() -> dict[str, str]:
@@ -53,7 +54,7 @@ def default_run_dir(scenario: Scenario, base: str | Path | None = None) -> Path:
     # every process of a multi-process run must pick the same name: process 0's clock decides
     now_us = int(broadcast_from_lead(np.array([time.time_ns() // 1000], np.int64))[0])
     stamp = _dt.datetime.fromtimestamp(now_us / 1e6).strftime("%Y%m%d-%H%M%S-%f")
-    return Path(base or scenario.output.dir) / f"{scenario.name}-{stamp}"
+    return child_dir(base or scenario.output.dir, f"{slug(scenario.name)}-{stamp}")  # never leaves output.dir
 
 
 def manifest_for(scenario: Scenario, built: Built, seed: int, steps: int, extra: dict | None = None) -> dict:

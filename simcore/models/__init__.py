@@ -3,6 +3,6 @@
 ``build`` is the only place that knows which scenario kinds map to which model,
 through the explicit table ``_BUILDERS``.
 """
-from .build import Built, build, check, scheduled_params
+from .build import Built, build, check, policy_interface, scheduled_params
 
-__all__ = ["Built", "build", "check", "scheduled_params"]
+__all__ = ["Built", "build", "check", "policy_interface", "scheduled_params"]

@@ -34,6 +34,19 @@ def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
     return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
 
 
+def policy_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    """What the scenario's model offers an archetype policy, known without building anything:
+    ``decision_targets`` it reads, ``features`` to group on, ``stats`` to show in prompts."""
+    if scenario.model.kind == "social":
+        from .social import model as social_model
+        return {"decision_targets": social_model.DECISION_TARGETS, "features": social_model.FEATURES,
+                "stats": social_model.STATS}
+    if scenario.model.kind == "epidemic":
+        return {"decision_targets": epidemic.DECISION_TARGETS, "features": epidemic.FEATURES,
+                "stats": epidemic.STATS}
+    return {"decision_targets": (), "features": (), "stats": ()}
+
+
 def check(scenario: Scenario) -> None:
     """Semantic checks that need to know the model, without building anything."""
     names = scheduled_params(scenario)

@@ -40,6 +40,11 @@ WINDOW = 28  # days of reported-case history kept per borough
 N_FLOWS = 3  # new infections, new deaths, new symptomatic (I) cases
 SCHEDULED = ("household_scale", "workplace_scale", "school_scale", "community_scale", "lockdown",
              "isolation_scale")
+# what an archetype policy may fill, group on (keys of features()) and show in prompts (keys of stats()),
+# known without building; tests/test_validation.py checks them against a built model
+DECISION_TARGETS = ("isolate_llm", "work_llm")
+FEATURES = ("age_band", "borough", "occupation", "case_trend", "labor", "isolating", "disease")
+STATS = ("weekly_cases", "case_change_pct", "isolating_pct", "unemployed_pct", "employed_pct", "infected_pct")
 
 
 @jax.tree_util.register_dataclass
@@ -255,7 +260,7 @@ def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> 
                 "occupation": occupation_labels, "case_trend": TRENDS, "isolating": ("no", "yes")},
         features=features,
         stats=stats,
-        decision_targets=("isolate_llm", "work_llm"),
+        decision_targets=DECISION_TARGETS,
     )
 
 

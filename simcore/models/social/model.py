@@ -47,6 +47,8 @@ PERSONAS = {
 }
 SCHEDULED = ("activity_scale", "post_scale", "like_scale", "repost_scale", "follow_scale")
 DECISION_TARGETS = ("post_llm", "like_llm", "repost_llm", "comment_llm", "follow_llm")
+FEATURES = ("persona", "stance_bin")  # keys of features(), known without building (tests/test_validation.py)
+STATS = ("stance", "extremity", "followers", "followees")  # keys of stats()
 EXTREME = 0.8  # |stance| above this counts as extreme
 
 
