@@ -11,11 +11,14 @@ as a single run of the same seed from the same state.
 Replicates run ``batch_size`` at a time under ``jax.vmap`` (one compiled program
 per batch size, reused across arms, batches and step counts: every chunk has the
 same length); ``batch_size=1`` runs them one after another without ``vmap``.
-:func:`batch_size_for` picks the largest batch that fits a memory budget. Under
-``vmap`` a data-dependent ``lax.cond``/``lax.switch`` (the tiered sparse/dense
-neighbour pull) evaluates every branch, so batching pays least, or loses, for
-models that lean on it; on CPU it measured slower even without it
-(``benchmarks/experiments.py``).
+:func:`batch_size_for` picks the largest batch that fits a memory budget. The
+tiered sparse/dense neighbour pull has its own batching rule
+(``simcore.engine.ops``): a batch is one population of R disjoint graph copies
+with one real ``lax.switch``, instead of a select that would run every branch,
+and every replicate's numbers stay bit-identical to a run of its own
+(``tests/test_ensemble_batched.py``). Measured on 2 CPU cores
+(``benchmarks/experiments.py``, docs/experiments.md) batching is now about even
+with sequential runs, not yet faster.
 
 Only per-step metrics come back to the host; agent samples and event traces are
 not recorded for ensembles.

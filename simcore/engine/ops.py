@@ -3,7 +3,21 @@
 ``neighbor_sum`` sums a value over each node's neighbours, counting only active
 sources. When few sources are active (an epidemic's early and late phases) it
 pushes from the active sources' edges alone; otherwise it pulls densely over all
-edges. Both branches are compiled; ``lax.cond`` runs one per step.
+edges. Both branches are compiled; ``lax.switch`` runs one per step.
+
+Under ``jax.vmap`` over replicates (``simcore.engine.ensemble``), a data-dependent
+switch would turn into a select that runs every branch. ``neighbor_sum`` has its
+own batching rule instead (``jax.custom_batching.custom_vmap``): when the graph
+is shared and only the values are batched, the R replicates are treated as one
+population of R disjoint copies. The branch index becomes the cheapest tier
+whose R-fold buffers hold all replicates' active sources (one unbatched
+switch), the dense pull is one gather of
+``[N, R]`` rows and one sorted segment sum, and the sparse push collects the
+active sources of all replicates in one buffer of R times the capacity. Each
+replicate's sums add the same terms in the same order as a single run, and the
+sparse push and dense pull add a node's active neighbours in the same
+(ascending, CSR) order, so results per replicate are bit for bit those of
+sequential runs on CPU whichever branch runs (``tests/test_ensemble_batched.py``).
 """
 from __future__ import annotations
 
@@ -11,6 +25,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 
 from .halo import halo_pull
 
@@ -23,6 +38,7 @@ def edge_rows(indptr: jax.Array, n_edges: int) -> jax.Array:
 
 
 def _dense(indices, rows, x, active):
+    """Pull over every edge. ``x``/``active``: ``[N]``, or ``[N, R]`` for R replicates (one gather of rows)."""
     n = x.shape[0]
     src = jnp.where(active, x, 0).astype(jnp.float32)
     # indices are in range by construction (padding points at 0): skipping XLA's bounds
@@ -32,11 +48,16 @@ def _dense(indices, rows, x, active):
 
 
 def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
-    n = x.shape[0]
-    ids = jnp.nonzero(active, size=node_capacity, fill_value=n)[0]
-    real = ids < n
+    """Push from active sources. ``x``/``active``: ``[N]``, or ``[R, N]`` for R disjoint replicates
+    (capacities then hold all replicates' active nodes and edges together)."""
+    reps, n = (1, x.shape[0]) if x.ndim == 1 else x.shape
+    total_n = reps * n
+    flat_x, flat_active = x.reshape(-1), active.reshape(-1)
+    ids = jnp.nonzero(flat_active, size=node_capacity, fill_value=total_n)[0]
+    real = ids < total_n
     ids_c = jnp.where(real, ids, 0)
-    deg = jnp.where(real, indptr[ids_c + 1] - indptr[ids_c], 0)
+    local = ids_c if reps == 1 else ids_c % n  # node within its replicate
+    deg = jnp.where(real, indptr[local + 1] - indptr[local], 0)
     start = jnp.cumsum(deg) - deg
     total = start[-1] + deg[-1]
     # Each edge slot finds its source by a running max over start markers (cheaper than a search).
@@ -47,9 +68,60 @@ def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
     e = jnp.arange(edge_capacity, dtype=indptr.dtype)
     valid = e < total
     src = ids_c[slot]
-    pos = jnp.where(valid, indptr[src] + (e - start[slot]), 0)
-    dst = jnp.where(valid, indices[pos], n)
-    return jnp.zeros(n, jnp.float32).at[dst].add(x[src].astype(jnp.float32), mode="drop")
+    src_local = local[slot]
+    pos = jnp.where(valid, indptr[src_local] + (e - start[slot]), 0)
+    dst = indices[pos] if reps == 1 else indices[pos] + (src - src_local)  # same replicate as the source
+    dst = jnp.where(valid, dst, total_n)
+    out = jnp.zeros(total_n, jnp.float32).at[dst].add(flat_x[src].astype(jnp.float32), mode="drop")
+    return out if reps == 1 else out.reshape(reps, n)
+
+
+def _tier_sizes(node_capacity: int, edge_capacity: int, tiers: int) -> list[tuple[int, int]]:
+    return sorted({(max(node_capacity // 4**k, 1), max(edge_capacity // 4**k, 1)) for k in range(tiers)})
+
+
+def _tier(indptr, active, sizes) -> jax.Array:
+    """Index of the cheapest branch that fits ``active`` (``len(sizes)`` = dense); batched over leading axes."""
+    deg = indptr[1:] - indptr[:-1]
+    n_active = jnp.sum(active, axis=-1, dtype=jnp.int32)
+    active_edges = jnp.sum(jnp.where(active, deg, 0), axis=-1, dtype=indptr.dtype)
+    misses = [((n_active > nc) | (active_edges > ec)).astype(jnp.int32) for nc, ec in sizes]
+    return sum(misses)
+
+
+def _tiered(node_capacity: int, edge_capacity: int, tiers: int):
+    """The tiered sparse/dense sum as a function of (indptr, indices, rows, x, active), with a
+    batching rule that keeps one real switch for a batch of replicates (see the module docstring)."""
+    sizes = _tier_sizes(node_capacity, edge_capacity, tiers)
+
+    def single(indptr, indices, rows, x, active):
+        branches = [partial(_sparse, indptr, indices, x, active, nc, ec) for nc, ec in sizes]
+        branches.append(partial(_dense, indices, rows, x, active))
+        return jax.lax.switch(_tier(indptr, active, sizes), branches)
+
+    fn = custom_vmap(single)
+
+    @fn.def_vmap
+    def _batched(axis_size, in_batched, indptr, indices, rows, x, active):
+        graph_batched = any(in_batched[:3])
+        if graph_batched:  # a graph per replicate: no shared structure to exploit
+            return jax.vmap(single, in_axes=tuple(0 if b else None for b in in_batched))(
+                indptr, indices, rows, x, active), True
+        x = x if in_batched[3] else jnp.broadcast_to(x, (axis_size, *x.shape))
+        active = active if in_batched[4] else jnp.broadcast_to(active, (axis_size, *active.shape))
+        # one unbatched index: the cheapest tier whose buffers (R times a replicate's) hold the
+        # active nodes and edges of all replicates together (the result does not depend on the
+        # branch, see above)
+        deg = indptr[1:] - indptr[:-1]
+        n_active = jnp.sum(active, dtype=jnp.int32)
+        active_edges = jnp.sum(jnp.where(active, deg, 0), dtype=indptr.dtype)
+        index = sum(((n_active > axis_size * nc) | (active_edges > axis_size * ec)).astype(jnp.int32)
+                    for nc, ec in sizes)
+        branches = [partial(_sparse, indptr, indices, x, active, axis_size * nc, axis_size * ec) for nc, ec in sizes]
+        branches.append(lambda: _dense(indices, rows, x.T, active.T).T)
+        return jax.lax.switch(index, branches), True
+
+    return fn
 
 
 @partial(jax.jit, static_argnames=("node_capacity", "edge_capacity", "tiers"))
@@ -72,14 +144,15 @@ def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_c
             return _dense(indices, rows, x, active)
     if edge_capacity <= 0 or node_capacity <= 0:
         return dense()
-    deg = indptr[1:] - indptr[:-1]
-    n_active = jnp.sum(active, dtype=jnp.int32)
-    active_edges = jnp.sum(jnp.where(active, deg, 0), dtype=indptr.dtype)
-    sizes = sorted({(max(node_capacity // 4**k, 1), max(edge_capacity // 4**k, 1)) for k in range(tiers)})
-    branches = [partial(_sparse, indptr, indices, x, active, nc, ec) for nc, ec in sizes]
-    branches.append(dense)
-    misses = [((n_active > nc) | (active_edges > ec)).astype(jnp.int32) for nc, ec in sizes]
-    return jax.lax.switch(sum(misses), branches)
+    if halo is not None:
+        deg = indptr[1:] - indptr[:-1]
+        n_active = jnp.sum(active, dtype=jnp.int32)
+        active_edges = jnp.sum(jnp.where(active, deg, 0), dtype=indptr.dtype)
+        sizes = _tier_sizes(node_capacity, edge_capacity, tiers)
+        branches = [partial(_sparse, indptr, indices, x, active, nc, ec) for nc, ec in sizes]
+        branches.append(dense)
+        return jax.lax.switch(_tier(indptr, active, sizes), branches)
+    return _tiered(node_capacity, edge_capacity, tiers)(indptr, indices, rows, x, active)
 
 
 def group_sum(values: jax.Array, group: jax.Array, n_groups: int, *, sorted_groups: bool = False) -> jax.Array:

@@ -83,11 +83,22 @@ def trend_bin(growth: jax.Array, threshold: float = 0.1) -> jax.Array:
 
 # -- substeps ---------------------------------------------------------------------
 def observe(cfg: EpidemicConfig, st: EpidemicState, p, key):
-    weekly = jnp.sum(_last_days(st.case_hist, p["step"], 7), axis=0)
-    monthly_mean = jnp.sum(st.case_hist, axis=0) / 4.0
+    weekly = _rows_sum(_last_days(st.case_hist, p["step"], 7))
+    monthly_mean = _rows_sum(st.case_hist) / 4.0
     growth = (weekly - monthly_mean) / jnp.maximum(monthly_mean, 1.0)
-    level = weekly / p["borough_pop"] * 1e5
+    # times a per-100k factor, not divided by the population: XLA rewrites a division by an
+    # unbatched array into a reciprocal multiply under vmap only, which changes the last bit
+    level = weekly * (1e5 / p["borough_pop"])
     return _replace(st, growth=growth, level=level)
+
+
+def _rows_sum(rows):
+    """Sum over the leading axis as elementwise adds in row order: the same floats for one run and
+    for replicates batched under vmap (where XLA may reorder a reduction of the batched array)."""
+    total = rows[0]
+    for i in range(1, rows.shape[0]):
+        total = total + rows[i]
+    return total
 
 
 def _last_days(hist, step, days):
