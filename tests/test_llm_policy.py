@@ -69,7 +69,7 @@ def _script(prompt, options):
     if "Borough: Bronx" in query:
         raise TimeoutError("injected: server timed out")
     if "isolate" in query:
-        p = 0.8 if "Age group: 65A" in query else 0.3
+        p = 0.8 if "Age group: 65 or older." in query else 0.3
         return [math.log(p), math.log(1 - p)]
     return [math.log(0.9), math.log(0.1)]
 
@@ -94,7 +94,8 @@ def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
         else:
             assert sum(r["probs"]) == pytest.approx(1.0, abs=1e-9)
     # Bronx agents follow the heuristic (NaN), others the archetype's hazard
-    iso = np.asarray(sim.params["isolate_llm"])
+    logit = np.asarray(sim.params["isolate_llm"])  # the epidemic's targets take logit(daily hazard)
+    iso = 1 / (1 + np.exp(-logit))  # covid_nyc maps isolate with (bias, slope) = (0, 1): at face value
     borough, age = np.asarray(built.params["borough"]), np.asarray(built.params["age_band"])
     assert np.isnan(iso[borough == 0]).all() and not np.isnan(iso[borough != 0]).any()
     daily = lambda p: 1 - (1 - p) ** (1 / 7)  # noqa: E731
