@@ -106,6 +106,9 @@ def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *
     scenario's (objects with ``name``, ``start``, ``end``); ``n_agents``: the population size,
     checked against ``per_agent_max`` for ``architecture: per_agent``.
     """
+    if spec.architecture == "per_agent" and jax.process_count() > 1:
+        raise ScenarioError("policy.architecture", "per_agent runs in a single process (it reads every agent's "
+                            "features on the host)")
     if spec.architecture == "per_agent" and n_agents is not None and n_agents > spec.per_agent_max:
         raise ScenarioError("policy.architecture", f"per_agent makes one LLM call per agent per round: "
                             f"population.size must be <= policy.per_agent_max ({spec.per_agent_max}), got {n_agents}")

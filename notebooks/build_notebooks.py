@@ -212,7 +212,8 @@ if RUN_LLM:
 
     def llm_policies(built):
         stats_names = tuple(jax.eval_shape(built.model.stats, built.state, built.params))
-        return [make_policy(llm_spec, built.model, stats_names)]
+        return [make_policy(llm_spec, built.model, stats_names, scheduled=tuple(built.schedule),
+                            interventions=scenario.interventions)]  # prompts may name them
 
     exp.arm("llm", policies=llm_policies)
 print("arms:", exp.arm_names)"""),

@@ -77,7 +77,7 @@ def _script(prompt, options):
 def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
     sc, built, sim, names = _setup()
     backend = ScriptedBackend(_script)
-    policy = ArchetypePolicy(sc.policy, built.model, backend, stats_names=names)
+    policy = ArchetypePolicy(sc.policy, built.model, backend, stats_names=names, interventions=sc.interventions)
     sim.run(21, policies=[policy])
     iso_calls = [r for r in policy.rows if r["decision"] == "isolate"]
     rounds = sorted({r["step"] for r in iso_calls})
@@ -109,18 +109,19 @@ def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
 
 def test_policy_spec_errors_name_the_field():
     sc, built, sim, names = _setup(2000)
+    known = dict(scheduled=tuple(built.schedule), interventions=sc.interventions)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[0].target = "nope"
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].target: unknown decision target 'nope'"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[1].group_by = ["shoe_size"]
     with pytest.raises(ScenarioError, match=r"policy.decisions\[1\].group_by: unknown feature 'shoe_size'"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[0].prompt = "Hello {nonsense}"
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].prompt: unknown field \{nonsense\}"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].value: keys \['maybe'\]"):
         load_scenario("covid_nyc", ["policy.decisions.0.value={maybe: 1}"])
 
