@@ -121,8 +121,8 @@ def test_prompts_show_the_schedule_and_interventions_at_the_rounds_step():
     # covid_nyc's prompts name the stay-at-home order: off before day 21 (Mar 22), on from it
     iso = [(r["step"], _query(r["prompt"])) for r in policy.rows if r["decision"] == "isolate"]
     assert sorted({s for s, _ in iso}) == [0, 7, 14, 21, 28]
-    assert all(("stay-at-home order is in force" in q) == (s >= 21) for s, q in iso)
-    assert all(("stay-at-home order is not in force" in q) == (s < 21) for s, q in iso)
+    assert all(("stay-at-home order in force" in q) == (s >= 21) for s, q in iso)
+    assert all(("stay-at-home order not in force" in q) == (s < 21) for s, q in iso)
     d = sc.policy.decisions[0].model_copy(update={
         "prompt": "{date}: lockdown={lockdown} schools={school_scale} pause={pause_order:on/off} "
                   "[{interventions}] {pause_order}"})
@@ -210,7 +210,7 @@ def test_content_free_calibration_divides_out_the_prompts_own_bias():
         if "N/A" in q:
             p = 0.8 if first_yes else 0.6  # content-free: the prompt's own lean towards yes
         else:
-            p = (0.8 if first_yes else 0.6) if "Age group: 65 or older." in q else 0.5
+            p = (0.8 if first_yes else 0.6) if "Age 65 or older," in q else 0.5
         return [math.log(p), math.log(1 - p)]
 
     backend = ScriptedBackend(script)
@@ -241,7 +241,7 @@ def test_probe_measures_spread_and_main_effects():
         q = _query(prompt)
         if "isolate" not in q:
             return [math.log(0.5), math.log(0.5)]
-        z = next((v for k, v in age_logit.items() if f"Age group: {words[k]}." in q), 0.0)  # 0: content-free
+        z = next((v for k, v in age_logit.items() if f"Age {words[k]}," in q), 0.0)  # 0: content-free
         if "(no or yes)" in prompt:
             z -= 0.4  # a position bias the order averaging removes
         return [-math.log1p(math.exp(-z)), -math.log1p(math.exp(z))]
@@ -268,7 +268,7 @@ def test_per_agent_makes_one_call_per_agent_and_each_agent_gets_its_own_answer()
     def script(prompt, options):
         q = _query(prompt)
         if "isolate" in q:
-            p = next(v for k, v in p_by_age.items() if f"Age group: {words[k]}." in q)
+            p = next(v for k, v in p_by_age.items() if f"Age {words[k]}," in q)
             return [math.log(p), math.log(1 - p)]
         return [math.log(0.9), math.log(0.1)]
 
