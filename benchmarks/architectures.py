@@ -9,9 +9,12 @@ Runs ``covid_nyc`` three times with the same seed and population (common random 
 - ``llm_per_agent``: the same decisions and prompts with ``policy.architecture: per_agent``, one
   call per agent per round.
 
-Each arm gets its own fresh response cache in its run directory, so ``llm_calls`` counts every
-request and ``llm_cache_hits`` how many were answered without the model (identical prompts within
-a round are scored once). ``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai,
+Each arm gets its own fresh response cache in its run directory. ``llm_calls`` and the token
+columns count every request; identical prompts are scored by the model once (``llm_cache_hits``
+counts answers stored by an earlier round; duplicates within a round are de-duplicated), so
+``llm_seconds`` is the measure of model work. With prompts that show only archetype fields the
+per-agent arm reproduces the archetype arm exactly; give it prompts with individual fields
+(e.g. ``labor``, ``isolating``, ``disease``) for a real per-agent comparison. ``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai,
 endpoints: [...], model: ...}"`` for an OpenAI-compatible server). Prints one row per architecture:
 infections, deaths, peak isolation, final unemployment, LLM calls, cache hits, prompt and
 completion tokens, LLM seconds and wall seconds; writes ``architectures.csv`` and a PNG.
