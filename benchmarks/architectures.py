@@ -1,4 +1,4 @@
-"""Agent architectures compared on one scenario (AgentTorch's table): heuristic, LLM archetypes, one LLM call per agent.
+"""Agent architectures on one scenario (AgentTorch's table): heuristic, LLM archetypes, one call per agent.
 
     python -m benchmarks.architectures [--size 2000] [--steps 28] [--out DIR] [--set dotted.key=value ...]
 
@@ -14,8 +14,10 @@ columns count every request; identical prompts are scored by the model once (``l
 counts answers stored by an earlier round; duplicates within a round are de-duplicated), so
 ``llm_seconds`` is the measure of model work. With prompts that show only archetype fields the
 per-agent arm reproduces the archetype arm exactly; give it prompts with individual fields
-(e.g. ``labor``, ``isolating``, ``disease``) for a real per-agent comparison. ``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai,
-endpoints: [...], model: ...}"`` for an OpenAI-compatible server). Prints one row per architecture:
+(e.g. ``labor``, ``isolating``, ``disease``) for a real per-agent comparison.
+
+``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai, endpoints: [...],
+model: ...}"`` for an OpenAI-compatible server). Prints one row per architecture:
 infections, deaths, peak isolation, final unemployment, LLM calls, cache hits, prompt and
 completion tokens, LLM seconds and wall seconds; writes ``architectures.csv`` and a PNG.
 

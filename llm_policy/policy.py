@@ -252,7 +252,8 @@ class ArchetypePolicy:
         groups = grouping(feats, stats, tuple(d.group_by), levels)
         env = self.env_values(sim.step, sim.schedule)
         # one prompt string per call is host work by nature; per_agent is capped by per_agent_max
-        prompts = [[self.render(d, self.group_values(d, groups, j), env, sample) for sample in range(self.spec.n_samples)]
+        samples = range(self.spec.n_samples)
+        prompts = [[self.render(d, self.group_values(d, groups, j), env, k) for k in samples]
                    for j in range(len(groups.codes))]
         content_free = ([self.render_content_free(d, sample) for sample in range(self.spec.n_samples)]
                         if self.spec.calibration == "content_free" else [])

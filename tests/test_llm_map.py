@@ -22,7 +22,8 @@ daily = lambda p: 1 - (1 - p) ** (1 / 7)  # noqa: E731  the per-day hazard of a 
 
 
 def _setup(size=3000, steps=35, overrides=()):
-    sc = load_scenario("covid_nyc", [f"population.size={size}", f"run.steps={steps}", "output.sample_agents=0", *overrides])
+    sc = load_scenario("covid_nyc", [f"population.size={size}", f"run.steps={steps}", "output.sample_agents=0",
+                                     *overrides])
     built = build(sc, seed=0, steps=steps)
     sim = make_simulation(sc, built, 0)
     names = tuple(jax.eval_shape(built.model.stats, built.state, built.params))
