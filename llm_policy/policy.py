@@ -1,11 +1,27 @@
 """The archetype policy: a host policy that runs one LLM round every ``every`` steps.
 
-A round, per decision: group agents on the device -> render one prompt per
-non-empty archetype (``n_samples`` option orders each) -> score the options'
-log-probabilities through the cached backend -> one value per archetype ->
-broadcast to agents as the model's per-agent target parameter. Archetypes whose
-calls failed after the backend's retries get NaN, which the model reads as "use
-the heuristic" (counted as fallbacks). Every call is logged to ``llm_calls.parquet``.
+A round, per decision: group agents on the device (``architecture: archetypes``; or one
+group per agent, ``per_agent``) -> render one prompt per non-empty group (``n_samples``
+option orders each) -> score the options' log-probabilities through the cached backend ->
+optionally divide by the answer to a content-free prompt (``calibration: content_free``) ->
+one value per group -> broadcast to agents as the model's per-agent target parameter.
+Groups whose calls failed after the backend's retries get NaN, which the model reads as
+"use the heuristic" (counted as fallbacks). Every call is logged to ``llm_calls.parquet``.
+
+From answer to behaviour: ``P = sum(value[o] * P(o))`` is the event's probability over one
+round and ``h = 1 - (1 - P)**(1/every)`` its per-step hazard. A target the model lists in
+``decision_logits`` receives ``logit(h)`` (``h`` clipped to [1e-6, 1 - 1e-6]) and the model
+maps it to behaviour on the device with fitted parameters (the epidemic:
+``sigmoid(bias + slope * logit(h))``), so changing the map needs no new LLM call; other
+targets receive ``scale * h``.
+
+Prompt fields, rendered per round at the round's step: the ``group_by`` features' labels, the
+model's statistics (group means), ``date``/``month``/``year``/``step``/``options``/
+``group_size``, every scalar scheduled parameter at that step (``{lockdown}``,
+``{school_scale}``, ...), ``{interventions}`` (the names of the scenario's interventions in
+force, or "none") and one field per intervention with an identifier name: ``{pause_order}``
+renders "in force" / "not in force", ``{pause_order:yes/no}`` chooses the two words. Where an
+intervention's name equals another field's, the other field wins.
 """
 from __future__ import annotations
 
@@ -17,7 +33,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -29,12 +45,13 @@ from simcore.distributed import broadcast_from_lead
 from simcore.engine import Model, Simulation, step_key
 from simcore.io import atomic_write_table
 
-from .archetypes import Groups, broadcast, group
+from .archetypes import Groups, broadcast, group, per_agent
 from .types import BackendUnavailable, ScoreRequest
 
-ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size")
+ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size", "interventions")
 LLM_METRICS = ("llm_calls", "llm_cache_hits", "llm_fallbacks", "llm_prompt_tokens", "llm_completion_tokens",
                "llm_seconds")
+EPS = 1e-6  # per-step hazards are clipped to [EPS, 1 - EPS] before their logit
 
 
 def round_sig(x: float, digits: int = 2) -> float:
@@ -48,24 +65,94 @@ def _fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...]) -> None:
-    """Field-by-field checks against what a built model offers; raises ScenarioError."""
-    features = tuple(model.labels) if model.features else ()  # grouping needs each feature's levels
-    check_policy_names(spec, model.name, model.decision_targets, features, stats_names)
+class Flag:
+    """An intervention as a prompt field: "in force" / "not in force", or the words of ``{name:ON/OFF}``."""
+
+    def __init__(self, active: bool):
+        self.active = bool(active)
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return "in force" if self.active else "not in force"
+        on, sep, off = spec.partition("/")
+        if not sep:
+            raise ValueError(f"an intervention field takes no format, or two words ON/OFF, got {spec!r}")
+        return on if self.active else off
+
+    def __str__(self) -> str:
+        return format(self, "")
 
 
-def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names) -> None:
-    """The policy's decisions against a model's targets, features and stats (names only: nothing is built)."""
-    feats = set(features)
+class Blank:
+    """Every field of a content-free prompt: "N/A" whatever its format (contextual calibration)."""
+
+    def __format__(self, spec: str) -> str:
+        return "N/A"
+
+    def __str__(self) -> str:
+        return "N/A"
+
+
+def intervention_fields(interventions: Iterable) -> list[str]:
+    """Prompt fields the interventions offer: their names that are identifiers, once each."""
+    return list(dict.fromkeys(iv.name for iv in interventions if iv.name and iv.name.isidentifier()))
+
+
+def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *, scheduled: tuple[str, ...] = (),
+                 interventions: Iterable = (), n_agents: int | None = None) -> None:
+    """Field-by-field checks against what a built model offers (feature levels included); raises ScenarioError.
+
+    ``scheduled``: the scalar scheduled parameters prompts may read; ``interventions``: the
+    scenario's (objects with ``name``, ``start``, ``end``); ``n_agents``: the population size,
+    checked against ``per_agent_max`` for ``architecture: per_agent``.
+    """
+    levels = dict(model.labels) if model.features else {}  # grouping needs each feature's levels
+    check_policy_names(spec, model.name, model.decision_targets, levels, stats_names, scheduled=scheduled,
+                       interventions=interventions, n_agents=n_agents, decision_logits=model.decision_logits)
+
+
+def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names, *,
+                       scheduled: tuple[str, ...] = (), interventions: Iterable = (), n_agents: int | None = None,
+                       decision_logits=()) -> None:
+    """The policy's decisions against a model's targets, features and stats (names only: nothing is built).
+
+    ``features`` is a tuple of names, or a mapping name -> levels; levels, where known, are
+    checked against ``labels`` and used for the trial render.
+    """
+    levels = {f: tuple(v) for f, v in features.items()} if isinstance(features, Mapping) else {f: () for f in features}
+    if spec.architecture == "per_agent" and jax.process_count() > 1:
+        raise ScenarioError("policy.architecture", "per_agent runs in a single process (it reads every agent's "
+                            "features on the host)")
+    if spec.architecture == "per_agent" and n_agents is not None and n_agents > spec.per_agent_max:
+        raise ScenarioError("policy.architecture", f"per_agent makes one LLM call per agent per round: "
+                            f"population.size must be <= policy.per_agent_max ({spec.per_agent_max}), got {n_agents}")
+    flags = intervention_fields(interventions)
+    targets: dict[str, int] = {}
     for i, d in enumerate(spec.decisions):
         where = f"policy.decisions[{i}]"
         if d.target not in decision_targets:
             raise ScenarioError(f"{where}.target", f"unknown decision target {d.target!r} for model "
                                 f"{model_name!r} (targets: {', '.join(decision_targets) or 'none'})")
+        if d.target in targets:
+            raise ScenarioError(f"{where}.target", f"{d.target!r} is already the target of "
+                                f"policy.decisions[{targets[d.target]}] (one decision per target)")
+        targets[d.target] = i
+        if d.scale is not None and d.target in decision_logits:
+            stem = d.target.removesuffix("_llm")
+            raise ScenarioError(f"{where}.scale", f"model {model_name!r} maps answers to behaviour on the device: "
+                                f"set model.params.llm_map.{stem}.bias and .slope (hazard = sigmoid(bias + slope * "
+                                f"logit(h))) instead of scale")
         for f in d.group_by:
-            if f not in feats:
-                raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(feats))})")
-        allowed = set(d.group_by) | set(stats_names) | set(ENV_FIELDS)
+            if f not in levels:
+                raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
+        for f, words in d.labels.items():
+            if f not in d.group_by:
+                raise ScenarioError(f"{where}.labels", f"{f!r} is not in group_by ({', '.join(d.group_by)})")
+            unknown_levels = sorted(set(words) - set(levels[f])) if levels[f] else []
+            if unknown_levels:
+                raise ScenarioError(f"{where}.labels.{f}", f"unknown level {unknown_levels[0]!r} "
+                                    f"(levels: {', '.join(levels[f])})")
+        allowed = set(d.group_by) | set(stats_names) | set(ENV_FIELDS) | set(scheduled) | set(flags)
         try:
             fields = _fields(d.prompt)
         except ValueError as exc:  # an unmatched brace: str.format could never render it
@@ -74,12 +161,15 @@ def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, feat
         if unknown:
             raise ScenarioError(f"{where}.prompt", f"unknown field {{{unknown[0]}}} "
                                 f"(available: {', '.join(sorted(allowed))})")
-        # a dry render with values of the types _render passes (labels are text, stats numbers)
-        sample = {"date": "March 2020", "month": "March", "year": 2020, "step": 0, "options": "yes or no",
-                  "group_size": 1, **{f: "label" for f in d.group_by}, **{s: 1.0 for s in stats_names}}
+        # a trial render, with values of the types _render passes, catches format specs that cannot
+        # apply (e.g. {borough:.0f}) before the run starts
+        trial = {**{name: Flag(True) for name in flags}, **{name: 1.0 for name in (*stats_names, *scheduled)},
+                 **{f: (levels[f][0] if levels[f] else "label") for f in d.group_by}, "date": "March 2020",
+                 "month": "March", "year": 2020, "step": 0, "options": " or ".join(d.options), "group_size": 1,
+                 "interventions": "none"}
         try:
-            d.prompt.format_map(sample)
-        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            d.prompt.format_map(trial)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise ScenarioError(f"{where}.prompt", f"cannot be rendered: {type(exc).__name__}: {exc}") from None
 
 
@@ -99,19 +189,33 @@ class _Pending:
     decision: int
     groups: Groups
     prompts: list[list[str]]
+    content_free: list[str] = field(default_factory=list)  # one per listed option order, with calibration
     future: Future | None = None
     results: Any = None
 
 
-class ArchetypePolicy:
-    """Host policy for :meth:`simcore.engine.Simulation.run`. Construct, then :meth:`attach` a run directory."""
+@dataclass(frozen=True)
+class _Intervention:
+    name: str
+    start: int
+    end: int
 
-    def __init__(self, spec: PolicySpec, model: Model, backend, *, stats_names: tuple[str, ...] = ()):
+
+class ArchetypePolicy:
+    """Host policy for :meth:`simcore.engine.Simulation.run`. Construct, then :meth:`attach` a run directory.
+
+    ``interventions``: the scenario's (anything with ``name``, ``start``, ``end``), which prompts
+    may name; scheduled parameters are read from the simulation at each round.
+    """
+
+    def __init__(self, spec: PolicySpec, model: Model, backend, *, stats_names: tuple[str, ...] = (),
+                 interventions: Iterable = ()):
         self.spec = spec
         self.model = model
         self.every = spec.every
         self.backend = backend
         self.stats_names = stats_names
+        self.interventions = [_Intervention(iv.name, int(iv.start), int(iv.end)) for iv in interventions]
         self.start_date = _dt.date.fromisoformat(spec.start_date)
         self.rows: list[dict] = []
         self.per_step: dict[int, RoundStats] = {}
@@ -163,31 +267,68 @@ class ArchetypePolicy:
         feats = self.model.features(sim.state, sim.params)
         stats = self.model.stats(sim.state, sim.params)
         levels = tuple(len(self.model.labels[f]) for f in d.group_by)
-        groups = group(feats, stats, tuple(d.group_by), levels)
-        prompts = [[self._render(d, groups, j, sim.step, sample) for sample in range(self.spec.n_samples)]
+        grouping = per_agent if self.spec.architecture == "per_agent" else group
+        groups = grouping(feats, stats, tuple(d.group_by), levels)
+        env = self.env_values(sim.step, sim.schedule)
+        # one prompt string per call is host work by nature; per_agent is capped by per_agent_max
+        samples = range(self.spec.n_samples)
+        prompts = [[self.render(d, self.group_values(d, groups, j), env, k) for k in samples]
                    for j in range(len(groups.codes))]
-        return _Pending(sim.step, index, groups, prompts)
+        content_free = ([self.render_content_free(d, sample) for sample in range(self.spec.n_samples)]
+                        if self.spec.calibration == "content_free" else [])
+        return _Pending(sim.step, index, groups, prompts, content_free)
 
-    def _render(self, d: DecisionSpec, groups: Groups, j: int, step: int, sample: int) -> str:
+    def env_values(self, step: int, schedule: dict | None = None) -> dict[str, Any]:
+        """The round's shared fields at ``step``: calendar, scalar scheduled parameters, interventions in force."""
         date = self.start_date + _dt.timedelta(days=step)
-        k = sample % len(d.options)
-        order = d.options[k:] + d.options[:k]  # rotate the listed option order: position-bias control
-        values: dict[str, Any] = {
-            "date": date.strftime("%B %Y"), "month": date.strftime("%B"), "year": date.year, "step": step,
-            "options": ", ".join(order[:-1]) + " or " + order[-1], "group_size": int(groups.sizes[j]),
-        }
+        values: dict[str, Any] = {"date": date.strftime("%B %Y"), "month": date.strftime("%B"), "year": date.year,
+                                  "step": step}
+        active = [iv.name for iv in self.interventions if iv.name and iv.start <= step < iv.end]
+        for name in intervention_fields(self.interventions):
+            values[name] = Flag(name in active)
+        for name, table in (schedule or {}).items():
+            table = np.asarray(table)
+            if table.ndim == 1 and len(table):
+                values[name] = round_sig(float(table[min(step, len(table) - 1)]))
+        values["interventions"] = ", ".join(dict.fromkeys(active)) or "none"
+        return values
+
+    def group_values(self, d: DecisionSpec, groups: Groups, j: int) -> dict[str, Any]:
+        """Group ``j``'s own fields: feature labels (in the decision's words), mean statistics, size."""
+        values: dict[str, Any] = {"group_size": int(groups.sizes[j])}
         for name, level in groups.decode(int(groups.codes[j])).items():
-            values[name] = self.model.labels[name][level]
+            values[name] = self.label(d, name, level)
         for name, means in groups.means.items():
             values[name] = round_sig(float(means[j]))
-        return d.prompt.format_map(values)
+        return values
+
+    def label(self, d: DecisionSpec, feature: str, level: int) -> str:
+        """How a feature's level reads in ``d``'s prompt: its words in ``d.labels``, else its code."""
+        code = self.model.labels[feature][level]
+        return d.labels.get(feature, {}).get(code, code)
+
+    @staticmethod
+    def _options_text(d: DecisionSpec, sample: int) -> str:
+        k = sample % len(d.options)
+        order = d.options[k:] + d.options[:k]  # rotate the listed option order: position-bias control
+        return ", ".join(order[:-1]) + " or " + order[-1]
+
+    def render(self, d: DecisionSpec, group_values: dict, env: dict, sample: int = 0) -> str:
+        """One group's prompt; ``sample`` picks the listed option order."""
+        return d.prompt.format_map({**env, **group_values, "options": self._options_text(d, sample)})
+
+    def render_content_free(self, d: DecisionSpec, sample: int = 0) -> str:
+        """The prompt with every field but ``options`` replaced by "N/A": its answer measures the prompt's own bias."""
+        blanks = {name: Blank() for name in _fields(d.prompt)}
+        return d.prompt.format_map({**blanks, "options": self._options_text(d, sample)})
 
     def _score(self, pending: _Pending):
         if jax.process_index() != 0:
             return [], 0.0  # in a multi-process run only process 0 asks; _apply receives its answers
         d = self.spec.decisions[pending.decision]
         options = tuple(" " + o for o in d.options)
-        requests = [ScoreRequest(p, options, self.spec.temperature) for ps in pending.prompts for p in ps]
+        prompts = [p for ps in pending.prompts for p in ps] + pending.content_free
+        requests = [ScoreRequest(p, options, self.spec.temperature) for p in prompts]
         t0 = time.perf_counter()
         results = self.backend.score(requests) if requests else []
         return results, time.perf_counter() - t0
@@ -196,44 +337,60 @@ class ArchetypePolicy:
         d = self.spec.decisions[pending.decision]
         (results, seconds) = pending.results
         n_s = self.spec.n_samples
+        n_groups = len(pending.groups.codes)
         weights = np.array([d.value.get(o, 0.0) for o in d.options])
-        values = np.full(len(pending.groups.codes), np.nan)
+        values = np.full(n_groups, np.nan)
         stats = self.per_step.setdefault(step, RoundStats())
         identity = getattr(self.backend, "identity", type(self.backend).__name__)
-        for j in range(len(pending.groups.codes) if results else 0):
+        as_logit = d.target in self.model.decision_logits
+        cf_results = results[n_groups * n_s:] if results else []
+        cf_probs, cf_error = content_free_probs(cf_results)
+        for r in cf_results:
+            _count(stats, r)
+        for j in range(n_groups if results else 0):
             res = results[j * n_s:(j + 1) * n_s]
-            ok = [r for r in res if r.error is None and all(math.isfinite(p) for p in r.probs)]
-            probs = np.mean([r.probs for r in ok], axis=0) if ok else np.full(len(d.options), np.nan)
-            spread = np.std([r.probs for r in ok], axis=0) if len(ok) > 1 else np.zeros(len(d.options))
-            fallback = len(ok) < len(res)
-            if ok and not fallback:
-                event = float(np.clip(probs @ weights, 0.0, 1.0))
-                values[j] = d.scale * (1.0 - (1.0 - event) ** (1.0 / self.every))
-            stats.calls += len(res)
-            stats.cache_hits += sum(bool(r.cached) for r in res)
+            ok = [k for k, r in enumerate(res) if r.error is None and all(math.isfinite(p) for p in r.probs)]
+            raw = np.array([res[k].probs for k in ok]) if ok else np.full((1, len(d.options)), np.nan)
+            probs_k = raw if cf_probs is None or not ok else calibrate(raw, cf_probs[ok])
+            probs = probs_k.mean(axis=0)
+            spread = probs_k.std(axis=0) if len(ok) > 1 else np.zeros(len(d.options))
+            fallback = len(ok) < len(res) or cf_error is not None
+            event = float(np.clip(probs @ weights, 0.0, 1.0)) if ok else math.nan
+            if not fallback:
+                hazard = 1.0 - (1.0 - event) ** (1.0 / self.every)
+                if as_logit:
+                    h = min(max(hazard, EPS), 1.0 - EPS)
+                    values[j] = math.log(h) - math.log1p(-h)
+                else:
+                    values[j] = (1.0 if d.scale is None else d.scale) * hazard
+            for r in res:
+                _count(stats, r)
             stats.fallbacks += int(fallback)
-            stats.prompt_tokens += sum(r.prompt_tokens for r in res)
-            stats.completion_tokens += sum(r.completion_tokens for r in res)
-            labels = {k: self.model.labels[k][v] for k, v in pending.groups.decode(int(pending.groups.codes[j])).items()}
+            code = int(pending.groups.codes[j])
+            labels = {k: self.model.labels[k][v] for k, v in pending.groups.decode(code).items()}
+            if pending.groups.member_levels is not None:
+                labels = {"agent": code, **labels}
             prompt = pending.prompts[j][0]
             self.rows.append({
                 "step": step, "computed_at_step": pending.step, "decision": d.name,
                 "archetype": "|".join(f"{k}={v}" for k, v in labels.items()),
-                "archetype_code": int(pending.groups.codes[j]), "group_size": int(pending.groups.sizes[j]),
+                "archetype_code": code, "group_size": int(pending.groups.sizes[j]),
                 "prompt_hash": hashlib.sha256(prompt.encode()).hexdigest()[:16],
                 "prompt": prompt if self.spec.log_prompts else None,
                 "options": list(d.options), "probs": [float(p) for p in probs], "probs_sd": [float(s) for s in spread],
+                "probs_uncalibrated": [float(p) for p in raw.mean(axis=0)], "p_event": event,
                 "value": float(values[j]), "backend": identity, "n_samples": len(res),
                 "latency_s": float(sum(r.latency_s for r in res)),
                 "prompt_tokens": int(sum(r.prompt_tokens for r in res)),
                 "completion_tokens": int(sum(r.completion_tokens for r in res)),
                 "cache_hit": all(bool(r.cached) for r in res), "retries": int(sum(r.retries for r in res)),
-                "fallback": fallback, "error": next((r.error for r in res if r.error), None),
+                "fallback": fallback, "error": next((r.error for r in res if r.error), cf_error),
             })
         stats.seconds += seconds
         values = broadcast_from_lead(values)
         key = jax.random.fold_in(step_key(sim.root, step), 0x4C4C4D + pending.decision)
-        sim.set_param(d.target, broadcast(pending.groups, values.astype(np.float32), key, d.heterogeneity))
+        sim.set_param(d.target, broadcast(pending.groups, values.astype(np.float32), key, d.heterogeneity,
+                                          logit=as_logit))
 
     # -- outputs ---------------------------------------------------------------------------------
     def metrics_for(self, steps: np.ndarray) -> dict[str, np.ndarray]:
@@ -265,11 +422,42 @@ class ArchetypePolicy:
             close()
 
 
-def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...]):
+def _count(stats: RoundStats, r) -> None:
+    stats.calls += 1
+    stats.cache_hits += int(bool(r.cached))
+    stats.prompt_tokens += r.prompt_tokens
+    stats.completion_tokens += r.completion_tokens
+
+
+def content_free_probs(results) -> tuple[np.ndarray | None, str | None]:
+    """(probabilities of the content-free prompts, one row per option order; error). (None, None): no calibration."""
+    if not results:
+        return None, None
+    for r in results:
+        if r.error is not None or not all(math.isfinite(p) and p > 0 for p in r.probs):
+            return None, f"content-free prompt: {r.error or 'zero or non-finite probabilities'}"
+    return np.array([r.probs for r in results], np.float64), None
+
+
+def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): ``p_cal ∝ p / p_cf``, row by row.
+
+    ``content_free`` holds the answer to the same prompt with every field replaced by "N/A"
+    (same listed option order): the prompt's own bias towards each option. Dividing it out
+    makes that content-free prompt answer uniformly. For two options this is a shift of the
+    answer's logit by ``-logit(p_cf)``.
+    """
+    out = np.asarray(probs, np.float64) / np.asarray(content_free, np.float64)
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *, scheduled: tuple[str, ...] = (),
+                interventions: Iterable = (), n_agents: int | None = None):
     """Check the spec and start the backend; BackendUnavailable becomes a ScenarioError (exit 2)."""
     from .backends import make_backend
 
-    check_policy(spec, model, stats_names)
+    interventions = list(interventions)
+    check_policy(spec, model, stats_names, scheduled=scheduled, interventions=interventions, n_agents=n_agents)
     backend_spec = dict(spec.backend)
     try:
         backend = make_backend(backend_spec)
@@ -277,4 +465,4 @@ def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...]):
         raise ScenarioError("policy.backend", f"backend {backend_spec.get('kind')!r} cannot start: {exc}") from None
     except ValueError as exc:
         raise ScenarioError("policy.backend", str(exc)) from None
-    return ArchetypePolicy(spec, model, backend, stats_names=stats_names)
+    return ArchetypePolicy(spec, model, backend, stats_names=stats_names, interventions=interventions)

@@ -1,21 +1,35 @@
-"""Decision-bias diagnostic: every archetype prompt once, its answer distribution and sensitivities.
+"""Decision-bias and information diagnostic: every archetype prompt, in every listed option order.
 
 After the binary-decision-bias literature: LLM yes/no answers inside ABMs can be
-strongly biased, and shift with the listed option order and with temperature.
-The probe renders each archetype of each decision (the product of its
-``group_by`` levels), scores it with the scenario's backend in both listed
-option orders, and reports per-archetype probabilities, the overall rate of the
-first option, its shift under reversed order, and the rate at several temperatures.
+strongly biased, and shift with the listed option order and with temperature. The
+probe renders each archetype of each decision (the product of its ``group_by``
+levels) with the policy's own renderer at one simulated step (scheduled parameters
+and interventions in force at that step included), scores it in every rotation of
+the listed option order, and scores the content-free prompt (every field "N/A") in
+the same orders. It reports:
+
+- ``rate``: mean P(first option) as written; ``rate_reversed_order``: with the order rotated;
+- ``spread_across_archetypes``: sd of P(first option) over archetypes, as written (the
+  historical figure); ``spread_order_averaged``: the same after averaging the orders;
+  ``spread_calibrated``: after contextual calibration (each order divided by its
+  content-free answer, Zhao et al. 2021) and averaging;
+- ``spread_logit``: sd over archetypes of the order-averaged logit of the first option.
+  A constant shift of the logit (which is what contextual calibration of a two-option
+  decision is, and what a fitted ``bias`` absorbs) leaves it unchanged, so it measures
+  how much the answer moves with the inputs, whatever its level;
+- ``effect_<feature>``: max - min over the feature's levels of the mean order-averaged logit
+  (its main effect; 0 means the answer ignores that input);
+- ``content_free_rate``: P(first option) of the content-free prompt, averaged over orders;
+- the rate at several temperatures.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .policy import ArchetypePolicy, round_sig
+from .policy import ArchetypePolicy, calibrate, round_sig
 from .types import ScoreRequest, softmax
 
 # Numbers shown for the case-trend levels, since every trend must be probed, not only today's.
@@ -31,63 +45,91 @@ class ProbeResult:
     summary: list[dict]
 
 
-def probe(policy: ArchetypePolicy, state, params, step: int = 30) -> ProbeResult:
+def _logit_first(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs[..., 0], 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
+
+
+def probe(policy: ArchetypePolicy, state, params, step: int = 30, schedule: dict | None = None) -> ProbeResult:
     model = policy.model
     feats = model.features(state, params)
     stats = model.stats(state, params)
     means = {k: float(np.mean(np.asarray(v))) for k, v in stats.items()}
+    env = policy.env_values(step, schedule)
     rows, summary = [], []
     for d in policy.spec.decisions:
         levels = [len(model.labels[f]) for f in d.group_by]
-        codes = np.arange(int(np.prod(levels)))
+        n_codes = int(np.prod(levels))
+        n_orders = len(d.options)
         # group sizes from the current population, to weight the overall rate
         code = np.zeros(len(np.asarray(feats[d.group_by[0]])), np.int64)
         for f, n in zip(d.group_by, levels):
             code = code * n + np.asarray(feats[f]).astype(np.int64)
-        sizes = np.bincount(code, minlength=len(codes))
-        reqs, meta = [], []
-        for c in codes:
-            rest, lv = int(c), {}
+        sizes = np.bincount(code, minlength=n_codes)
+        options = tuple(" " + o for o in d.options)
+        reqs, archetype_levels = [], []
+        for c in range(n_codes):
+            rest, lv = c, {}
             for f, n in zip(reversed(d.group_by), reversed(levels)):
                 lv[f] = rest % n
                 rest //= n
+            lv = {f: lv[f] for f in d.group_by}
+            archetype_levels.append(lv)
             values = {**{k: round_sig(v) for k, v in means.items()},
-                      **{f: model.labels[f][lv[f]] for f in d.group_by}, "group_size": int(sizes[c]), "step": step}
+                      **{f: policy.label(d, f, lv[f]) for f in d.group_by}, "group_size": int(sizes[c])}
             if "case_trend" in lv:
                 values.update({k: round_sig(v) for k, v in TREND_STATS[lv["case_trend"]].items()})
-            day = policy.start_date + _dt.timedelta(days=step)
-            for order in (list(d.options), list(reversed(d.options))):
-                v = {**values, "date": day.strftime("%B %Y"), "month": day.strftime("%B"), "year": day.year,
-                     "options": ", ".join(order[:-1]) + " or " + order[-1]}
-                reqs.append(ScoreRequest(d.prompt.format_map(v), tuple(" " + o for o in d.options), 1.0))
-                meta.append((int(c), order == list(d.options), {f: model.labels[f][lv[f]] for f in d.group_by}))
+            for k in range(n_orders):
+                reqs.append(ScoreRequest(policy.render(d, values, env, k), options, 1.0))
+        reqs += [ScoreRequest(policy.render_content_free(d, k), options, 1.0) for k in range(n_orders)]
         results = policy.backend.score(reqs)
-        first_rates = {True: [], False: []}
+        cf = results[n_codes * n_orders:]
+        probs = np.full((n_codes, n_orders, len(d.options)), np.nan)
         temp_rates = {t: [] for t in TEMPERATURES}
-        weights = {True: [], False: []}
-        for (c, listed, labels), r in zip(meta, results):
-            ok = r.error is None and all(math.isfinite(p) for p in r.probs)
-            rows.append({"decision": d.name, "archetype": "|".join(f"{k}={v}" for k, v in labels.items()),
-                         "group_size": int(sizes[c]), "listed_order": "as_written" if listed else "reversed",
-                         "options": list(d.options), "probs": [float(p) for p in r.probs],
-                         "error": r.error})
-            if not ok:
-                continue
-            first_rates[listed].append(r.probs[0])
-            weights[listed].append(max(int(sizes[c]), 0))
-            if listed:
-                for t in TEMPERATURES:
-                    temp_rates[t].append(softmax(r.logprobs, t)[0])
-        w = np.asarray(weights[True], float)
-        wsum = w.sum() if w.sum() > 0 else float(len(w))
-        weighted = float(np.dot(first_rates[True], w) / wsum) if len(w) else float("nan")
+        for c in range(n_codes):
+            for k in range(n_orders):
+                r = results[c * n_orders + k]
+                ok = r.error is None and all(math.isfinite(p) for p in r.probs)
+                rows.append({"decision": d.name,
+                             "archetype": "|".join(f"{f}={model.labels[f][v]}" for f, v in archetype_levels[c].items()),
+                             "group_size": int(sizes[c]), "listed_order": "as_written" if k == 0 else f"rotated_{k}",
+                             "options": list(d.options), "probs": [float(p) for p in r.probs], "error": r.error})
+                if not ok:
+                    continue
+                probs[c, k] = r.probs
+                if k == 0:
+                    for t in TEMPERATURES:
+                        temp_rates[t].append(softmax(r.logprobs, t)[0])
+        cf_ok = all(r.error is None and all(math.isfinite(p) and p > 0 for p in r.probs) for r in cf)
+        cf_probs = np.array([r.probs for r in cf]) if cf_ok else np.full((n_orders, len(d.options)), np.nan)
+        good = ~np.isnan(probs).any(axis=(1, 2))  # archetypes answered in every order
+        first = probs[:, 0, 0]
+        averaged = probs[good].mean(axis=1)
+        calibrated = np.stack([calibrate(probs[good, k], cf_probs[k]) for k in range(n_orders)], axis=1).mean(axis=1)
+        logit = _logit_first(probs[good]).mean(axis=1)  # order-averaged logit per archetype
+        w = sizes[~np.isnan(first)].astype(float)
+        f_ok = first[~np.isnan(first)]
+        weighted = float(np.dot(f_ok, w) / w.sum()) if w.sum() > 0 else float(np.mean(f_ok)) if len(f_ok) else math.nan
+        nan_mean = lambda x: float(np.mean(x)) if len(x) else math.nan  # noqa: E731
+        nan_std = lambda x: float(np.std(x)) if len(x) else math.nan  # noqa: E731
+        effects = {}
+        for f, n in zip(d.group_by, levels):
+            lv = np.array([archetype_levels[c][f] for c in range(n_codes)])[good]
+            per_level = [logit[lv == v].mean() for v in range(n) if np.any(lv == v)]
+            effects[f"effect_{f}"] = float(max(per_level) - min(per_level)) if per_level else math.nan
         summary.append({
-            "decision": d.name, "first_option": d.options[0], "archetypes": len(codes),
+            "decision": d.name, "first_option": d.options[0], "archetypes": n_codes,
             "failed": sum(r.error is not None for r in results),
-            "rate": float(np.mean(first_rates[True])) if first_rates[True] else float("nan"),
+            "rate": nan_mean(f_ok),
             "rate_population_weighted": weighted,
-            "rate_reversed_order": float(np.mean(first_rates[False])) if first_rates[False] else float("nan"),
-            "spread_across_archetypes": float(np.std(first_rates[True])) if first_rates[True] else float("nan"),
-            **{f"rate_T{t:g}": float(np.mean(v)) if v else float("nan") for t, v in temp_rates.items()},
+            "rate_reversed_order": nan_mean(probs[good, 1, 0]) if n_orders > 1 else math.nan,
+            "spread_across_archetypes": nan_std(f_ok),
+            "spread_order_averaged": nan_std(averaged[:, 0]),
+            "rate_calibrated": nan_mean(calibrated[:, 0]),
+            "spread_calibrated": nan_std(calibrated[:, 0]),
+            "spread_logit": nan_std(logit),
+            "content_free_rate": float(np.mean(cf_probs[:, 0])),
+            **effects,
+            **{f"rate_T{t:g}": nan_mean(v) for t, v in temp_rates.items()},
         })
     return ProbeResult(rows, summary)

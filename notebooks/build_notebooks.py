@@ -138,7 +138,7 @@ The epidemic model decides each day whether an agent starts isolating. Three arc
    (the scenario as is; `isolate_llm` is NaN, meaning "use the heuristic");
 2. **archetype_table**: a host policy that, every 7 days, looks up a daily isolation probability in a table
    indexed by *[age band, borough, local case trend]* and writes it to every agent through the model's
-   decision target `isolate_llm` (one array write; no Python loop over agents). The table is filled from a
+   decision target `isolate_llm` (one array write of the hazard's logit; no Python loop over agents). The table is filled from a
    simple rule here;
 3. **llm**: the same archetype grouping, with the table filled by a language model (`llm_policy`). The cell
    marked **LLM BACKEND PLUGS IN HERE** adds it; it is off unless `SIMCORE_NB_LLM=1`, because the LLM
@@ -154,12 +154,17 @@ scenario = load_scenario("covid_small", [f"population.size={SIZE}", f"run.steps=
     new_markdown_cell("## The archetype table, from a simple rule"),
     new_code_cell("""\
 class TablePolicy:
-    \"\"\"Every `every` days: per-agent isolation hazard = table[age band, borough, case trend].\"\"\"
+    \"\"\"Every `every` days: per-agent isolation hazard = table[age band, borough, case trend].
+
+    The epidemic's decision targets take the hazard's logit (the model maps it to behaviour with
+    model.params.llm_map, which is the identity by default).
+    \"\"\"
 
     def __init__(self, table, model, target="isolate_llm", every=7):
         if target not in model.decision_targets:
             raise KeyError(f"{target!r} is not a decision target of {model.name} ({model.decision_targets})")
-        self.table = jnp.asarray(table, jnp.float32)
+        table = jnp.asarray(table, jnp.float32)
+        self.table = jnp.log(table) - jnp.log1p(-table)
         self.model, self.target, self.every = model, target, every
         self.rounds = 0
 
@@ -207,7 +212,8 @@ if RUN_LLM:
 
     def llm_policies(built):
         stats_names = tuple(jax.eval_shape(built.model.stats, built.state, built.params))
-        return [make_policy(llm_spec, built.model, stats_names)]
+        return [make_policy(llm_spec, built.model, stats_names, scheduled=tuple(built.schedule),
+                            interventions=scenario.interventions)]  # prompts may name them
 
     exp.arm("llm", policies=llm_policies)
 print("arms:", exp.arm_names)"""),

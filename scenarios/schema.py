@@ -175,6 +175,27 @@ class EmploymentParams(Strict):
     return_lockdown_drag: Fraction = 0.7
 
 
+class LogitAffine(Strict):
+    """Map from an LLM answer to a per-step hazard, applied on the device: ``sigmoid(bias + slope * x)``.
+
+    ``x = logit(1 - (1 - P)**(1/every))`` is the logit of the per-step hazard implied by the
+    answer's probability ``P`` of the event over one policy round (see ``DecisionSpec``). So
+    ``(bias, slope) = (0, 1)`` takes the answer at face value, ``slope = 0`` ignores the LLM
+    (a constant hazard ``sigmoid(bias)``), ``slope > 1`` sharpens its differences and ``bias``
+    shifts its level. Both are ordinary numeric parameters, fitted by ``simcore calibrate``.
+    """
+
+    bias: float = 0.0
+    slope: float = 1.0
+
+
+class LLMMaps(Strict):
+    """One answer-to-behaviour map per epidemic decision target (``isolate_llm``, ``work_llm``)."""
+
+    isolate: LogitAffine = LogitAffine()
+    work: LogitAffine = LogitAffine()
+
+
 class EpidemicParams(Strict):
     beta: LayerBeta = LayerBeta()
     latent_days: float = Field(3.0, ge=0)
@@ -190,6 +211,7 @@ class EpidemicParams(Strict):
     detection_rate: Fraction = 0.25
     isolation: IsolationParams = IsolationParams()
     employment: EmploymentParams = EmploymentParams()
+    llm_map: LLMMaps = LLMMaps()
     sparse_capacity: Fraction = 0.1
 
 
@@ -332,9 +354,13 @@ class OutputSpec(Strict):
 class DecisionSpec(Strict):
     """One archetype decision: who is grouped, what is asked, how answers become behaviour.
 
-    The agent value is ``sum(value[o] * P(o))``, read as the probability of the event over one
-    round (``policy.every`` steps); it is turned into a per-step hazard ``1 - (1 - v)**(1/every)``
-    and multiplied by ``scale`` before it fills the model's per-agent ``target`` parameter.
+    The archetype's answer is ``P = sum(value[o] * P(o))``, read as the probability of the event
+    over one round (``policy.every`` steps), and turned into a per-step hazard
+    ``h = 1 - (1 - P)**(1/every)``. What fills the model's per-agent ``target`` depends on the
+    model: the epidemic's targets take ``logit(h)`` and map it to behaviour on the device with
+    ``model.params.llm_map.<target>`` (``sigmoid(bias + slope * logit(h))``, fitted, see
+    ``LogitAffine``); other models' targets take ``scale * h`` (``scale`` is rejected where the
+    model maps answers itself).
     """
 
     name: str = Field(min_length=1)
@@ -343,8 +369,12 @@ class DecisionSpec(Strict):
     options: list[str] = Field(min_length=2)
     value: dict[str, float]
     prompt: str = Field(min_length=1)
-    scale: float = Field(1.0, ge=0)
+    scale: float | None = Field(None, ge=0, description="hazard multiplier for models without an on-device "
+                                                        "map (default 1); the epidemic uses model.params.llm_map")
     heterogeneity: float = Field(0.0, ge=0, description="sd of per-agent logit noise")
+    labels: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="words shown in the prompt for a feature's levels, e.g. "
+                                          "{age_band: {65A: 65 or older}} (levels not listed show their code)")
 
     @model_validator(mode="after")
     def _value_keys(self):
@@ -357,7 +387,7 @@ class DecisionSpec(Strict):
 
 
 class PolicySpec(Strict):
-    """LLM archetype layer: one call per non-empty archetype per decision, every ``every`` steps."""
+    """LLM archetype layer: one call per non-empty archetype (or per agent) per decision, every ``every`` steps."""
 
     backend: dict[str, Any]
     cache: str | None = Field(None, description="SQLite cache path; default <run_dir>/llm_cache.sqlite")
@@ -367,6 +397,13 @@ class PolicySpec(Strict):
     pipelined: bool = False
     start_date: str = "2020-03-01"
     log_prompts: bool = False
+    architecture: Literal["archetypes", "per_agent"] = Field(
+        "archetypes", description="archetypes: one call per non-empty group_by combination; per_agent: one call "
+                                  "per agent (its own group_by levels and statistics), for small populations")
+    per_agent_max: PositiveInt = Field(20_000, description="largest population.size per_agent accepts")
+    calibration: Literal["none", "content_free"] = Field(
+        "none", description="content_free: divide each answer by the answer to the same prompt with every field "
+                            "replaced by 'N/A' (contextual calibration, Zhao et al. 2021), per listed option order")
     decisions: list[DecisionSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -163,14 +163,19 @@ def cmd_llm_probe(args) -> int:
     policy = make_archetype_policy(sc, built)
     from llm_policy.probe import probe
 
-    result = probe(policy, built.state, built.params, step=args.step)
+    result = probe(policy, built.state, built.params, step=args.step, schedule=built.schedule)
     policy.close()
     for s in result.summary:
         print(f"{s['decision']}: {s['archetypes']} archetypes, {s['failed']} failed")
         print(f"  P({s['first_option']}) mean {s['rate']:.3f} (population-weighted {s['rate_population_weighted']:.3f}),"
               f" spread across archetypes {s['spread_across_archetypes']:.3f}")
         print(f"  listed option order reversed: {s['rate_reversed_order']:.3f}"
-              f" (shift {s['rate_reversed_order'] - s['rate']:+.3f})")
+              f" (shift {s['rate_reversed_order'] - s['rate']:+.3f}); orders averaged: spread"
+              f" {s['spread_order_averaged']:.3f}")
+        print(f"  content-free prompt: P({s['first_option']}) {s['content_free_rate']:.3f}; calibrated:"
+              f" mean {s['rate_calibrated']:.3f}, spread {s['spread_calibrated']:.3f}")
+        effects = ", ".join(f"{k[7:]} {v:.2f}" for k, v in s.items() if k.startswith("effect_"))
+        print(f"  logit spread across archetypes {s['spread_logit']:.3f}; main effects (logit range): {effects}")
         temps = ", ".join(f"T={k[6:]}: {v:.3f}" for k, v in s.items() if k.startswith("rate_T"))
         print(f"  by temperature: {temps}")
     if args.out:

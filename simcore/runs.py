@@ -81,7 +81,9 @@ def make_archetype_policy(scenario: Scenario, built: Built):
     from llm_policy import make_policy
 
     stats_names = tuple(jax.eval_shape(built.model.stats, built.state, built.params)) if built.model.stats else ()
-    return make_policy(scenario.policy, built.model, stats_names)
+    scheduled = tuple(name for name, table in built.schedule.items() if np.ndim(table) == 1)  # prompt fields
+    return make_policy(scenario.policy, built.model, stats_names, scheduled=scheduled,
+                       interventions=scenario.interventions, n_agents=built.n_agents)
 
 
 def make_simulation(scenario: Scenario, built: Built, seed: int) -> Simulation:

@@ -25,7 +25,7 @@ from scenarios import Scenario, ScenarioError, load_scenario
 
 
 def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = False) -> Scenario:
-    from .models import check, policy_interface
+    from .models import check, policy_interface, scheduled_params
 
     check(scenario)
     if scenario.policy is not None:
@@ -34,7 +34,9 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
 
         iface = policy_interface(scenario)
         check_policy_names(scenario.policy, scenario.model.kind, iface["decision_targets"], iface["features"],
-                           iface["stats"])
+                           iface["stats"], scheduled=tuple(scheduled_params(scenario)),
+                           interventions=scenario.interventions, n_agents=scenario.population.size,
+                           decision_logits=iface["decision_logits"])
         try:
             check_backend_spec(scenario.policy.backend)
         except ValueError as exc:

@@ -64,12 +64,12 @@ def _setup(size=5000, overrides=()):
 
 
 def _script(prompt, options):
-    # older people isolate more; Bronx prompts fail (to check the fallback)
+    # older people isolate more; the 20-29 isolation prompts fail (to check the fallback)
     query = prompt.rsplit("\n\n", 1)[1]  # the archetype's own block, after the few-shot examples
-    if "Borough: Bronx" in query:
+    if "isolate" in query and "Age 20 to 29," in query:
         raise TimeoutError("injected: server timed out")
     if "isolate" in query:
-        p = 0.8 if "Age group: 65A" in query else 0.3
+        p = 0.8 if "Age 65 or older," in query else 0.3
         return [math.log(p), math.log(1 - p)]
     return [math.log(0.9), math.log(0.1)]
 
@@ -77,7 +77,7 @@ def _script(prompt, options):
 def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
     sc, built, sim, names = _setup()
     backend = ScriptedBackend(_script)
-    policy = ArchetypePolicy(sc.policy, built.model, backend, stats_names=names)
+    policy = ArchetypePolicy(sc.policy, built.model, backend, stats_names=names, interventions=sc.interventions)
     sim.run(21, policies=[policy])
     iso_calls = [r for r in policy.rows if r["decision"] == "isolate"]
     rounds = sorted({r["step"] for r in iso_calls})
@@ -90,17 +90,18 @@ def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
         assert sum(len(b) for b in backend.calls) < 5000  # never one call per agent
     for r in policy.rows:
         if r["fallback"]:
-            assert "Bronx" in r["archetype"] and "timed out" in r["error"] and math.isnan(r["value"])
+            assert "age_band=20t29" in r["archetype"] and "timed out" in r["error"] and math.isnan(r["value"])
         else:
             assert sum(r["probs"]) == pytest.approx(1.0, abs=1e-9)
-    # Bronx agents follow the heuristic (NaN), others the archetype's hazard
-    iso = np.asarray(sim.params["isolate_llm"])
-    borough, age = np.asarray(built.params["borough"]), np.asarray(built.params["age_band"])
-    assert np.isnan(iso[borough == 0]).all() and not np.isnan(iso[borough != 0]).any()
+    # 20-29 year olds follow the heuristic (NaN), others the archetype's hazard
+    logit = np.asarray(sim.params["isolate_llm"])  # the epidemic's targets take logit(daily hazard)
+    iso = 1 / (1 + np.exp(-logit))  # covid_nyc maps isolate with (bias, slope) = (0, 1): at face value
+    age = np.asarray(built.params["age_band"])
+    assert np.isnan(iso[age == 1]).all() and not np.isnan(iso[age != 1]).any()
     daily = lambda p: 1 - (1 - p) ** (1 / 7)  # noqa: E731
     # logit noise (sd 0.3) spreads members around their archetype's hazard; the median stays on it
-    assert np.median(iso[(borough != 0) & (age == 5)]) == pytest.approx(daily(0.8), rel=0.05)
-    assert np.median(iso[(borough != 0) & (age == 1)]) == pytest.approx(daily(0.3), rel=0.05)
+    assert np.median(iso[age == 5]) == pytest.approx(daily(0.8), rel=0.05)
+    assert np.median(iso[age == 2]) == pytest.approx(daily(0.3), rel=0.05)
     assert policy.totals.fallbacks == sum(r["fallback"] for r in policy.rows) > 0
     m = policy.metrics_for(np.arange(21))
     assert m["llm_calls"][0] > 0 and m["llm_calls"][1] == 0 and m["llm_fallbacks"][7] > 0
@@ -108,18 +109,19 @@ def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
 
 def test_policy_spec_errors_name_the_field():
     sc, built, sim, names = _setup(2000)
+    known = dict(scheduled=tuple(built.schedule), interventions=sc.interventions)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[0].target = "nope"
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].target: unknown decision target 'nope'"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[1].group_by = ["shoe_size"]
     with pytest.raises(ScenarioError, match=r"policy.decisions\[1\].group_by: unknown feature 'shoe_size'"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     bad = sc.policy.model_copy(deep=True)
     bad.decisions[0].prompt = "Hello {nonsense}"
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].prompt: unknown field \{nonsense\}"):
-        check_policy(bad, built.model, names)
+        check_policy(bad, built.model, names, **known)
     with pytest.raises(ScenarioError, match=r"policy.decisions\[0\].value: keys \['maybe'\]"):
         load_scenario("covid_nyc", ["policy.decisions.0.value={maybe: 1}"])
 

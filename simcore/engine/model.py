@@ -11,7 +11,9 @@ The engine knows nothing about epidemics or posts. A model hands it
 - for archetype policies: ``features`` (per-agent small-integer codes to group on, with
   their labels in ``labels``), ``stats`` (per-agent numbers averaged per archetype for
   prompts) and ``decision_targets`` (per-agent float params a policy may fill; NaN means
-  "use the model's heuristic", so a failed LLM call falls back per agent).
+  "use the model's heuristic", so a failed LLM call falls back per agent). A target listed in
+  ``decision_logits`` takes a logit, which the model maps to behaviour itself (with fittable
+  parameters, on the device); the others take a per-step probability.
 
 ``params`` is a flat dict of arrays. Names listed in a run's schedule are replaced,
 inside the scan, by their value at the current step, so interventions are data.
@@ -41,6 +43,7 @@ class Model:
     features: Callable[[State, Params], dict[str, jax.Array]] | None = None
     stats: Callable[[State, Params], dict[str, jax.Array]] | None = None
     decision_targets: tuple[str, ...] = ()
+    decision_logits: tuple[str, ...] = ()
 
     def step(self, state: State, params: Params, key: jax.Array) -> State:
         from .rng import substep_key

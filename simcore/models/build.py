@@ -40,11 +40,11 @@ def policy_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     if scenario.model.kind == "social":
         from .social import model as social_model
         return {"decision_targets": social_model.DECISION_TARGETS, "features": social_model.FEATURES,
-                "stats": social_model.STATS}
+                "stats": social_model.STATS, "decision_logits": ()}
     if scenario.model.kind == "epidemic":
         return {"decision_targets": epidemic.DECISION_TARGETS, "features": epidemic.FEATURES,
-                "stats": epidemic.STATS}
-    return {"decision_targets": (), "features": (), "stats": ()}
+                "stats": epidemic.STATS, "decision_logits": epidemic.DECISION_TARGETS}
+    return {"decision_targets": (), "features": (), "stats": (), "decision_logits": ()}
 
 
 def check(scenario: Scenario) -> None:

@@ -3,8 +3,10 @@
 Substeps, in order (each a pure ``(state, params, key) -> state``):
 
 1. ``observe``   reported cases per borough -> weekly growth against the 4-week mean, and level per 100k;
-2. ``behave``    isolation starts/ends and job loss/return (heuristic hazards, or archetype tables
-                 from ``llm_policy`` blended in by ``*_table_weight``);
+2. ``behave``    isolation starts/ends and job loss/return: heuristic hazards, or where a
+                 ``llm_policy`` answer is present (``isolate_llm``/``work_llm`` not NaN) the
+                 fitted map ``sigmoid(bias + slope * answer logit)`` of ``llm_map``; the pause
+                 order's job-loss term (``lockdown * loss_lockdown``) applies on both paths;
 3. ``transmit``  layer-specific force of infection from infectious neighbours; isolation cuts
                  non-household contacts at both ends; S -> E with age-specific susceptibility;
                  E -> I, I -> R or M (age-specific infection fatality), all read from the state at
@@ -38,6 +40,7 @@ LABOR = ("not_in_labor_force", "employed", "unemployed")
 TRENDS = ("falling", "flat", "rising")
 WINDOW = 28  # days of reported-case history kept per borough
 N_FLOWS = 3  # new infections, new deaths, new symptomatic (I) cases
+LLM_TARGETS = ("isolate", "work")  # decision target <t>_llm is mapped by params llm_<t>_bias / llm_<t>_slope
 SCHEDULED = ("household_scale", "workplace_scale", "school_scale", "community_scale", "lockdown",
              "isolation_scale")
 # what an archetype policy may fill, group on (keys of features()) and show in prompts (keys of stats()),
@@ -107,27 +110,49 @@ def _last_days(hist, step, days):
     return hist[idx]
 
 
+def llm_hazard(x: jax.Array, bias: jax.Array, slope: jax.Array) -> jax.Array:
+    """Per-step hazard from an archetype answer: ``sigmoid(bias + slope * x)``.
+
+    ``x`` is what ``llm_policy`` writes to a decision target: ``logit(1 - (1 - P)**(1/every))``,
+    the logit of the per-step hazard implied by the answer's probability ``P`` of the event over
+    one round. ``(bias, slope) = (0, 1)`` is the identity (the answer at face value);
+    ``slope = 0`` is the constant ``sigmoid(bias)``. Smooth in ``bias`` and ``slope``, so a
+    calibration can differentiate through it.
+    """
+    return jax.nn.sigmoid(bias + slope * x)
+
+
+def _llm_or(heuristic: jax.Array, x: jax.Array, bias: jax.Array, slope: jax.Array, add=0.0) -> jax.Array:
+    # NaN = no LLM answer for this agent (heuristic, unchanged). The map is evaluated on a NaN-free
+    # copy so that gradients with respect to bias/slope stay finite where agents follow the heuristic.
+    missing = jnp.isnan(x)
+    return jnp.where(missing, heuristic, llm_hazard(jnp.where(missing, 0.0, x), bias, slope) + add)
+
+
 def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     k_iso, k_loss = jax.random.split(key)
     n = st.disease.shape[0]
     b = p["borough"]
     alive = st.disease != M
-    # isolation: heuristic hazard by borough, optionally blended with archetype probabilities
+    # isolation: heuristic hazard by borough, or the archetype answer through its fitted map
     x = p["iso_base"] + p["iso_growth"] * jnp.clip(st.growth, -1.0, 1.0) + p["iso_level"] * jnp.log1p(st.level)
     heuristic = jax.nn.sigmoid(x)[b]
-    # archetype decisions (llm_policy) where present; NaN = this agent follows the heuristic
-    p_start = jnp.where(jnp.isnan(p["isolate_llm"]), heuristic, p["isolate_llm"]) * p["isolation_scale"]
+    p_start = _llm_or(heuristic, p["isolate_llm"], p["llm_isolate_bias"], p["llm_isolate_slope"])
+    p_start = p_start * p["isolation_scale"]
     p_start = jnp.where(st.disease == I, 1 - (1 - p_start) * (1 - p["iso_symptomatic"]), p_start)
     u = jax.random.uniform(k_iso, (n,))
     starting = (st.iso_days == 0) & alive & (u < jnp.clip(p_start, 0, 1))
     iso_days = jnp.where(st.iso_days > 0, st.iso_days - 1, st.iso_days)
     iso_days = jnp.where(starting, jnp.int8(cfg.quarantine_days), iso_days).astype(jnp.int8)
     iso_days = jnp.where(alive, iso_days, jnp.int8(0))
-    # employment: loss by occupation's lockdown sensitivity and case load; return slowed by lockdown
+    # employment: loss = the worker's own hazard (base + case load, or the archetype answer through
+    # its fitted map) + the closure imposed by the pause order, which no answer replaces: under LLM
+    # archetypes the `lockdown` schedule still moves job loss. Return is slowed by the lockdown.
     lockdown = p["lockdown"]
     sens = p["occ_sensitivity"][p["occupation"]]
-    loss = p["loss_base"] + lockdown * p["loss_lockdown"] * sens + p["loss_cases"] * jnp.minimum(st.level / 1000.0, 1.0)[b] * sens
-    loss = jnp.where(jnp.isnan(p["work_llm"]), loss, p["work_llm"])
+    closure = lockdown * p["loss_lockdown"] * sens
+    heuristic_loss = p["loss_base"] + closure + p["loss_cases"] * jnp.minimum(st.level / 1000.0, 1.0)[b] * sens
+    loss = _llm_or(heuristic_loss, p["work_llm"], p["llm_work_bias"], p["llm_work_slope"], add=closure)
     ret = p["return_base"] * (1 - lockdown * p["return_drag"])
     labor = st.labor
     u_labor = jax.random.uniform(k_loss, (n,))  # one draw: losing and returning are exclusive by state
@@ -272,6 +297,7 @@ def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> 
         features=features,
         stats=stats,
         decision_targets=DECISION_TARGETS,
+        decision_logits=DECISION_TARGETS,  # both mapped on the device by llm_hazard
     )
 
 
@@ -318,9 +344,11 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         "occ_sensitivity": f32(occupation_sensitivity),
         "loss_base": f32(emp.loss_base), "loss_lockdown": f32(emp.loss_lockdown), "loss_cases": f32(emp.loss_cases),
         "return_base": f32(emp.return_base), "return_drag": f32(emp.return_lockdown_drag),
-        # per-agent daily hazards from archetype decisions, filled between chunks; NaN = heuristic
+        # per-agent answer logits from archetype decisions, filled between chunks; NaN = heuristic
         "isolate_llm": jnp.full(n, jnp.nan, jnp.float32),
         "work_llm": jnp.full(n, jnp.nan, jnp.float32),
+        # their maps to behaviour (model.params.llm_map.<target>.bias/slope), see llm_hazard
+        **{f"llm_{t}_{k}": f32(getattr(getattr(params.llm_map, t), k)) for t in LLM_TARGETS for k in ("bias", "slope")},
     }
     base = {name: 1.0 for name in SCHEDULED}
     base["lockdown"] = 0.0
