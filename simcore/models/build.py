@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from scenarios.loader import ScenarioError
-from scenarios.schema import MultilayerGraph, Scenario
+from scenarios.schema import MultilayerGraph, NoGraph, Scenario
 
 from ..engine import Intervention, Model, build_schedule, init_key, root_key
 from . import epidemic, seir
@@ -25,12 +25,19 @@ class Built:
     sample_idx: np.ndarray
     info: dict = field(default_factory=dict)
     population: Any = None
+    # host policies the model itself needs (e.g. the economy's LLM planner): a factory of fresh ones
+    host_policies: Callable[[], list] | None = None
+    # the dashboard's charts: {title: [metric, ...]}
+    metric_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
     if scenario.model.kind == "social":
         from .social import SCHEDULED as social_scheduled
         return social_scheduled
+    if scenario.model.kind == "economy":
+        from .economy import SCHEDULED as economy_scheduled
+        return economy_scheduled
     return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
 
 
@@ -46,6 +53,31 @@ def check(scenario: Scenario) -> None:
         raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
     if scenario.model.kind == "social":
         _check_social(scenario)
+    if (scenario.model.kind == "economy") != isinstance(scenario.graph, NoGraph):
+        raise ScenarioError("graph.kind", "model 'economy' has no contact graph: set graph.kind 'none'"
+                            if scenario.model.kind == "economy" else
+                            f"model {scenario.model.kind!r} needs a graph, got 'none'")
+    if scenario.model.kind == "economy":
+        _check_economy(scenario)
+
+
+def _check_economy(scenario: Scenario) -> None:
+    from .economy import PERSONAS
+
+    prm = scenario.model.params
+    unknown = sorted(set(prm.personas) - set(PERSONAS))
+    if unknown:
+        raise ScenarioError("model.params.personas", f"unknown persona {unknown[0]!r} (known: {', '.join(PERSONAS)})")
+    if sum(prm.personas.values()) <= 0:
+        raise ScenarioError("model.params.personas", "multipliers must sum to > 0")
+    if prm.planner.kind == "llm":
+        kinds = ("llamacpp", "openai", "vllm", "replay")
+        if prm.planner.backend.get("kind") not in kinds:
+            raise ScenarioError("model.params.planner.backend.kind",
+                                f"must be one of {list(kinds)}, got {prm.planner.backend.get('kind')!r}")
+    if scenario.policy is not None and scenario.policy.every != 1:
+        raise ScenarioError("policy.every", f"economy steps are tax years: archetype rounds run every year "
+                                            f"(every: 1), got {scenario.policy.every}")
 
 
 def _check_social(scenario: Scenario) -> None:
@@ -188,7 +220,24 @@ def _build_social(scenario: Scenario, seed: int) -> Built:
     return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
 
 
-_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social}
+def _build_economy(scenario: Scenario, seed: int) -> Built:
+    from . import economy
+
+    n = scenario.population.size
+    t0 = time.perf_counter()
+    prm = scenario.model.params
+    cfg, state, params, base, info = economy.init(prm, n, seed)
+    info["init_seconds"] = time.perf_counter() - t0
+    factory = None
+    if prm.planner.kind == "llm":
+        def factory():
+            from llm_policy.planner import make_planner_policy
+            return [make_planner_policy(prm, cfg)]
+    return Built(economy.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 host_policies=factory, metric_groups=economy.metric_groups(cfg.n_brackets))
+
+
+_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social, "economy": _build_economy}
 
 
 def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None) -> Built:
