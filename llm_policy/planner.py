@@ -116,7 +116,7 @@ class TaxPlannerPolicy:
             value = self.backend.generate_json(prompt, schema, max_tokens=self.max_tokens,
                                                temperature=self.temperature)
             rates = parse_rates(value, self.n_brackets, self.max_rate)
-        except (BackendError, BackendUnavailable, TypeError, ValueError) as exc:
+        except (BackendError, BackendUnavailable, OSError, TypeError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             rates = self.last_valid
             self.fallbacks += 1
