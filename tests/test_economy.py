@@ -14,7 +14,7 @@ from simcore.models import build
 from simcore.models.economy import (EconomyConfig, best_response, hill_pareto, option_table, relaxed_welfare,
                                     saez_rates, saez_top_rate, sample_workers, tax_of)
 from simcore.models.economy.calibration import TARGET_GINI, TARGET_MEDIAN, TARGET_P90_P10, gini_sorted
-from simcore.models.economy.model import gini
+from simcore.models.economy.model import gini, ginis
 
 US_THR = [0.0, 11_600.0, 47_150.0, 100_525.0, 191_950.0, 243_725.0, 609_350.0]
 
@@ -55,6 +55,21 @@ def test_tax_and_gini_against_hand_computation():
     x = np.random.default_rng(0).pareto(2.5, 5000).astype(np.float32)
     brute = np.abs(x[:, None] - x[None, :]).mean() / (2 * x.mean())
     assert float(gini(jnp.asarray(x))) == pytest.approx(brute, rel=1e-4)
+
+
+def test_histogram_ginis_bound_the_exact_ones_tightly():
+    rng = np.random.default_rng(7)
+    prm = load_scenario("tax_us_fixed_small").model.params
+    z = sample_workers(prm, 200_000, seed=1)["skill"].astype(np.float64) * 2080 * rng.uniform(0, 1.5, 200_000)
+    z[:5000] = 0.0  # non-participants
+    thr = jnp.asarray(US_THR, jnp.float32)
+    rates = jnp.asarray([0.10, 0.12, 0.22, 0.24, 0.32, 0.35, 0.37], jnp.float32)
+    zj = jnp.asarray(z, jnp.float32)
+    c = zj - tax_of(zj, thr, rates) + 9000.0
+    g_pre, g_post = (float(g) for g in ginis(zj, c))
+    exact_pre, exact_post = gini_sorted(np.sort(z)), gini_sorted(np.sort(np.asarray(c, np.float64)))
+    for approx, exact in ((g_pre, exact_pre), (g_post, exact_post)):
+        assert exact - 0.0013 <= approx <= exact + 1e-5
 
 
 def test_best_response_equals_brute_force_over_the_options():

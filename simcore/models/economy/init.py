@@ -14,7 +14,7 @@ import numpy as np
 
 from .calibration import gb2_sample
 from .model import (AGE_BANDS, PERSONA_TRAITS, PERSONAS, EconomyConfig, EconomyState, make_optimizer, outcome,
-                    best_response, atkinson, gini)
+                    best_response, atkinson, ginis)
 
 AGE_SHARES = np.array([0.24, 0.34, 0.36, 0.06])
 PERSONA_BY_AGE = np.array([  # rows: age band; columns: striver, balanced, caregiver, semi_retired
@@ -85,13 +85,14 @@ def initial_state(cfg: EconomyConfig, params: dict, transfer_share: float) -> Ec
     def year0(p):
         choice = best_response(cfg, p, rates)
         z, tax, u, transfer, revenue = outcome(cfg, p, rates, choice, transfer_share)
-        return choice, z, tax, u, transfer, revenue, gini(z - tax + transfer), jnp.mean(u), atkinson(cfg, u)
+        g_pre, g_post = ginis(z, z - tax + transfer)
+        return choice, z, tax, u, transfer, revenue, g_pre, g_post, jnp.mean(u), atkinson(cfg, u)
 
-    choice, z, tax, u, transfer, revenue, g, w, wa = year0(params)
+    choice, z, tax, u, transfer, revenue, g_pre, g, w, wa = year0(params)
     opt = make_optimizer(cfg).init(rates) if cfg.planner == "gradient" else ()
     return EconomyState(hours=choice.astype(jnp.int8), income=z, tax=tax, utility=u, rates=rates, planner_rates=rates,
                         opt=opt, elected=jnp.int32(0), vote_share=jnp.float32(jnp.nan), transfer=transfer,
-                        output=jnp.sum(z), revenue=revenue, gini_post=g, welfare=w, welfare_atkinson=wa)
+                        output=jnp.sum(z), revenue=revenue, gini_pre=g_pre, gini_post=g, welfare=w, welfare_atkinson=wa)
 
 
 def init(prm, n: int, seed: int):
