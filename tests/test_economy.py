@@ -284,3 +284,24 @@ def test_bad_planner_or_bracket_specs_exit_2_naming_the_field(override, message,
     assert message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_dashboard_charts_come_from_the_models_metric_groups(tmp_path):
+    import httpx
+
+    from server.app import ServerConfig, create_app
+    from server.testing import ServerThread, wait_until
+
+    with ServerThread(create_app(ServerConfig(runs_dir=tmp_path / "runs", max_runs=1))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=120) as c:
+        r = c.post("/api/runs", json={"scenario": "tax_saez_small", "overrides": ["population.size=2000",
+                                                                                   "run.steps=3"]})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+        d = wait_until(lambda: (x := c.get(f"/api/runs/{run_id}").json())["status"] == "completed" and x, 240,
+                       what="the economy run to complete")
+        groups = {g["title"]: g["columns"] for g in d["metric_groups"]}
+        assert groups["Marginal rates by bracket"] == [f"rate_b{j}" for j in range(7)]
+        assert groups["Welfare"] == ["welfare_utilitarian", "welfare_atkinson"]
+        assert all(col in d["columns"] for cols in groups.values() for col in cols)
+        assert "Epidemic compartments" not in groups

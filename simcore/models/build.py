@@ -180,7 +180,8 @@ def _build_seir(scenario: Scenario, seed: int) -> Built:
                           sparse_capacity=p.sparse_capacity)
     info = {"graph_seconds": t_graph, "edges": csr.n_edges, "graph_bytes": params["graph"].nbytes,
             "bytes_per_agent_state": 1}
-    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 metric_groups={"Compartments": list(seir.STATES), "New infections": ["new_infections"]})
 
 
 def _build_epidemic(scenario: Scenario, seed: int) -> Built:
@@ -204,7 +205,9 @@ def _build_epidemic(scenario: Scenario, seed: int) -> Built:
         "bytes_per_agent_state": 4,
     }
     return Built(epidemic.make_model(cfg, tuple(population.labels["occupation"])), state, params, base, population.n, np.empty(0, np.int32), info,
-                 population)
+                 population, metric_groups={"Epidemic compartments": ["S", "E", "I", "R", "M"],
+                                            "New infections / cases / deaths": ["new_infections", "new_cases", "new_deaths"],
+                                            "Behaviour": ["isolating_share", "unemployment_rate"]})
 
 
 def _build_social(scenario: Scenario, seed: int) -> Built:
@@ -217,7 +220,10 @@ def _build_social(scenario: Scenario, seed: int) -> Built:
     cfg, state, params, base, info = social.init(scenario.model.params, n, csr, seed)
     info.update({"graph_seconds": t_graph, "init_seconds": time.perf_counter() - t0 - t_graph,
                  "edges": int(state.followees.sum())})
-    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 metric_groups={"Stances": ["stance_mean", "extremity", "extreme_share", "bimodality"],
+                                "Activity": ["active", "n_create_post", "n_like", "n_repost", "n_comment", "n_follow"],
+                                "Feeds": ["feed_stance_distance", "feed_fill"]})
 
 
 def _build_economy(scenario: Scenario, seed: int) -> Built:
