@@ -323,6 +323,9 @@ class Experiment:
             base_rows = {k: v[0] for k, v in get_build(arm, first_pop).schedule.items()}
             schedules[arm.name] = build_schedule(base_rows, T, arm.interventions)
         if t_b:
+            if any(get_build(a, first_pop).host_policies is not None for a in arms):
+                raise ExperimentError("branch_step", "arms whose model runs host policies (an LLM planner) cannot "
+                                                     "be branched; run without branch()")
             self._check_branch(arms, schedules, get_build, first_pop, t_b)
 
         metrics: dict[tuple[str, int], dict[str, np.ndarray]] = {}

@@ -305,3 +305,44 @@ def test_dashboard_charts_come_from_the_models_metric_groups(tmp_path):
         assert groups["Welfare"] == ["welfare_utilitarian", "welfare_atkinson"]
         assert all(col in d["columns"] for cols in groups.values() for col in cols)
         assert "Epidemic compartments" not in groups
+
+
+def test_simcore_run_writes_the_economy_metrics(cli_env, tmp_path):
+    import json
+
+    import polars as pl
+
+    out = tmp_path / "run"
+    res = subprocess.run(SIMCORE + ["run", "tax_gradient_planner_small", "--set", "population.size=2000",
+                                    "--set", "run.steps=4", "--set", "output.sample_agents=50", "--out", str(out)],
+                         capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = pl.read_parquet(out / "metrics.parquet")
+    assert m["step"].to_list() == [0, 1, 2, 3]
+    for col in ("output", "revenue", "gini_post", "welfare_atkinson", "rate_b6", "bracket_share_b0"):
+        assert m[col].null_count() == 0
+    assert abs(sum(m[f"bracket_share_b{j}"][0] for j in range(7)) - 1.0) < 1e-6
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"] == "economy" and "Welfare" in man["metric_groups"]
+    assert 31 < man["build_info"]["bytes_per_agent"] < 33
+
+
+@pytest.mark.llm
+def test_embedded_llm_planner_answers_through_the_grammar():
+    pytest.importorskip("llama_cpp")
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+    from llm_policy.planner import make_planner_policy
+
+    sc = load_scenario("tax_llm_planner_small", ["population.size=1000", "policy=null", "model.params.vote_every=0"])
+    b = build(sc, steps=2)
+    policy = make_planner_policy(sc.model.params, None, backend=LlamaCppBackend(n_ctx=2048, n_threads=1))
+    sim = Simulation(b.model, b.state, b.params, b.schedule, chunk_size=1)
+    try:
+        sim.run(2, policies=[policy])
+    finally:
+        policy.close()
+    assert policy.calls == 2
+    for row in policy.log:  # the grammar only lets valid schedules through
+        assert row["error"] is None, row["error"]
+        assert len(row["rates"]) == 7 and all(0 <= r <= 0.9 for r in row["rates"])
+    np.testing.assert_allclose(np.asarray(sim.state.rates), policy.log[-1]["rates"], atol=1e-6)

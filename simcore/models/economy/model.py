@@ -282,17 +282,18 @@ def make_optimizer(cfg: EconomyConfig):
 
 def gradient_update(cfg: EconomyConfig, rates, opt_state, p, transfer_share):
     """``updates_per_year`` optax ascent steps on :func:`relaxed_welfare`, rates kept in [0, max_rate]."""
+    import optax
+
     opt = make_optimizer(cfg)
-    # welfare is in dollars; dividing by its value makes the step size scale-free for SGD too
+
     def loss(r):
         return -relaxed_welfare(cfg, p, r, transfer_share)
 
     def one(_, carry):
         r, s = carry
         val, g = jax.value_and_grad(loss)(r)
+        # welfare is in dollars: the relative gradient makes the step size scale-free for SGD too
         updates, s = opt.update(g / jnp.abs(val), s, r)
-        import optax
-
         r = jnp.clip(optax.apply_updates(r, updates), 0.0, cfg.max_rate)
         return r, s
 
@@ -332,7 +333,6 @@ def saez_rates(cfg: EconomyConfig, p, income, utility):
     rates = []
     logz = jnp.log(z)
     for j in range(cfg.n_brackets - 1):
-        lo = float(0.0)
         zb = jnp.sqrt(thr[j] * thr[j + 1]) if j > 0 else 0.5 * thr[1]
         above = z > zb
         n_above = jnp.maximum(jnp.sum(above), 1)
@@ -341,7 +341,7 @@ def saez_rates(cfg: EconomyConfig, p, income, utility):
         big_a = share / jnp.maximum(dens, 1e-6)
         G = jnp.sum(jnp.where(above, w, 0.0)) / n_above
         eb = jnp.sum(jnp.where(above, e, 0.0)) / n_above
-        k = jnp.maximum(1.0 - G, lo) * big_a
+        k = jnp.maximum(1.0 - G, 0.0) * big_a
         rates.append(k / (eb + k))
     top = thr[-1]
     above = z > top
