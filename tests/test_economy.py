@@ -11,7 +11,7 @@ from conftest import SIMCORE
 from scenarios import load_scenario
 from simcore.engine import Simulation
 from simcore.models import build
-from simcore.models.economy import (EconomyConfig, best_response, hill_pareto, option_table, relaxed_welfare,
+from simcore.models.economy import (EconomyConfig, best_response, hill_pareto, relaxed_welfare,
                                     saez_rates, saez_top_rate, sample_workers, tax_of)
 from simcore.models.economy.calibration import TARGET_GINI, TARGET_MEDIAN, TARGET_P90_P10, gini_sorted
 from simcore.models.economy.model import gini, ginis
