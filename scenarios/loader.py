@@ -289,7 +289,8 @@ def format_validation_error(exc: ValidationError) -> ScenarioError:
     loc = list(err["loc"])
     # Discriminated unions add the tag name to the path; it is noise for users.
     kinds = {"nyc", "homogeneous", "multilayer", "erdos_renyi", "barabasi_albert", "watts_strogatz",
-             "seir", "epidemic", "social"}
+             "seir", "epidemic", "social",
+             "none", "economy", "fixed", "saez", "gradient", "llm"}
     loc = [p for p in loc if not (isinstance(p, str) and p in kinds)]
     field = _loc(tuple(loc))
     ctx = err.get("ctx") or {}

@@ -125,8 +125,14 @@ class WattsStrogatzGraph(Strict):
         return self
 
 
+class NoGraph(Strict):
+    """No contact graph: for models whose agents interact only through aggregates (``economy``)."""
+
+    kind: Literal["none"]
+
+
 Graph = Annotated[
-    Union[MultilayerGraph, ErdosRenyiGraph, BarabasiAlbertGraph, WattsStrogatzGraph],
+    Union[MultilayerGraph, ErdosRenyiGraph, BarabasiAlbertGraph, WattsStrogatzGraph, NoGraph],
     Field(discriminator="kind"),
 ]
 
@@ -307,7 +313,134 @@ class SocialModel(Strict):
     params: SocialParams = SocialParams()
 
 
-Model = Annotated[Union[EpidemicModel, SEIRModel, SocialModel], Field(discriminator="kind")]
+# -- economy (workers choose hours, a planner sets the marginal tax schedule) ----------------------
+# 2024 U.S. federal income-tax brackets for single filers (IRS Revenue Procedure 2023-34, section 3.01,
+# Table 3): lower bound of each bracket in dollars of taxable income, and its marginal rate.
+US_2024_THRESHOLDS = [0.0, 11_600.0, 47_150.0, 100_525.0, 191_950.0, 243_725.0, 609_350.0]
+US_2024_RATES = [0.10, 0.12, 0.22, 0.24, 0.32, 0.35, 0.37]
+
+
+class TaxScheduleSpec(Strict):
+    """A piecewise-linear marginal schedule: bracket j taxes income in [thresholds[j], thresholds[j+1]) at rates[j]."""
+
+    thresholds: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: list(US_2024_THRESHOLDS),
+                                                            min_length=1, max_length=32)
+    rates: list[Fraction] = Field(default_factory=lambda: list(US_2024_RATES), min_length=1, max_length=32)
+
+    @model_validator(mode="after")
+    def _brackets(self):
+        if len(self.rates) != len(self.thresholds):
+            raise ValueError(f"rates: needs one rate per threshold ({len(self.thresholds)}), got {len(self.rates)}")
+        if self.thresholds[0] != 0:
+            raise ValueError(f"thresholds: the first bracket must start at 0, got {self.thresholds[0]}")
+        for i in range(1, len(self.thresholds)):
+            if self.thresholds[i] <= self.thresholds[i - 1]:
+                raise ValueError(f"thresholds: must be strictly increasing, got {self.thresholds[i]} after "
+                                 f"{self.thresholds[i - 1]} (index {i})")
+        return self
+
+
+class GB2Spec(Strict):
+    """Generalized beta of the second kind for annual income (dollars); skill = income / full-time hours.
+
+    Density a (x/b)^(ap-1) / (b B(p,q) (1+(x/b)^a)^(p+q)) (McDonald 1984). The defaults are calibrated
+    in :mod:`simcore.models.economy.calibration` (median, Gini and 90/10 ratio of U.S. household income,
+    Census P60-282, 2023).
+    """
+
+    a: float = Field(1.897, gt=0)
+    b: float = Field(143_011.0, gt=0)
+    p: float = Field(0.6672, gt=0)
+    q: float = Field(1.4437, gt=0)
+
+
+class FixedPlanner(Strict):
+    """The schedule stays ``model.params.schedule`` (scheduled edits still apply)."""
+
+    kind: Literal["fixed"]
+
+
+class SaezPlanner(Strict):
+    """Saez (2001) optimal schedule recomputed every year from the simulated incomes, weights and elasticities."""
+
+    kind: Literal["saez"]
+    bandwidth: float = Field(0.15, gt=0, le=2, description="half-width, in log income, of the density window")
+    top_weight: Fraction | None = Field(None, description="welfare weight g at the top (None: from the Atkinson "
+                                                          "weights; 0: the revenue-maximising top rate 1/(1+a e))")
+
+
+class GradientPlanner(Strict):
+    """optax climbs the year's welfare through the softmax-relaxed workers' response."""
+
+    kind: Literal["gradient"]
+    learning_rate: float = Field(0.02, gt=0, le=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    updates_per_year: Annotated[int, Field(ge=1, le=100)] = 1
+    temperature: float = Field(0.02, gt=0, description="softmax(U / (temperature x full-time gross income))")
+
+
+class LLMPlanner(Strict):
+    """An in-context LLM planner: history of schedules and outcomes in, next schedule out as constrained JSON."""
+
+    kind: Literal["llm"]
+    backend: dict[str, Any]
+    every: PositiveInt = Field(1, description="years between proposals")
+    history: Annotated[int, Field(ge=1, le=50)] = 6
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: Annotated[int, Field(ge=16, le=1024)] = 96
+
+    @model_validator(mode="after")
+    def _backend_kind(self):
+        if "kind" not in self.backend:
+            raise ValueError("backend: needs a 'kind' (llamacpp, openai, vllm or replay)")
+        return self
+
+
+Planner = Annotated[Union[FixedPlanner, SaezPlanner, GradientPlanner, LLMPlanner], Field(discriminator="kind")]
+
+
+class EconomyParams(Strict):
+    """Workers choose weekly hours each tax year (one step = one year); a planner sets the marginal rates."""
+
+    income: GB2Spec = GB2Spec()
+    full_time_hours: float = Field(2080.0, gt=0, description="hours per year at 40 h/week: skill = income / this")
+    hours_options: list[Annotated[int, Field(ge=0, le=168)]] = Field(default_factory=lambda: [0, 10, 20, 30, 40, 50, 60],
+                                                                    min_length=2, max_length=64)
+    weeks_per_year: float = Field(52.0, gt=0, le=52.2)
+    elasticity: float = Field(0.4, gt=0, le=5, description="mean Frisch elasticity of hours (LLM Economist: 1/(3.5-1))")
+    elasticity_sd: float = Field(0.3, ge=0, le=2, description="sd of log elasticity across workers")
+    disutility: float = Field(20.0, gt=0, description="net wage ($/h) at which a 'balanced' worker chooses 40 h/week")
+    personas: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"striver": 1.0, "balanced": 1.0, "caregiver": 1.0, "semi_retired": 1.0},
+        description="multipliers on the age-band persona shares (0 removes a persona)")
+    schedule: TaxScheduleSpec = TaxScheduleSpec()
+    planner: Planner = FixedPlanner(kind="fixed")
+    max_rate: Fraction = Field(0.9, description="planners' rates stay in [0, max_rate]")
+    transfer_share: Fraction = Field(1.0, description="share of revenue returned as an equal lump sum")
+    inequality_aversion: float = Field(1.0, ge=0, le=10, description="Atkinson epsilon of the welfare objective")
+    utility_floor: float = Field(1000.0, gt=0, description="dollars added to utility before the Atkinson mean")
+    vote_every: Annotated[int, Field(ge=0)] = Field(0, description="years between votes (0: no voting)")
+    challenger: TaxScheduleSpec = Field(default_factory=TaxScheduleSpec,
+                                        description="the alternative schedule put to the vote")
+
+    @model_validator(mode="after")
+    def _options(self):
+        h = self.hours_options
+        if any(b <= a for a, b in zip(h, h[1:])):
+            raise ValueError(f"hours_options: must be strictly increasing, got {h}")
+        if self.challenger.thresholds != self.schedule.thresholds:
+            raise ValueError("challenger: must use the same thresholds as schedule (rates differ, brackets do not)")
+        if any(r > self.max_rate for r in self.schedule.rates) and self.planner.kind in ("saez", "gradient", "llm"):
+            raise ValueError(f"max_rate: must be >= every starting rate of schedule ({max(self.schedule.rates)}), "
+                             f"got {self.max_rate}")
+        return self
+
+
+class EconomyModel(Strict):
+    kind: Literal["economy"]
+    params: EconomyParams = EconomyParams()
+
+Model = Annotated[Union[EpidemicModel, SEIRModel, SocialModel, EconomyModel], Field(discriminator="kind")]
 
 
 # -- interventions, run, output -------------------------------------------------

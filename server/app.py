@@ -337,6 +337,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         else:
             raise not_found()
         out["columns"] = data.metric_columns(d) if d is not None else []
+        out["metric_groups"] = data.metric_groups(d, manager.manifest(run_id) or {})
         out["agent_steps"] = data.agent_steps(d) if d is not None else []
         return out
 

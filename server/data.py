@@ -140,3 +140,23 @@ def reproducible_scenario(manifest: dict[str, Any]) -> dict[str, Any]:
     sc["run"] = {**sc.get("run", {}), "steps": manifest.get("steps", sc.get("run", {}).get("steps")),
                  "seed": manifest.get("seed", sc.get("run", {}).get("seed"))}
     return sc
+
+
+# Charts for runs whose manifest declares no metric groups (written before groups existed)
+DEFAULT_METRIC_GROUPS = {
+    "Epidemic compartments": ["S", "E", "I", "R", "M"],
+    "New infections / cases / deaths": ["new_infections", "new_cases", "new_deaths"],
+}
+
+
+def metric_groups(run_dir: Path | None, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's charts: ``[{"title", "columns"}]`` from the model's declared groups (manifest
+    ``metric_groups``), keeping only columns the run has (all of them before its first chunk)."""
+    groups = manifest.get("metric_groups") or DEFAULT_METRIC_GROUPS
+    have = set(metric_columns(run_dir)) if run_dir is not None else set()
+    out = []
+    for title, cols in groups.items():
+        keep = [c for c in cols if not have or c in have]
+        if keep:
+            out.append({"title": str(title), "columns": keep})
+    return out

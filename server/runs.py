@@ -346,6 +346,8 @@ class RunController:
             final = "failed"
         finally:
             writer = writer or self._writer
+            for mp in getattr(self, "_model_policies", []):
+                mp.close()
             if self._llm is not None:
                 try:
                     self._llm.close()
@@ -420,7 +422,8 @@ class RunController:
         policies, extra_metrics = ([], None)
         if self.policy_factory is not None:
             policies, extra_metrics = self.policy_factory(self.scenario, built)
-        policies = list(policies) + ([llm] if llm is not None else [])
+        self._model_policies = built.host_policies() if built.host_policies is not None else []  # e.g. LLM planner
+        policies = list(policies) + self._model_policies + ([llm] if llm is not None else [])
         self._init_network(built)
         del built
         self._refresh_schedule(sim)

@@ -335,6 +335,9 @@ class Experiment:
             base_rows = {k: v[0] for k, v in get_build(arm, first_pop).schedule.items()}
             schedules[arm.name] = build_schedule(base_rows, T, arm.interventions)
         if t_b:
+            if any(get_build(a, first_pop).host_policies is not None for a in arms):
+                raise ExperimentError("branch_step", "arms whose model runs host policies (an LLM planner) cannot "
+                                                     "be branched; run without branch()")
             self._check_branch(arms, schedules, get_build, first_pop, t_b)
 
         metrics: dict[tuple[str, int], dict[str, np.ndarray]] = {}
@@ -360,7 +363,8 @@ class Experiment:
         for group, (pop_seed, seeds) in itertools.product(groups, by_pop.items()):
             members = [a for a in arms if a.group == group]
             b = get_build(members[0], pop_seed)
-            batched = [(a, s) for a in members if a.policies is None for s in seeds]
+            hosted = [a for a in members if a.policies is not None or b.host_policies is not None]
+            batched = [(a, s) for a in members if a not in hosted for s in seeds]
             if batched:
                 states = [prefix[s][0] for _, s in batched] if t_b else replicate_state(b.state, len(batched))
                 sched = {k: np.stack([schedules[a.name][k] for a, _ in batched]) for k in b.schedule}
@@ -374,10 +378,15 @@ class Experiment:
                     metrics[(a.name, s)] = rows
                 log(f"{len(batched)} replicates ({', '.join(dict.fromkeys(a.name for a, _ in batched))}) "
                     f"in {time.perf_counter() - t0:.2f}s")
-            for a in (a for a in members if a.policies is not None):
+            for a in hosted:
                 for s in seeds:
                     ens = Ensemble(b.model, [b.state], b.params, schedules[a.name], [s], chunk_size=self.chunk_size)
-                    m = ens.run(T, policies=list(a.policies(b)))
+                    pols = list(a.policies(b)) if a.policies is not None else []
+                    pols = (b.host_policies() if b.host_policies is not None else []) + pols  # the model's own
+                    m = ens.run(T, policies=pols)
+                    for pol in pols:
+                        if hasattr(pol, "close") and a.policies is None:
+                            pol.close()
                     metrics[(a.name, s)] = {k: v[0] for k, v in m.items()}
                 log(f"{a.name}: {len(seeds)} replicates with host policies")
         timing["arms_seconds"] = time.perf_counter() - t0

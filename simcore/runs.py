@@ -70,6 +70,7 @@ def manifest_for(scenario: Scenario, built: Built, seed: int, steps: int, extra:
         "git_revision": git_revision(),
         "device": device_description(),
         "build_info": built.info,
+        "metric_groups": built.metric_groups,
         **(extra or {}),
     }
 
@@ -138,6 +139,7 @@ def run_scenario(
     built.info["build_seconds"] = time.perf_counter() - t_build
     sim = make_simulation(scenario, built, seed)  # bad device counts fail here, before any file
     policy = make_archetype_policy(scenario, built)  # so does a backend that cannot start
+    model_policies = built.host_policies() if built.host_policies is not None else []  # e.g. an LLM planner
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
     manifest_extra = dict(manifest_extra or {})
     if policy is not None and cluster.is_lead:  # the other processes receive process 0's decisions
@@ -154,7 +156,7 @@ def run_scenario(
     writer = RunWriter(run_dir, manifest, sample_every=scenario.output.sample_every,
                        process_id=cluster.process_id, num_processes=cluster.num_processes,
                        owned=owned_ranges(built.n_agents, sim.mesh) if cluster.multi else None)
-    policies = list(policies) + ([policy] if policy is not None else [])
+    policies = list(policies) + model_policies + ([policy] if policy is not None else [])
     if resume_from is not None:
         resume_from.restore_into(sim, policies)
     start = sim.step
@@ -195,6 +197,8 @@ def run_scenario(
     finally:
         if bar is not None:
             bar.close()
+        for mp in model_policies:
+            mp.close()
         if policy is not None:
             policy.close()
             writer.update_manifest(llm_totals=dict(policy.totals.__dict__))

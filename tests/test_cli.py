@@ -14,7 +14,7 @@ BAD = [
     ("model.params.beta.household=-1", "model.params.beta.household: must be >= 0"),
     ("bogus=1", "bogus: unknown key"),
     ("model.params.isolation.wat=1", "model.params.isolation.wat: unknown key"),
-    ("model.kind=sir", "model.kind: must be one of 'epidemic', 'seir', 'social', got 'sir'"),
+    ("model.kind=sir", "model.kind: must be one of 'epidemic', 'seir', 'social', 'economy', got 'sir'"),
     ("interventions.0.param=nope", "interventions[0].param: unknown parameter 'nope'"),
     ("interventions.0.end=1", "interventions[0].end: must be > start (15), got 1"),
 ]

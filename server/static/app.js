@@ -5,7 +5,18 @@ const $ = (sel) => document.querySelector(sel);
 const COMPARTMENTS = [["S", "#2563eb"], ["E", "#f59e0b"], ["I", "#dc2626"], ["R", "#16a34a"], ["M", "#374151"]];
 const FLOWS = [["new_infections", "#dc2626"], ["new_cases", "#f59e0b"], ["new_deaths", "#374151"]];
 const LLM = ["llm_calls", "llm_cache_hits", "llm_seconds", "llm_fallbacks"];
-const STREAM_COLUMNS = [...COMPARTMENTS.map((c) => c[0]), ...FLOWS.map((c) => c[0]), "wall_seconds", ...LLM];
+// The model's charts come from the run's metric groups (GET /api/runs/{id} -> metric_groups, declared next to each
+// model's builder); these two are the fallback for runs that declare none. Group 0 and 1 draw into the page's first
+// two chart panels, further groups get panels of their own.
+const DEFAULT_GROUPS = [{ title: "Epidemic compartments", columns: COMPARTMENTS.map((c) => c[0]) },
+                        { title: "New infections / cases / deaths", columns: FLOWS.map((c) => c[0]) }];
+const SERIES_COLORS = Object.fromEntries([...COMPARTMENTS, ...FLOWS]);
+const groupDiv = (i) => (i === 0 ? "chart-compartments" : i === 1 ? "chart-flows" : `chart-group-${i}`);
+function streamColumns() {
+  const want = [...state.groups.flatMap((g) => g.columns), "wall_seconds", ...LLM];
+  const have = new Set((state.detail && state.detail.columns) || []);
+  return [...new Set(have.size ? want.filter((c) => have.has(c)) : want)];
+}
 const STATE_COLORS = { S: "#2563eb", E: "#f59e0b", I: "#dc2626", R: "#16a34a", M: "#374151" };
 const LAYER_COLORS = ["#94a3b8", "#c4b5fd", "#99f6e4", "#fcd34d", "#cbd5e1"];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
@@ -14,7 +25,7 @@ const TERMINAL = new Set(["completed", "stopped", "failed", "interrupted"]);
 const state = {
   info: null, runs: [], runId: null, detail: null, source: null,
   pending: [], lastStep: -1, llm: { calls: 0, hits: 0, secs: 0, fallbacks: 0, seen: false },
-  agentsOffset: 0, agentsLimit: 50, network: null, timers: [],
+  agentsOffset: 0, agentsLimit: 50, network: null, timers: [], groups: DEFAULT_GROUPS,
 };
 
 // -- HTTP ---------------------------------------------------------------------------------------
@@ -121,10 +132,26 @@ async function refreshRuns() {
 function resetCharts() {
   const layout = (y) => ({ margin: { l: 55, r: 10, t: 10, b: 35 }, xaxis: { title: { text: "step" } },
                            yaxis: { title: { text: y } }, legend: { orientation: "h" }, uirevision: "keep" });
-  Plotly.newPlot("chart-compartments", COMPARTMENTS.map(([n, c]) => ({ x: [], y: [], name: n, mode: "lines", line: { color: c } })),
-                 layout("agents"), PLOT_CONFIG);
-  Plotly.newPlot("chart-flows", FLOWS.map(([n, c]) => ({ x: [], y: [], name: n, mode: "lines", line: { color: c } })),
-                 layout("per step"), PLOT_CONFIG);
+  for (const el of document.querySelectorAll(".panel.model-group")) { Plotly.purge(el.querySelector(".chart")); el.remove(); }
+  let after = $("#chart-flows").closest(".panel");
+  state.groups.forEach((g, i) => {
+    if (i >= 2) {
+      const panel = document.createElement("div");
+      panel.className = "panel model-group";
+      panel.innerHTML = `<h3></h3><div id="${groupDiv(i)}" class="chart"></div>`;
+      after.after(panel); after = panel;
+    }
+    const div = document.getElementById(groupDiv(i));
+    div.closest(".panel").querySelector("h3").textContent = g.title;
+    Plotly.newPlot(div, g.columns.map((n) => ({ x: [], y: [], name: n, mode: "lines",
+                                                 line: SERIES_COLORS[n] ? { color: SERIES_COLORS[n] } : {} })),
+                   layout(""), PLOT_CONFIG);
+  });
+  for (let i = state.groups.length; i < 2; i++) {  // fewer than two groups: leave the slot empty
+    const div = document.getElementById(groupDiv(i));
+    div.closest(".panel").querySelector("h3").textContent = "";
+    Plotly.newPlot(div, [], layout(""), PLOT_CONFIG);
+  }
   Plotly.newPlot("chart-speed", [{ x: [], y: [], name: "steps/s (compute)", mode: "lines", line: { color: "#2563eb" } }],
                  layout("steps / s"), PLOT_CONFIG);
   Plotly.newPlot("chart-llm", [
@@ -146,15 +173,18 @@ async function selectRun(id) {
   state.runId = id; state.pending = []; state.lastStep = -1; state.agentsOffset = 0; state.network = null;
   for (const tr of document.querySelectorAll("#runs-table tbody tr")) tr.classList.toggle("selected", tr.dataset.id === id);
   $("#no-run").hidden = true; $("#run-panel").hidden = false;
-  resetCharts();
+  state.groups = DEFAULT_GROUPS; state.detail = null;
   $("#network-msg").textContent = ""; Plotly.purge("network");
   await refreshDetail();
+  state.groups = (state.detail && state.detail.metric_groups && state.detail.metric_groups.length)
+    ? state.detail.metric_groups : DEFAULT_GROUPS;
+  resetCharts();
   openStream(id);
   refreshAgents(); refreshNetwork(true); refreshFiles();
 }
 
 function openStream(id) {
-  const url = `/api/runs/${encodeURIComponent(id)}/stream?columns=${STREAM_COLUMNS.join(",")}&interval=0.25`;
+  const url = `/api/runs/${encodeURIComponent(id)}/stream?columns=${streamColumns().join(",")}&interval=0.25`;
   const src = new EventSource(url);
   state.source = src;
   const onRows = (ev) => {
@@ -252,9 +282,9 @@ function flushCharts() {
   const rows = state.pending; state.pending = [];
   const x = rows.map((r) => r.step);
   const col = (name) => rows.map((r) => (r[name] === undefined ? null : r[name]));
-  Plotly.extendTraces("chart-compartments", { x: COMPARTMENTS.map(() => x), y: COMPARTMENTS.map(([n]) => col(n)) },
-                      COMPARTMENTS.map((_, i) => i));
-  Plotly.extendTraces("chart-flows", { x: FLOWS.map(() => x), y: FLOWS.map(([n]) => col(n)) }, FLOWS.map((_, i) => i));
+  state.groups.forEach((g, i) => {
+    if (g.columns.length) Plotly.extendTraces(groupDiv(i), { x: g.columns.map(() => x), y: g.columns.map(col) }, g.columns.map((_, j) => j));
+  });
   Plotly.extendTraces("chart-speed", { x: [x], y: [rows.map((r) => (r.wall_seconds > 0 ? 1 / r.wall_seconds : null))] }, [0]);
   const last = rows[rows.length - 1];
   $("#run-step").textContent = Math.max(Number($("#run-step").textContent) || 0, last.step + 1);

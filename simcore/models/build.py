@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from scenarios.loader import ScenarioError
-from scenarios.schema import MultilayerGraph, Scenario
+from scenarios.schema import MultilayerGraph, NoGraph, Scenario
 
 from ..engine import Intervention, Model, build_schedule, init_key, root_key
 from . import epidemic, seir
@@ -25,12 +25,19 @@ class Built:
     sample_idx: np.ndarray
     info: dict = field(default_factory=dict)
     population: Any = None
+    # host policies the model itself needs (e.g. the economy's LLM planner): a factory of fresh ones
+    host_policies: Callable[[], list] | None = None
+    # the dashboard's charts: {title: [metric, ...]}
+    metric_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
     if scenario.model.kind == "social":
         from .social import SCHEDULED as social_scheduled
         return social_scheduled
+    if scenario.model.kind == "economy":
+        from .economy import SCHEDULED as economy_scheduled
+        return economy_scheduled
     return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
 
 
@@ -59,6 +66,31 @@ def check(scenario: Scenario) -> None:
         raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
     if scenario.model.kind == "social":
         _check_social(scenario)
+    if (scenario.model.kind == "economy") != isinstance(scenario.graph, NoGraph):
+        raise ScenarioError("graph.kind", "model 'economy' has no contact graph: set graph.kind 'none'"
+                            if scenario.model.kind == "economy" else
+                            f"model {scenario.model.kind!r} needs a graph, got 'none'")
+    if scenario.model.kind == "economy":
+        _check_economy(scenario)
+
+
+def _check_economy(scenario: Scenario) -> None:
+    from .economy import PERSONAS
+
+    prm = scenario.model.params
+    unknown = sorted(set(prm.personas) - set(PERSONAS))
+    if unknown:
+        raise ScenarioError("model.params.personas", f"unknown persona {unknown[0]!r} (known: {', '.join(PERSONAS)})")
+    if sum(prm.personas.values()) <= 0:
+        raise ScenarioError("model.params.personas", "multipliers must sum to > 0")
+    if prm.planner.kind == "llm":
+        kinds = ("llamacpp", "openai", "vllm", "replay")
+        if prm.planner.backend.get("kind") not in kinds:
+            raise ScenarioError("model.params.planner.backend.kind",
+                                f"must be one of {list(kinds)}, got {prm.planner.backend.get('kind')!r}")
+    if scenario.policy is not None and scenario.policy.every != 1:
+        raise ScenarioError("policy.every", f"economy steps are tax years: archetype rounds run every year "
+                                            f"(every: 1), got {scenario.policy.every}")
 
 
 def _check_social(scenario: Scenario) -> None:
@@ -161,7 +193,8 @@ def _build_seir(scenario: Scenario, seed: int) -> Built:
                           sparse_capacity=p.sparse_capacity)
     info = {"graph_seconds": t_graph, "edges": csr.n_edges, "graph_bytes": params["graph"].nbytes,
             "bytes_per_agent_state": 1}
-    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 metric_groups={"Compartments": list(seir.STATES), "New infections": ["new_infections"]})
 
 
 def _build_epidemic(scenario: Scenario, seed: int) -> Built:
@@ -185,7 +218,9 @@ def _build_epidemic(scenario: Scenario, seed: int) -> Built:
         "bytes_per_agent_state": 4,
     }
     return Built(epidemic.make_model(cfg, tuple(population.labels["occupation"])), state, params, base, population.n, np.empty(0, np.int32), info,
-                 population)
+                 population, metric_groups={"Epidemic compartments": ["S", "E", "I", "R", "M"],
+                                            "New infections / cases / deaths": ["new_infections", "new_cases", "new_deaths"],
+                                            "Behaviour": ["isolating_share", "unemployment_rate"]})
 
 
 def _build_social(scenario: Scenario, seed: int) -> Built:
@@ -198,10 +233,30 @@ def _build_social(scenario: Scenario, seed: int) -> Built:
     cfg, state, params, base, info = social.init(scenario.model.params, n, csr, seed)
     info.update({"graph_seconds": t_graph, "init_seconds": time.perf_counter() - t0 - t_graph,
                  "edges": int(state.followees.sum())})
-    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
+    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 metric_groups={"Stances": ["stance_mean", "extremity", "extreme_share", "bimodality"],
+                                "Activity": ["active", "n_create_post", "n_like", "n_repost", "n_comment", "n_follow"],
+                                "Feeds": ["feed_stance_distance", "feed_fill"]})
 
 
-_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social}
+def _build_economy(scenario: Scenario, seed: int) -> Built:
+    from . import economy
+
+    n = scenario.population.size
+    t0 = time.perf_counter()
+    prm = scenario.model.params
+    cfg, state, params, base, info = economy.init(prm, n, seed)
+    info["init_seconds"] = time.perf_counter() - t0
+    factory = None
+    if prm.planner.kind == "llm":
+        def factory():
+            from llm_policy.planner import make_planner_policy
+            return [make_planner_policy(prm, cfg)]
+    return Built(economy.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
+                 host_policies=factory, metric_groups=economy.metric_groups(cfg.n_brackets))
+
+
+_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social, "economy": _build_economy}
 
 
 def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None) -> Built:
