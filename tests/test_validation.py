@@ -183,7 +183,8 @@ def test_models_declare_what_they_build(tmp_path):
     for name, overrides in (("covid_small", ["population.size=3000", "output.sample_agents=0"]),
                             ("misinformation_small", ["population.size=400", "output.sample_agents=0",
                                                       "model.params.post_capacity=2000",
-                                                      "model.params.initial_posts=100"])):
+                                                      "model.params.initial_posts=100"]),
+                            ("tax_llm_planner_small", ["population.size=2000", "output.sample_agents=0"])):
         sc = load_scenario(name, overrides)
         built = build(sc, steps=1)
         iface = policy_interface(sc)

@@ -51,6 +51,10 @@ def policy_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     if scenario.model.kind == "epidemic":
         return {"decision_targets": epidemic.DECISION_TARGETS, "features": epidemic.FEATURES,
                 "stats": epidemic.STATS, "decision_logits": epidemic.DECISION_TARGETS}
+    if scenario.model.kind == "economy":
+        from .economy import model as economy_model
+        return {"decision_targets": economy_model.DECISION_TARGETS, "features": economy_model.FEATURES,
+                "stats": economy_model.stat_names(len(scenario.model.params.schedule.rates)), "decision_logits": ()}
     return {"decision_targets": (), "features": (), "stats": (), "decision_logits": ()}
 
 

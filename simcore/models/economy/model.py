@@ -60,6 +60,10 @@ from ...engine import Model
 PLANNERS = ("fixed", "saez", "gradient", "llm")
 SCHEDULED = ("rate_scale", "transfer_share")
 DECISION_TARGETS = ("hours_llm", "vote_llm")
+FEATURES = ("skill_decile", "persona", "age_band")  # keys of features(), known without building
+# keys of stats() besides one rate_b<b> per bracket (stat_names); tests/test_validation.py checks both
+STATS = ("wage", "hours_last", "income_last", "tax_last", "net_income_last", "marginal_rate", "avg_tax_rate",
+         "tax_challenger")
 PERSONAS = ("striver", "balanced", "caregiver", "semi_retired")
 # persona -> (disutility multiplier, elasticity multiplier): illustrative, not estimated
 PERSONA_TRAITS = {"striver": (0.8, 0.8), "balanced": (1.0, 1.0), "caregiver": (1.3, 1.4), "semi_retired": (1.6, 1.6)}
@@ -459,6 +463,11 @@ def sample(st: EconomyState, p, idx):
 
 def features(st: EconomyState, p):
     return {"skill_decile": p["skill_decile"], "persona": p["persona"], "age_band": p["age_band"]}
+
+
+def stat_names(n_brackets: int) -> tuple[str, ...]:
+    """The prompt fields stats() offers for a schedule of ``n_brackets`` brackets."""
+    return STATS + tuple(f"rate_b{b}" for b in range(n_brackets))
 
 
 def stats(cfg: EconomyConfig, st: EconomyState, p):
