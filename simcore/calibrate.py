@@ -218,7 +218,10 @@ def load_target(observed: str, window: str, boroughs: Sequence[str], forecast_to
                 weights: dict | None = None) -> Target:
     from analysis import observed as obs
 
-    start, fit_end = obs.parse_window(window)
+    try:
+        start, fit_end = obs.parse_window(window)
+    except obs.ObservedError as exc:
+        raise ScenarioError(exc.field, exc.reason) from None
     end = fit_end
     if forecast_to:
         try:
@@ -433,7 +436,8 @@ def fit_gradient(problem: Problem, *, iterations: int = 60, lr: float = 0.1, see
 
 
 def fit_cmaes(problem: Problem, *, generations: int = 15, popsize: int = 8, sigma: float = 0.5, seed: int = 0,
-              accept: float = 0.15, z0=None, log=None) -> Fit:
+              sim_seed: int = 0, accept: float = 0.15, z0=None, log=None) -> Fit:
+    """CMA-ES (``seed`` drives its sampling) on the loss of forward runs at ``sim_seed``; ABC-accepted points."""
     from cmaes import CMA
 
     t0 = time.perf_counter()
@@ -443,7 +447,7 @@ def fit_cmaes(problem: Problem, *, generations: int = 15, popsize: int = 8, sigm
     it = 0
     for gen in range(generations):
         zs = np.stack([opt.ask() for _ in range(opt.population_size)])
-        losses = problem.batch_loss(zs, seed)
+        losses = problem.batch_loss(zs, sim_seed)
         losses = np.where(np.isfinite(losses), losses, 1e6)
         opt.tell(list(zip(zs, losses)))
         for z, loss in zip(zs, losses):
@@ -554,6 +558,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     search = Problem(scenario, target, fits, relaxed=False)
     if method in ("cmaes", "both"):
         c = fit_cmaes(search, generations=generations, popsize=popsize, seed=scenario.run.seed,
+                      sim_seed=scenario.run.seed,
                       sigma=0.3 if z is not None else 0.5, z0=z, log=log)
         rows += c.history
         fits_done.append(c)
@@ -597,15 +602,28 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
              f"--fit {','.join(f.path for f in fits)}",
              f"# {scenario.population.size:,} agents, seed {scenario.run.seed}; best point from {method};",
              "# 80 % ABC intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
-    body = {}
+    # a list element (ifr.5) is written as its whole list, so the overlay applies to any base scenario
+    tree = scenario.model.params.model_dump()
+    entries: dict[str, object] = {}
+    notes: dict[str, list[str]] = {}
     for i, (f, v) in enumerate(zip(fits, values)):
-        body[f"{PREFIX}{f.path}"] = float(f"{float(v):.6g}")
-    text = yaml.safe_dump(body, sort_keys=False)
-    out = []
-    for line, (i, f) in zip(text.strip().splitlines(), enumerate(fits)):
+        *head, last = f.path.split(".")
         lo, hi = np.quantile(posterior[:, i], 0.1), np.quantile(posterior[:, i], 0.9)
-        out.append(f"{line}  # 80%: {lo:.4g} .. {hi:.4g}")
-    path.write_text("\n".join(lines + out) + "\n")
+        note = f"{f.path} 80%: {lo:.4g} .. {hi:.4g}"
+        if last.isdigit():
+            key = f"{PREFIX}{'.'.join(head)}"
+            if key not in entries:
+                entries[key] = list(_leaf(tree, head, f.path))
+            entries[key][int(last)] = float(f"{float(v):.6g}")
+        else:
+            key = f"{PREFIX}{f.path}"
+            entries[key] = float(f"{float(v):.6g}")
+        notes.setdefault(key, []).append(note)
+    out = []
+    for key, value in entries.items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+        out.append(f"{text}  # {'; '.join(notes[key])}")
+    Path(path).write_text("\n".join(lines + out) + "\n")
 
 
 def read_overlay(path: str | Path) -> list[str]:

@@ -155,7 +155,7 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     beta = p["beta"]
     if cfg.relaxed:
         # dense pulls of the float I indicator (every agent a source), so derivatives reach every agent
-        src, active, cap = st.soft[:, 2], jnp.ones(d.shape, bool), 0.0
+        src, active, cap = st.soft[:, 2], infectious, 0.0
     else:
         src, active, cap = ones, infectious, cfg.sparse_capacity
     foi_home = beta[0] * p["household_scale"] * layers["household"].pull(src, active, cap)
@@ -193,7 +193,8 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
 
 def _straight_through(hard: jax.Array, prob: jax.Array) -> jax.Array:
     """``hard`` (0/1) in the forward pass, derivative of ``prob`` in the backward pass (exact: no rounding)."""
-    return hard.astype(jnp.float32) + (prob - jax.lax.stop_gradient(prob))
+    safe = jax.lax.stop_gradient(jnp.where(hard, prob, 1.0))  # hard implies prob > u >= 0
+    return jnp.where(hard, prob / safe, 0.0)
 
 
 def detection(p, day) -> jax.Array:
