@@ -120,3 +120,63 @@ def plot_forecast(frame: pl.DataFrame, path: str | Path, title: str = "") -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+SIM_COLUMNS = {"cases": "reported_cases", "hospitalizations": "hospital_admissions", "deaths": "reported_deaths"}
+
+
+def run_vs_observed(metrics: pl.DataFrame, n_agents: int, start: str = "2020-03-01", observed: str = "nyc",
+                    fit_end: str | None = None) -> pl.DataFrame:
+    """A forecast frame (no bands: ``lo = hi = simulated``) from a run's ``metrics.parquet``.
+
+    Step 0 is ``start``; simulated per-borough counts are scaled by census persons per agent (``build`` gives
+    boroughs agents in proportion to their census population). Monthly unemployment is LAUS-style:
+    the month's mean unemployed over its mean labour force.
+    """
+    import datetime as dt
+
+    from populations.tables import load_tables
+
+    from . import observed as obs
+
+    tables = load_tables("nyc")
+    scale = float(tables.borough_population.sum()) / max(int(n_agents), 1)
+    first = dt.date.fromisoformat(start)
+    days = int(metrics["step"].max()) + 1
+    last = first + dt.timedelta(days=days - 1)
+    wk = obs.weekly(obs.load_daily(observed), first, last)
+    cut = dt.date.fromisoformat(fit_end) if fit_end else last
+    m = metrics.sort("step").with_columns((pl.col("step") // 7).alias("week"))
+    rows = []
+    for b in obs.BOROUGHS + (obs.CITYWIDE,):
+        slug = b.lower().replace(" ", "_")
+        ob = wk.filter(pl.col("borough") == b).sort("week")
+        for s, col in SIM_COLUMNS.items():
+            name = col if b == obs.CITYWIDE else f"{col}__borough_{slug}"
+            if name not in m.columns:
+                continue
+            sim = m.group_by("week").agg(pl.col(name).sum()).sort("week")
+            for w, o in zip(ob["week"], ob[s]):
+                v = float(sim.filter(pl.col("week") == w)[name][0]) * scale
+                ws = first + dt.timedelta(days=7 * int(w))
+                rows.append({"series": s, "borough": b, "period": ws.isoformat(), "index": int(w),
+                             "held_out": ws > cut, "observed": float(o), "simulated": v, "lo": v, "hi": v})
+    laus = obs.monthly_unemployment(observed, first, last)
+    dates = [first + dt.timedelta(days=int(t)) for t in m["step"]]
+    m = m.with_columns(pl.Series("ym", [d.year * 100 + d.month for d in dates]))
+    for b in obs.BOROUGHS:
+        slug = b.lower().replace(" ", "_")
+        u, lf = f"unemployed__borough_{slug}", f"labor_force__borough_{slug}"
+        if u not in m.columns:
+            continue
+        g = m.group_by("ym").agg(pl.col(u).mean(), pl.col(lf).mean()).sort("ym")
+        for i, row in enumerate(g.iter_rows(named=True)):
+            y, mo = divmod(int(row["ym"]), 100)
+            o = laus.filter((pl.col("borough") == b) & (pl.col("year") == y) & (pl.col("month") == mo))
+            if o.height == 0:
+                continue
+            v = row[u] / max(row[lf], 1.0)
+            rows.append({"series": "unemployment", "borough": b, "period": f"{y:04d}-{mo:02d}-01", "index": i,
+                         "held_out": dt.date(y, mo, 1) > cut, "observed": float(o["rate"][0]), "simulated": v,
+                         "lo": v, "hi": v})
+    return pl.DataFrame(rows)

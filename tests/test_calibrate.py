@@ -277,3 +277,18 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert (out / "fit.png").stat().st_size > 10_000
     items = C.read_overlay(out / "overlay.yaml")
     assert [i.split("=")[0] for i in items] == ["model.params.beta.community", "model.params.ifr"]
+
+
+def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
+    """README, "Calibrated to New York City": covid_nyc_wave1 at 50,000 agents, seed 0, weekly citywide deaths
+    NRMSE 0.206 against DOHMH (death-peak week exact); the run is deterministic, so the figure must come back."""
+    from analysis import read_manifest, scan_metrics
+    from simcore.runs import run_scenario
+
+    sc = load_scenario("covid_nyc_wave1", ["population.size=50000", "output.sample_agents=0"])
+    run = run_scenario(sc, tmp_path / "run")
+    frame = validation.run_vs_observed(scan_metrics(run).collect(), read_manifest(run)["n_agents"])
+    head = validation.headline(validation.validation_table(frame))
+    assert head["deaths_citywide_nrmse"] == pytest.approx(0.206, abs=0.01)
+    assert head["deaths_peak_error_weeks"] == 0
+    assert head["deaths_borough_nrmse_max"] == pytest.approx(0.261, abs=0.015)
