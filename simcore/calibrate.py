@@ -602,23 +602,25 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
              f"--fit {','.join(f.path for f in fits)}",
              f"# {scenario.population.size:,} agents, seed {scenario.run.seed}; best point from {method};",
              "# 80 % ABC intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
-    # a list element (ifr.5) is written as its whole list, so the overlay applies to any base scenario
+    # a nested leaf is written with its whole parent (the ifr list, the beta or death_delay mapping) so the
+    # overlay applies to any base scenario, even one that leaves that block at its defaults
     tree = scenario.model.params.model_dump()
     entries: dict[str, object] = {}
     notes: dict[str, list[str]] = {}
     for i, (f, v) in enumerate(zip(fits, values)):
         *head, last = f.path.split(".")
         lo, hi = np.quantile(posterior[:, i], 0.1), np.quantile(posterior[:, i], 0.9)
-        note = f"{f.path} 80%: {lo:.4g} .. {hi:.4g}"
-        if last.isdigit():
+        value = float(f"{float(v):.6g}")
+        if head:
             key = f"{PREFIX}{'.'.join(head)}"
             if key not in entries:
-                entries[key] = list(_leaf(tree, head, f.path))
-            entries[key][int(last)] = float(f"{float(v):.6g}")
+                entries[key] = copy.deepcopy(_leaf(tree, head, f.path))
+            parent = entries[key]
+            parent[int(last) if isinstance(parent, list) else last] = value
         else:
             key = f"{PREFIX}{f.path}"
-            entries[key] = float(f"{float(v):.6g}")
-        notes.setdefault(key, []).append(note)
+            entries[key] = value
+        notes.setdefault(key, []).append(f"{f.path} 80%: {lo:.4g} .. {hi:.4g}")
     out = []
     for key, value in entries.items():
         text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]

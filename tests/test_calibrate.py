@@ -259,6 +259,7 @@ def test_bad_input_exits_2_naming_the_field(change, message, capsys, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # ~30 s idle: compiles both paths and the band ensemble
 def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     out = tmp_path / "cal"
     argv = ["calibrate", "covid_small", "--observed", "nyc", "--window", "2020-03-01:2020-03-28",
@@ -276,7 +277,8 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert {"mae", "rmse", "nrmse", "peak_error", "coverage"} <= set(val.columns)
     assert (out / "fit.png").stat().st_size > 10_000
     items = C.read_overlay(out / "overlay.yaml")
-    assert [i.split("=")[0] for i in items] == ["model.params.beta.community", "model.params.ifr"]
+    keys = [i.split("=")[0] for i in items]
+    assert "model.params.beta.community" in keys and "model.params.ifr" in keys
 
 
 def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
