@@ -12,8 +12,9 @@
   (rematerialised in the backward pass, so memory grows with the number of chunks, not steps). Randomness
   is the engine's ``step_key(root, t)``; initial infections are the first ``round(f n)`` agents of the same
   permutation ``build`` uses, so a calibration's forward run equals ``simcore run`` at the same seed and size.
-- **Gradient path** (``--method gradient``): the epidemic's relaxed mode (straight-through Bernoulli draws:
-  exact stochastic forward pass, derivatives of the probabilities backwards; see ``simcore/models/epidemic.py``),
+- **Gradient path** (``--method gradient``): the epidemic's relaxed mode (each Bernoulli draw becomes
+  ``hard * p / stop_gradient(p)``: the exact stochastic forward pass, derivatives along realised events;
+  biased low for transmission parameters, see ``simcore/models/epidemic.py``),
   ``jax.value_and_grad`` of the loss, optax Adam on the transformed parameters. The initial-infection
   fraction is differentiable the same way (each seed's indicator is ``1 + (f - stop_gradient(f)) / f``).
   Behaviour (isolation, job loss) is hard: its parameters get no gradient there; use the search path.
@@ -179,14 +180,6 @@ def _copy_containers(tree):
     if isinstance(tree, list):
         return [_copy_containers(v) for v in tree]
     return tree
-
-
-def overlay_for(fits: Sequence[FitParam], values) -> dict:
-    """The fitted values as a nested mapping ``{model: {params: ...}}`` (lists as whole lists need the base)."""
-    out: dict = {}
-    for f, v in zip(fits, values):
-        out[f"{PREFIX}{f.path}"] = float(v)
-    return out
 
 
 # -- observed targets --------------------------------------------------------------------

@@ -2,7 +2,6 @@
 import datetime as dt
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import polars as pl

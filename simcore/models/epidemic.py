@@ -23,10 +23,14 @@ deaths ``sum_s (onsets[t-s] . ifr) * k_death[s]`` (expected counts by date of ev
 ``DELAY_DAYS``. The agent-level death (I -> M) uses the same ``ifr``, so both death counts agree in expectation.
 
 Relaxed mode (``EpidemicConfig.relaxed``, used by ``simcore.calibrate``'s gradient path): the state also
-carries float indicators of S, E and I per agent. Every Bernoulli draw ``u < p`` is replaced by the
-straight-through value ``hard + (p - stop_gradient(p))``: the forward pass is exactly the ordinary
-stochastic step (same draws, same integer state), while derivatives flow as if each draw were its
-probability. Behaviour (isolation, job loss) stays hard: derivatives do not flow through it.
+carries float indicators of S, E and I per agent. Every Bernoulli draw ``u < p`` is replaced by
+``hard * p / stop_gradient(p)`` (0 where the draw failed): the forward pass is exactly the ordinary
+stochastic step (same draws, same integer state), and each realised event carries d log p, so that
+E[d event] = dp per step. Forces of infection pull the float I indicator of the infectious agents only.
+Derivatives follow the realised events; the effect of infections that did not happen is missed, which
+biases transmission derivatives low (~0.65x of a finite difference in tests/test_calibrate.py). The
+textbook straight-through ``hard + (p - stop_gradient(p))`` with every agent a source overshot ~60x here
+(mean-field growth of never-realised mass inside households). Behaviour (isolation, job loss) stays hard.
 
 Scheduled parameters (one row per step, edited by interventions): ``household_scale``,
 ``workplace_scale``, ``school_scale``, ``community_scale`` (contact multipliers), ``lockdown``
@@ -154,7 +158,7 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     layers: dict[str, Layer] = p["layers"]
     beta = p["beta"]
     if cfg.relaxed:
-        # dense pulls of the float I indicator (every agent a source), so derivatives reach every agent
+        # dense pulls of the float I indicator of the infectious agents: derivatives along realised chains
         src, active, cap = st.soft[:, 2], infectious, 0.0
     else:
         src, active, cap = ones, infectious, cfg.sparse_capacity
@@ -192,7 +196,7 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
 
 
 def _straight_through(hard: jax.Array, prob: jax.Array) -> jax.Array:
-    """``hard`` (0/1) in the forward pass, derivative of ``prob`` in the backward pass (exact: no rounding)."""
+    """``hard`` (0/1) forward (p / p is exactly 1); backward, a realised event carries d log p, a failed one 0."""
     safe = jax.lax.stop_gradient(jnp.where(hard, prob, 1.0))  # hard implies prob > u >= 0
     return jnp.where(hard, prob / safe, 0.0)
 
