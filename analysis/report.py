@@ -141,7 +141,36 @@ def _run_report(run_dir: Path, out: Path) -> Path:
         doc.h2("By borough")
         for metric in by_borough:
             doc.figure(plots.borough_small_multiples(m, metric), f"borough_{metric}")
+    if "reported_deaths__borough_bronx" in m.columns and (manifest.get("population") or sc.get("population") or {}
+                                                          ).get("kind", "nyc") == "nyc":
+        _observed_section(doc, m, manifest, sc)
     return doc.write(f"generated {_stamp()} from {html.escape(str(run_dir))}")
+
+
+def _observed_section(doc: "_Doc", m: pl.DataFrame, manifest: dict, sc: dict) -> None:
+    """Observed NYC series (DOHMH, LAUS) against the run's observation-model output, step 0 = policy start date."""
+    from . import validation
+    from .observed import ObservedError
+
+    start = (sc.get("policy") or {}).get("start_date") or "2020-03-01"
+    try:
+        frame = validation.run_vs_observed(m, manifest.get("n_agents") or 1, start=start)
+    except ObservedError as exc:
+        doc.h2("Observed vs simulated (New York City)")
+        doc.raw(f"<p>not shown: {html.escape(str(exc))}</p>")
+        return
+    if frame.height == 0:
+        return
+    doc.h2("Observed vs simulated (New York City)")
+    doc.raw(f"<p>Weekly counts from step 0 = {html.escape(start)}; simulated counts scaled to the census "
+            "population. NRMSE = RMSE / max of the observed (OASIS).</p>")
+    path = validation.plot_forecast(frame, doc.out / "observed.png")
+    doc.figures.append(path)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    doc.raw(f'<figure><img alt="observed" src="data:image/png;base64,{data}"></figure>')
+    table = validation.validation_table(frame).filter(pl.col("split") == "all").drop("split", "coverage",
+                                                                                    strict=False)
+    doc.raw(html_table(table))
 
 
 def _experiment_report(exp_dir: Path, out: Path, outcomes: Sequence[str] | None) -> Path:

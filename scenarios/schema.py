@@ -202,6 +202,34 @@ class LLMMaps(Strict):
     work: LogitAffine = LogitAffine()
 
 
+class DelaySpec(Strict):
+    """A delay in days, discretised from a log-normal with this mean and standard deviation (see docs/calibration.md)."""
+
+    mean: float = Field(gt=0, le=60)
+    sd: float = Field(gt=0, le=60)
+
+
+class ObservationParams(Strict):
+    """What surveillance would have recorded, as expected counts from symptom onsets (the model's E -> I).
+
+    Reported cases: onsets x detection(t) (by onset day), spread by ``report_delay``; detection(t) =
+    ``detection_rate`` x (floor + (1 - floor) x sigmoid((t - midpoint) / width)) models scarce March-2020
+    tests. Admissions: onsets x ``ihr[age]`` spread by ``hospital_delay``. Deaths: onsets x ``ifr[age]``
+    spread by ``death_delay`` (onset to death). Day indices t are steps from run start.
+    """
+
+    ihr: list[Fraction] = Field(
+        default_factory=lambda: [0.002, 0.008, 0.015, 0.025, 0.05, 0.15],
+        min_length=AGE_BANDS, max_length=AGE_BANDS, description="hospitalised share of infections, by age band",
+    )
+    detection_floor: Fraction = Field(1.0, description="detection at the start, relative to detection_rate")
+    detection_midpoint: float = Field(30.0, ge=0, le=1000)
+    detection_width: float = Field(7.0, gt=0, le=365)
+    report_delay: DelaySpec = DelaySpec(mean=4.0, sd=3.0)
+    hospital_delay: DelaySpec = DelaySpec(mean=7.0, sd=4.0)
+    death_delay: DelaySpec = DelaySpec(mean=16.0, sd=8.0)
+
+
 class EpidemicParams(Strict):
     beta: LayerBeta = LayerBeta()
     latent_days: float = Field(3.0, ge=0)
@@ -219,6 +247,7 @@ class EpidemicParams(Strict):
     employment: EmploymentParams = EmploymentParams()
     llm_map: LLMMaps = LLMMaps()
     sparse_capacity: Fraction = 0.1
+    observation: ObservationParams = ObservationParams()
 
 
 class EpidemicModel(Strict):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -20,7 +21,11 @@ def _load(args, *, memory: bool = True, backend: bool = False):
     from scenarios import ScenarioError, load_scenario, validate
     from simcore.validation import check_scenario
 
-    scenario = load_scenario(args.scenario, args.set or [])
+    overrides = list(args.set or [])
+    if getattr(args, "overlay", None):
+        from simcore.calibrate import read_overlay
+        overrides = read_overlay(args.overlay) + overrides  # --set wins over the overlay
+    scenario = load_scenario(args.scenario, overrides)
     run = {}
     if getattr(args, "steps", None) is not None:
         if args.steps <= 0:
@@ -96,6 +101,31 @@ def cmd_run(args) -> int:
         raise ScenarioError("--checkpoint-every", f"must be > 0, got {every}")
     run_dir = run_scenario(sc, out, progress=not args.quiet, checkpoint_every=every or 0)
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from simcore.calibrate import calibrate
+
+    sc = _load(args)
+    out = args.out or str(Path(sc.output.dir) / f"calibrate-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    weights = {}
+    for item in args.weight or []:
+        key, _, raw = item.partition("=")
+        try:
+            weights[key] = float(raw)
+        except ValueError:
+            from scenarios import ScenarioError
+            raise ScenarioError("--weight", f"expected series=number, got {item!r}") from None
+        if key not in ("cases", "hospitalizations", "deaths", "unemployment") or weights[key] < 0:
+            from scenarios import ScenarioError
+            raise ScenarioError("--weight", f"expected cases|hospitalizations|deaths|unemployment=value >= 0, "
+                                            f"got {item!r}")
+    path = calibrate(sc, observed=args.observed, window=args.window, fit=args.fit, out=out, method=args.method,
+                     size=args.size, forecast_to=args.forecast_to, iterations=args.iterations, lr=args.lr,
+                     generations=args.generations, popsize=args.popsize, band_runs=args.band_runs,
+                     weights=weights, progress=not args.quiet)
+    print(f"calibration directory: {path}")
     return 0
 
 
@@ -218,7 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--distributed", action="store_true",
                     help="one process of a multi-host run: jax.distributed from JAX_COORDINATOR_ADDRESS, "
                          "JAX_NUM_PROCESSES, JAX_PROCESS_ID (or SLURM/Open MPI); uses every device of every process")
+    sp.add_argument("--overlay", metavar="FILE", help="apply a YAML of dotted.key: value overrides first "
+                                                      "(e.g. a calibration's overlay.yaml); --set wins")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("calibrate", help="fit parameters to observed series; forecast held-out weeks with bands")
+    scenario_args(sp)
+    sp.add_argument("--overlay", metavar="FILE", help="start from this overlay (e.g. an earlier calibration)")
+    sp.add_argument("--observed", required=True, help="observed data: 'nyc' (packaged) or a directory")
+    sp.add_argument("--window", required=True, metavar="START:END", help="fitted dates, YYYY-MM-DD:YYYY-MM-DD; "
+                                                                          "START is the scenario's step 0")
+    sp.add_argument("--fit", required=True, metavar="PARAM,...", help="numeric model parameters by dotted path, "
+                                                                     "e.g. beta.community,initial_infected,ifr.5")
+    sp.add_argument("--forecast-to", metavar="DATE", help="simulate and score held-out weeks up to this date")
+    sp.add_argument("--method", default="both", help="gradient, cmaes or both (gradient, then CMA-ES + ABC)")
+    sp.add_argument("--size", type=int, default=100_000, help="reduced population for fitting (default 100000)")
+    sp.add_argument("--iterations", type=int, default=40, help="Adam steps of the gradient path")
+    sp.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (transformed parameters)")
+    sp.add_argument("--generations", type=int, default=12, help="CMA-ES generations")
+    sp.add_argument("--popsize", type=int, default=8, help="CMA-ES population (one vmapped batch)")
+    sp.add_argument("--band-runs", type=int, default=16, help="forward runs for the 80%% prediction bands")
+    sp.add_argument("--weight", action="append", metavar="SERIES=W", help="loss weight (defaults: deaths 1, "
+                                                                          "hospitalizations 1, cases 0.25, unemployment 1)")
+    sp.add_argument("--out", help="calibration directory (default: <output.dir>/calibrate-<name>-<time>)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_calibrate)
 
     sp = sub.add_parser("resume", help="continue a killed or stopped run from its latest checkpoint")
     sp.add_argument("run_dir", help="run directory written with --checkpoint-every")

@@ -11,13 +11,34 @@ Substeps, in order (each a pure ``(state, params, key) -> state``):
                  non-household contacts at both ends; S -> E with age-specific susceptibility;
                  E -> I, I -> R or M (age-specific infection fatality), all read from the state at
                  the start of the step;
-4. ``report``    expected reported cases per borough into the 28-day history.
+4. ``report``    expected reported cases per borough into the 28-day history, and the observation
+                 model: this step's symptom onsets enter a ``DELAY_DAYS`` ring buffer, from which
+                 today's expected reported cases, hospital admissions and deaths per borough are
+                 discrete convolutions with log-normal delay distributions (onset -> report,
+                 onset -> admission, onset -> death), weighted by a detection ramp, ``ihr`` and ``ifr``.
+
+Observation model (all on the device, pure and differentiable in its parameters): reported cases are
+``sum_s onsets[t-s] * detection(t-s) * k_report[s]``, where ``detection(t) = detection_rate * (floor +
+(1 - floor) * sigmoid((t - midpoint) / width))``; admissions ``sum_s (onsets[t-s] . ihr) * k_hosp[s]``;
+deaths ``sum_s (onsets[t-s] . ifr) * k_death[s]`` (expected counts by date of event, as DOHMH dates them).
+``k[s] = F(s + 1) - F(s)`` for the log-normal CDF F with the delay's mean and sd, renormalised over
+``DELAY_DAYS``. The agent-level death (I -> M) uses the same ``ifr``, so both death counts agree in expectation.
+
+Relaxed mode (``EpidemicConfig.relaxed``, used by ``simcore.calibrate``'s gradient path): the state also
+carries float indicators of S, E and I per agent. Every Bernoulli draw ``u < p`` is replaced by
+``hard * p / stop_gradient(p)`` (0 where the draw failed): the forward pass is exactly the ordinary
+stochastic step (same draws, same integer state), and each realised event carries d log p, so that
+E[d event] = dp per step. Forces of infection pull the float I indicator of the infectious agents only.
+Derivatives follow the realised events; the effect of infections that did not happen is missed, which
+biases transmission derivatives low (~0.65x of a finite difference in tests/test_calibrate.py). The
+textbook straight-through ``hard + (p - stop_gradient(p))`` with every agent a source overshot ~60x here
+(mean-field growth of never-realised mass inside households). Behaviour (isolation, job loss) stays hard.
 
 Scheduled parameters (one row per step, edited by interventions): ``household_scale``,
 ``workplace_scale``, ``school_scale``, ``community_scale`` (contact multipliers), ``lockdown``
 (0..1, drives job loss) and ``isolation_scale`` (multiplies the isolation start hazard).
 
-Memory per agent: 4 int8 state arrays (disease, isolation days, labour, isolation
+Memory per agent (relaxed mode adds 12 bytes of float indicators): 4 int8 state arrays (disease, isolation days, labour, isolation
 trend bin) + 4 int8 attributes (borough, age band, occupation, group) = 8 bytes,
 plus 4 bytes of ``indptr`` per layer (16) and 8 bytes per stored contact.
 """
@@ -41,6 +62,8 @@ TRENDS = ("falling", "flat", "rising")
 WINDOW = 28  # days of reported-case history kept per borough
 N_FLOWS = 3  # new infections, new deaths, new symptomatic (I) cases
 LLM_TARGETS = ("isolate", "work")  # decision target <t>_llm is mapped by params llm_<t>_bias / llm_<t>_slope
+DELAY_DAYS = 64  # days of onset history kept for the delay convolutions
+OBSERVED = ("reported_cases", "hospital_admissions", "reported_deaths")
 SCHEDULED = ("household_scale", "workplace_scale", "school_scale", "community_scale", "lockdown",
              "isolation_scale")
 # what an archetype policy may fill, group on (keys of features()) and show in prompts (keys of stats()),
@@ -60,6 +83,11 @@ class EpidemicState:
     growth: jax.Array  # float32 [B], weekly cases vs 4-week mean, relative
     level: jax.Array  # float32 [B], weekly reported cases per 100k
     flows: jax.Array  # int32 [G, N_FLOWS], this step's transitions by borough x age group
+    onsets: jax.Array  # float32 [G], this step's new symptomatic cases (float: carries derivatives when relaxed)
+    onset_hist: jax.Array  # float32 [DELAY_DAYS, G], onsets per day (row t % DELAY_DAYS)
+    detected_hist: jax.Array  # float32 [DELAY_DAYS, B], onsets x detection per day
+    observed: jax.Array  # float32 [B, 3], today's expected reported cases, admissions, deaths
+    soft: jax.Array  # float32 [N, 3] S/E/I indicators when relaxed, else [0, 3]
 
 
 @dataclass(frozen=True)
@@ -67,12 +95,11 @@ class EpidemicConfig:
     n_boroughs: int
     n_ages: int
     n_occupations: int
-    latent_days: float = 3.0
-    infectious_days: float = 5.0
     quarantine_days: int = 12
     sparse_capacity: float = 0.1
     borough_labels: tuple[str, ...] = ()
     age_labels: tuple[str, ...] = ()
+    relaxed: bool = False  # straight-through derivatives (simcore.calibrate); same forward values
 
     @property
     def n_groups(self) -> int:
@@ -171,35 +198,88 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     ones = jnp.ones(d.shape, jnp.float32)
     layers: dict[str, Layer] = p["layers"]
     beta = p["beta"]
-    foi_home = beta[0] * p["household_scale"] * layers["household"].pull(ones, infectious, cfg.sparse_capacity)
+    if cfg.relaxed:
+        # dense pulls of the float I indicator of the infectious agents: derivatives along realised chains
+        src, active, cap = st.soft[:, 2], infectious, 0.0
+    else:
+        src, active, cap = ones, infectious, cfg.sparse_capacity
+    foi_home = beta[0] * p["household_scale"] * layers["household"].pull(src, active, cap)
     foi_out = jnp.zeros(d.shape, jnp.float32)
     for i, name in enumerate(LAYERS[1:], start=1):
-        foi_out += beta[i] * p[f"{name}_scale"] * layers[name].pull(keep, infectious, cfg.sparse_capacity)
+        foi_out += beta[i] * p[f"{name}_scale"] * layers[name].pull(keep * src, active, cap)
     foi = (foi_home + keep * foi_out) * p["susceptibility"][p["age_band"]]
     # One uniform per agent serves every disease transition: they are exclusive by state
     # (S infects, E progresses, I leaves), and I's death test reuses the same draw below its exit bar.
     u = jax.random.uniform(key, d.shape)
-    infected = (d == S) & (u < 1.0 - jnp.exp(-foi))
-    p_ei = 1.0 if cfg.latent_days <= 0 else 1.0 / cfg.latent_days
-    p_ir = 1.0 / cfg.infectious_days
+    p_inf = 1.0 - jnp.exp(-foi)
+    infected = (d == S) & (u < p_inf)
+    p_ei, p_ir = p["p_ei"], p["p_ir"]
     to_i = (d == E) & (u < p_ei)
     leave = (d == I) & (u < p_ir)
     dies = leave & (u < p_ir * p["ifr"][p["age_band"]])
+    soft = st.soft
+    if cfg.relaxed:
+        s_s, e_s, i_s = soft[:, 0], soft[:, 1], soft[:, 2]
+        new_e = s_s * _straight_through(u < p_inf, p_inf)
+        new_i = e_s * _straight_through(u < p_ei, jnp.broadcast_to(p_ei, d.shape))
+        gone = i_s * _straight_through(u < p_ir, jnp.broadcast_to(p_ir, d.shape))
+        soft = jnp.stack([s_s - new_e, e_s + new_e - new_i, i_s + new_i - gone], axis=1)
+        onsets = jax.ops.segment_sum(new_i, p["group"], num_segments=st.onsets.shape[0])
+    else:
+        onsets = jax.ops.segment_sum(to_i.astype(jnp.float32), p["group"], num_segments=st.onsets.shape[0])
     d = jnp.where(infected, jnp.int8(E), d)
     d = jnp.where(to_i, jnp.int8(I), d)
     d = jnp.where(leave, jnp.where(dies, jnp.int8(M), jnp.int8(R)), d)
     flows = _flow(st.flows, p, 0, infected, reset=True)
     flows = _flow(flows, p, 1, dies)
     flows = _flow(flows, p, 2, to_i)
-    return _replace(st, disease=d, flows=flows)
+    return _replace(st, disease=d, flows=flows, onsets=onsets, soft=soft)
+
+
+def _straight_through(hard: jax.Array, prob: jax.Array) -> jax.Array:
+    """``hard`` (0/1) forward (p / p is exactly 1); backward, a realised event carries d log p, a failed one 0."""
+    safe = jax.lax.stop_gradient(jnp.where(hard, prob, 1.0))  # hard implies prob > u >= 0
+    return jnp.where(hard, prob / safe, 0.0)
+
+
+def detection(p, day) -> jax.Array:
+    """Share of symptomatic cases reported, on ``day``: ``detection_rate`` times a logistic ramp from ``floor``."""
+    ramp = jax.nn.sigmoid((day - p["det_midpoint"]) / p["det_width"])
+    return p["detection_rate"] * (p["det_floor"] + (1.0 - p["det_floor"]) * ramp)
+
+
+def delay_kernel(mean, sd, days: int = DELAY_DAYS) -> jax.Array:
+    """P(delay = s days), s = 0..days-1: a log-normal with ``mean`` and ``sd`` discretised as F(s+1) - F(s)."""
+    sigma2 = jnp.log1p((sd / mean) ** 2)
+    mu = jnp.log(mean) - sigma2 / 2
+    edges = jnp.arange(1, days + 1, dtype=jnp.float32)
+    cdf = jax.scipy.special.ndtr((jnp.log(edges) - mu) / jnp.sqrt(sigma2))
+    pmf = jnp.diff(cdf, prepend=0.0)
+    return pmf / cdf[-1]
 
 
 def report(cfg: EpidemicConfig, st: EpidemicState, p, key):
-    flows = st.flows
-    # reported cases: expected detections of new symptomatic cases, by borough
-    reported = flows[:, 2].reshape(cfg.n_boroughs, cfg.n_ages).sum(axis=1) * p["detection_rate"]
-    hist = st.case_hist.at[p["step"] % WINDOW].set(reported.astype(jnp.float32))
-    return _replace(st, case_hist=hist)
+    nb, na = cfg.n_boroughs, cfg.n_ages
+    t = p["step"]
+    by_borough = st.onsets.reshape(nb, na).sum(axis=1)
+    detected = by_borough * detection(p, t.astype(jnp.float32))
+    # reported cases: expected detections of new symptomatic cases, by borough (the behaviour signal)
+    hist = st.case_hist.at[t % WINDOW].set(detected)
+    onset_hist = st.onset_hist.at[t % DELAY_DAYS].set(st.onsets)
+    det_hist = st.detected_hist.at[t % DELAY_DAYS].set(detected)
+    # row (t - s) % DELAY_DAYS holds day t - s (zeros before day 0)
+    order = (t - jnp.arange(DELAY_DAYS)) % DELAY_DAYS
+    past_onsets = onset_hist[order].reshape(DELAY_DAYS, nb, na)
+    delays = p["obs_delays"]
+    k_rep, k_hosp, k_death = (delay_kernel(delays[i, 0], delays[i, 1]) for i in range(3))
+    # the contractions as elementwise adds in a fixed order (_rows_sum), not matmuls: XLA blocks a
+    # dot differently once replicates are batched under vmap, which changed the last bit
+    by_age = jnp.moveaxis(past_onsets, -1, 0)  # [na, DELAY_DAYS, nb]
+    cases = _rows_sum(k_rep[:, None] * det_hist[order])
+    admissions = _rows_sum(k_hosp[:, None] * _rows_sum(by_age * p["ihr"][:, None, None]))
+    deaths = _rows_sum(k_death[:, None] * _rows_sum(by_age * p["ifr"][:, None, None]))
+    observed = jnp.stack([cases, admissions, deaths], axis=1)
+    return _replace(st, case_hist=hist, onset_hist=onset_hist, detected_hist=det_hist, observed=observed)
 
 
 def _flow(flows, p, column, mask, reset=False):
@@ -235,6 +315,8 @@ def metrics(cfg: EpidemicConfig, st: EpidemicState, p):
     out["new_cases"] = flows[..., 2].sum()
     out["isolating_share"] = iso.sum() / jnp.maximum(alive.sum(), 1)
     out["unemployment_rate"] = unemployed.sum() / jnp.maximum(employed.sum() + unemployed.sum(), 1)
+    for j, name in enumerate(OBSERVED):
+        out[name] = st.observed[:, j].sum()
     for bi, name in enumerate(cfg.borough_labels):
         key = f"borough_{_slug(name)}"
         out[f"I__{key}"] = hist[bi, :, I].sum()
@@ -243,6 +325,10 @@ def metrics(cfg: EpidemicConfig, st: EpidemicState, p):
         out[f"isolating_share__{key}"] = iso[bi].sum() / jnp.maximum(alive[bi].sum(), 1)
         out[f"unemployment_rate__{key}"] = unemployed[bi].sum() / jnp.maximum(employed[bi].sum() + unemployed[bi].sum(), 1)
         out[f"case_growth__{key}"] = st.growth[bi]
+        out[f"labor_force__{key}"] = employed[bi].sum() + unemployed[bi].sum()
+        out[f"unemployed__{key}"] = unemployed[bi].sum()
+        for j, obs in enumerate(OBSERVED):
+            out[f"{obs}__{key}"] = st.observed[bi, j]
     for ai, name in enumerate(cfg.age_labels):
         key = f"age_{_slug(name)}"
         out[f"I__{key}"] = hist[:, ai, I].sum()
@@ -301,18 +387,61 @@ def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> 
     )
 
 
-def init(population, layers: dict, params, *, seed: int, occupation_sensitivity, occupation_labels=()):
+def numeric_params(prm: dict) -> dict:
+    """The device arrays read from the scenario's numeric epidemic parameters.
+
+    ``prm`` is ``EpidemicParams.model_dump()``; any leaf may be a JAX tracer, so ``simcore.calibrate`` can
+    differentiate the model's outputs with respect to any parameter read here.
+    """
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    iso, emp, obs, beta = prm["isolation"], prm["employment"], prm["observation"], prm["beta"]
+    latent = f32(prm["latent_days"])
+    delays = [obs[k] for k in ("report_delay", "hospital_delay", "death_delay")]
+    return {
+        "beta": jnp.stack([f32(beta[k]) for k in LAYERS]),
+        "susceptibility": jnp.stack([f32(v) for v in prm["susceptibility"]]),
+        "ifr": jnp.stack([f32(v) for v in prm["ifr"]]),
+        "p_ei": jnp.where(latent > 0, 1.0 / jnp.maximum(latent, 1e-6), 1.0),
+        "p_ir": 1.0 / f32(prm["infectious_days"]),
+        "detection_rate": f32(prm["detection_rate"]),
+        "iso_base": f32(iso["base"]), "iso_growth": f32(iso["growth"]), "iso_level": f32(iso["level"]),
+        "iso_effect": f32(iso["effect"]), "iso_symptomatic": f32(iso["symptomatic"]),
+        "loss_base": f32(emp["loss_base"]), "loss_lockdown": f32(emp["loss_lockdown"]),
+        "loss_cases": f32(emp["loss_cases"]),
+        "return_base": f32(emp["return_base"]), "return_drag": f32(emp["return_lockdown_drag"]),
+        "ihr": jnp.stack([f32(v) for v in obs["ihr"]]),
+        "det_floor": f32(obs["detection_floor"]), "det_midpoint": f32(obs["detection_midpoint"]),
+        "det_width": f32(obs["detection_width"]),
+        "obs_delays": jnp.stack([jnp.stack([f32(d["mean"]), f32(d["sd"])]) for d in delays]),
+        # the answer-to-behaviour maps (model.params.llm_map.<target>.bias/slope), see llm_hazard
+        **{f"llm_{t}_{k}": f32(prm["llm_map"][t][k]) for t in LLM_TARGETS for k in ("bias", "slope")},
+    }
+
+
+def soft_indicators(disease: jax.Array) -> jax.Array:
+    """float32 [N, 3]: 1 where an agent is S, E, I (the relaxed mode's differentiable state)."""
+    return jnp.stack([disease == S, disease == E, disease == I], axis=1).astype(jnp.float32)
+
+
+def config(population, params, *, relaxed: bool = False) -> EpidemicConfig:
+    """The static configuration for ``population`` and the scenario's EpidemicParams."""
+    return EpidemicConfig(
+        n_boroughs=len(population.labels["borough"]), n_ages=len(population.labels["age_band"]),
+        n_occupations=len(population.labels["occupation"]),
+        quarantine_days=params.isolation.quarantine_days, sparse_capacity=params.sparse_capacity,
+        borough_labels=tuple(population.labels["borough"]), age_labels=tuple(population.labels["age_band"]),
+        relaxed=relaxed,
+    )
+
+
+def init(population, layers: dict, params, *, seed: int, occupation_sensitivity, occupation_labels=(),
+         relaxed: bool = False):
     """State, array params and scheduled base values. ``params`` is the scenario's EpidemicParams."""
     attrs = population.attributes
     n = population.n
     nb = len(population.labels["borough"])
     na = len(population.labels["age_band"])
-    cfg = EpidemicConfig(
-        n_boroughs=nb, n_ages=na, n_occupations=len(population.labels["occupation"]),
-        latent_days=params.latent_days, infectious_days=params.infectious_days,
-        quarantine_days=params.isolation.quarantine_days, sparse_capacity=params.sparse_capacity,
-        borough_labels=tuple(population.labels["borough"]), age_labels=tuple(population.labels["age_band"]),
-    )
+    cfg = config(population, params, relaxed=relaxed)
     disease = np.zeros(n, np.int8)
     disease[seed_infections(init_key(root_key(seed)), n, params.initial_infected)] = I
     group = (attrs["borough"].astype(np.int16) * na + attrs["age_band"]).astype(np.int8)
@@ -324,9 +453,13 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         growth=jnp.zeros(nb, jnp.float32),
         level=jnp.zeros(nb, jnp.float32),
         flows=jnp.zeros((nb * na, N_FLOWS), jnp.int32),
+        onsets=jnp.zeros(nb * na, jnp.float32),
+        onset_hist=jnp.zeros((DELAY_DAYS, nb * na), jnp.float32),
+        detected_hist=jnp.zeros((DELAY_DAYS, nb), jnp.float32),
+        observed=jnp.zeros((nb, len(OBSERVED)), jnp.float32),
+        soft=soft_indicators(jnp.asarray(disease)) if relaxed else jnp.zeros((0, 3), jnp.float32),
     )
     borough_pop = np.bincount(attrs["borough"], minlength=nb).astype(np.float32)
-    iso, emp = params.isolation, params.employment
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     arrays = {
         "borough": jnp.asarray(attrs["borough"]),
@@ -335,20 +468,11 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         "group": jnp.asarray(group),
         "borough_pop": f32(np.maximum(borough_pop, 1)),
         "layers": {name: Layer.from_csr(layers[name]) for name in LAYERS},
-        "beta": f32([params.beta.household, params.beta.workplace, params.beta.school, params.beta.community]),
-        "susceptibility": f32(params.susceptibility),
-        "ifr": f32(params.ifr),
-        "detection_rate": f32(params.detection_rate),
-        "iso_base": f32(iso.base), "iso_growth": f32(iso.growth), "iso_level": f32(iso.level),
-        "iso_effect": f32(iso.effect), "iso_symptomatic": f32(iso.symptomatic),
+        **numeric_params(params.model_dump()),
         "occ_sensitivity": f32(occupation_sensitivity),
-        "loss_base": f32(emp.loss_base), "loss_lockdown": f32(emp.loss_lockdown), "loss_cases": f32(emp.loss_cases),
-        "return_base": f32(emp.return_base), "return_drag": f32(emp.return_lockdown_drag),
         # per-agent answer logits from archetype decisions, filled between chunks; NaN = heuristic
         "isolate_llm": jnp.full(n, jnp.nan, jnp.float32),
         "work_llm": jnp.full(n, jnp.nan, jnp.float32),
-        # their maps to behaviour (model.params.llm_map.<target>.bias/slope), see llm_hazard
-        **{f"llm_{t}_{k}": f32(getattr(getattr(params.llm_map, t), k)) for t in LLM_TARGETS for k in ("bias", "slope")},
     }
     base = {name: 1.0 for name in SCHEDULED}
     base["lockdown"] = 0.0

@@ -1,0 +1,182 @@
+"""Observed-vs-simulated validation metrics and figures (no JAX).
+
+A *forecast frame* is the long table ``simcore calibrate`` writes to ``forecast.parquet``:
+``series, borough, period, index, held_out, observed, simulated, lo, hi`` (``lo``/``hi`` the 80 % band).
+
+Metrics per series, borough and split (``fit`` / ``held_out`` / ``all``):
+- MAE and RMSE of the simulated median against the observed;
+- NRMSE = RMSE / max(observed) (OASIS's normalisation);
+- peak-timing error = index of the simulated peak minus index of the observed peak (weeks; over ``all``);
+- coverage = share of observed values inside the 80 % band.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+
+def nrmse(observed, simulated) -> float:
+    obs, sim = np.asarray(observed, float), np.asarray(simulated, float)
+    return float(np.sqrt(np.mean((sim - obs) ** 2)) / max(float(obs.max()), 1e-12))
+
+
+def series_metrics(observed, simulated, lo=None, hi=None) -> dict:
+    obs, sim = np.asarray(observed, float), np.asarray(simulated, float)
+    if obs.shape != sim.shape or obs.size == 0:
+        raise ValueError(f"observed and simulated must be non-empty and the same shape, got {obs.shape}, {sim.shape}")
+    err = sim - obs
+    rmse = float(np.sqrt(np.mean(err ** 2)))
+    out = {"n": int(obs.size), "mae": float(np.mean(np.abs(err))), "rmse": rmse,
+           "nrmse": rmse / max(float(obs.max()), 1e-12),
+           "peak_error": int(np.argmax(sim)) - int(np.argmax(obs))}
+    if lo is not None and hi is not None:
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        out["coverage"] = float(np.mean((obs >= lo) & (obs <= hi)))
+    return out
+
+
+def validation_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per series, borough and split with :func:`series_metrics`."""
+    rows = []
+    for (series, borough), g in frame.sort("index").group_by(["series", "borough"], maintain_order=True):
+        for split, sel in (("all", None), ("fit", False), ("held_out", True)):
+            sub = g if sel is None else g.filter(pl.col("held_out") == sel)
+            if sub.height == 0:
+                continue
+            m = series_metrics(sub["observed"], sub["simulated"], sub["lo"], sub["hi"])
+            if split != "all":
+                m["peak_error"] = None  # a peak is a property of the whole curve
+            rows.append({"series": series, "borough": borough, "split": split, **m})
+    return pl.DataFrame(rows, schema_overrides={"peak_error": pl.Int64})
+
+
+def headline(table: pl.DataFrame) -> dict:
+    """The numbers the README's targets name: citywide deaths, worst borough, unemployment, forecast coverage."""
+    def pick(series, borough, split):
+        r = table.filter((pl.col("series") == series) & (pl.col("borough") == borough) & (pl.col("split") == split))
+        return r.to_dicts()[0] if r.height else None
+
+    out = {}
+    d_all = pick("deaths", "citywide", "all")
+    if d_all:
+        out["deaths_citywide_nrmse"] = d_all["nrmse"]
+        out["deaths_peak_error_weeks"] = d_all["peak_error"]
+    d_ho = pick("deaths", "citywide", "held_out")
+    if d_ho:
+        out["forecast_deaths_citywide_nrmse"] = d_ho["nrmse"]
+        out["forecast_deaths_citywide_coverage80"] = d_ho["coverage"]
+    boro = table.filter((pl.col("series") == "deaths") & (pl.col("borough") != "citywide") & (pl.col("split") == "all"))
+    if boro.height:
+        out["deaths_borough_nrmse_max"] = float(boro["nrmse"].max())
+        out["deaths_borough_nrmse"] = dict(zip(boro["borough"], boro["nrmse"]))
+    un = table.filter((pl.col("series") == "unemployment") & (pl.col("split") == "all"))
+    if un.height:
+        out["unemployment_mae_pp"] = float(100 * un["mae"].mean())
+    return out
+
+
+def unemployment_errors(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per borough and month: simulated minus observed unemployment rate, in percentage points."""
+    return (frame.filter(pl.col("series") == "unemployment")
+            .select("borough", "period", (100 * (pl.col("simulated") - pl.col("observed"))).alias("error_pp")))
+
+
+def plot_forecast(frame: pl.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Small multiples: rows = series (deaths, hospitalizations, cases, unemployment), columns = citywide + boroughs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [s for s in ("deaths", "hospitalizations", "cases", "unemployment") if s in set(frame["series"])]
+    boroughs = ["citywide"] + sorted(set(frame["borough"]) - {"citywide"})
+    fig, axes = plt.subplots(len(series), len(boroughs), figsize=(2.8 * len(boroughs), 2.2 * len(series)),
+                             squeeze=False, sharex="row")
+    for i, s in enumerate(series):
+        for j, b in enumerate(boroughs):
+            ax = axes[i][j]
+            g = frame.filter((pl.col("series") == s) & (pl.col("borough") == b)).sort("index")
+            if g.height == 0:
+                ax.axis("off")
+                continue
+            x = g["index"].to_numpy()
+            ax.fill_between(x, g["lo"].to_numpy(), g["hi"].to_numpy(), color="tab:blue", alpha=0.25, lw=0)
+            ax.plot(x, g["simulated"].to_numpy(), color="tab:blue", lw=1.5, label="simulated (80% band)")
+            ax.plot(x, g["observed"].to_numpy(), "o", color="black", ms=3, label="observed")
+            held = g.filter(pl.col("held_out"))
+            if held.height:
+                ax.axvline(float(held["index"].min()) - 0.5, color="grey", ls="--", lw=0.8)
+            if i == 0:
+                ax.set_title(b, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(s + (" rate" if s == "unemployment" else " / week"), fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6, loc="upper left")
+    if title:
+        fig.suptitle(title + "  (dashed: start of held-out data)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SIM_COLUMNS = {"cases": "reported_cases", "hospitalizations": "hospital_admissions", "deaths": "reported_deaths"}
+
+
+def run_vs_observed(metrics: pl.DataFrame, n_agents: int, start: str = "2020-03-01", observed: str = "nyc",
+                    fit_end: str | None = None) -> pl.DataFrame:
+    """A forecast frame (no bands: ``lo = hi = simulated``) from a run's ``metrics.parquet``.
+
+    Step 0 is ``start``; simulated per-borough counts are scaled by census persons per agent (``build`` gives
+    boroughs agents in proportion to their census population). Monthly unemployment is LAUS-style:
+    the month's mean unemployed over its mean labour force.
+    """
+    import datetime as dt
+
+    from populations.tables import load_tables
+
+    from . import observed as obs
+
+    tables = load_tables("nyc")
+    scale = float(tables.borough_population.sum()) / max(int(n_agents), 1)
+    first = dt.date.fromisoformat(start)
+    days = int(metrics["step"].max()) + 1
+    last = first + dt.timedelta(days=days - 1)
+    wk = obs.weekly(obs.load_daily(observed), first, last)
+    cut = dt.date.fromisoformat(fit_end) if fit_end else last
+    m = metrics.sort("step").with_columns((pl.col("step") // 7).alias("week"))
+    rows = []
+    for b in obs.BOROUGHS + (obs.CITYWIDE,):
+        slug = b.lower().replace(" ", "_")
+        ob = wk.filter(pl.col("borough") == b).sort("week")
+        for s, col in SIM_COLUMNS.items():
+            name = col if b == obs.CITYWIDE else f"{col}__borough_{slug}"
+            if name not in m.columns:
+                continue
+            sim = m.group_by("week").agg(pl.col(name).sum()).sort("week")
+            for w, o in zip(ob["week"], ob[s]):
+                v = float(sim.filter(pl.col("week") == w)[name][0]) * scale
+                ws = first + dt.timedelta(days=7 * int(w))
+                rows.append({"series": s, "borough": b, "period": ws.isoformat(), "index": int(w),
+                             "held_out": ws > cut, "observed": float(o), "simulated": v, "lo": v, "hi": v})
+    laus = obs.monthly_unemployment(observed, first, last)
+    dates = [first + dt.timedelta(days=int(t)) for t in m["step"]]
+    m = m.with_columns(pl.Series("ym", [d.year * 100 + d.month for d in dates]))
+    for b in obs.BOROUGHS:
+        slug = b.lower().replace(" ", "_")
+        u, lf = f"unemployed__borough_{slug}", f"labor_force__borough_{slug}"
+        if u not in m.columns:
+            continue
+        g = m.group_by("ym").agg(pl.col(u).mean(), pl.col(lf).mean()).sort("ym")
+        for i, row in enumerate(g.iter_rows(named=True)):
+            y, mo = divmod(int(row["ym"]), 100)
+            o = laus.filter((pl.col("borough") == b) & (pl.col("year") == y) & (pl.col("month") == mo))
+            if o.height == 0:
+                continue
+            v = row[u] / max(row[lf], 1.0)
+            rows.append({"series": "unemployment", "borough": b, "period": f"{y:04d}-{mo:02d}-01", "index": i,
+                         "held_out": dt.date(y, mo, 1) > cut, "observed": float(o["rate"][0]), "simulated": v,
+                         "lo": v, "hi": v})
+    return pl.DataFrame(rows)

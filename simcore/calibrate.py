@@ -1,0 +1,659 @@
+"""Calibrate an epidemic scenario to observed series, and forecast held-out weeks with intervals.
+
+``simcore calibrate SCENARIO --observed nyc --window START:END --fit PARAM,...``
+
+- **Parameters** (``--fit``): any numeric leaf of ``model.params`` by dotted path (``beta.community``,
+  ``ifr.5``, ``observation.death_delay.mean``, ``initial_infected``; the ``model.params.`` prefix is optional).
+  They are optimised in an unconstrained space: logit for fields bounded to [0, 1], log for fields bounded
+  below by 0, identity otherwise (bounds are read from the scenario schema by validating probe values).
+  Every numeric parameter that :func:`simcore.models.epidemic.numeric_params` reads is a device array
+  rebuilt from the (traced) values, so nothing recompiles between evaluations and derivatives exist.
+- **Simulation**: the model's own substeps under ``lax.scan`` over chunks, each chunk under ``jax.checkpoint``
+  (rematerialised in the backward pass, so memory grows with the number of chunks, not steps). Randomness
+  is the engine's ``step_key(root, t)``; initial infections are the first ``round(f n)`` agents of the same
+  permutation ``build`` uses, so a calibration's forward run equals ``simcore run`` at the same seed and size.
+- **Gradient path** (``--method gradient``): the epidemic's relaxed mode (each Bernoulli draw becomes
+  ``hard * p / stop_gradient(p)``: the exact stochastic forward pass, derivatives along realised events;
+  biased low for transmission parameters, see ``simcore/models/epidemic.py``),
+  ``jax.value_and_grad`` of the loss, optax Adam on the transformed parameters. The initial-infection
+  fraction is differentiable the same way (each seed's indicator is ``1 + (f - stop_gradient(f)) / f``).
+  Behaviour (isolation, job loss) is hard: its parameters get no gradient there; use the search path.
+- **Search path with uncertainty** (``--method cmaes``): CMA-ES from the ``cmaes`` package (CyberAgent's,
+  optuna's CMA backend: pure NumPy, one dependency, ask/tell; chosen over evosax, whose 0.3 line needs flax),
+  each generation one vmapped batch of forward runs. Intervals: ABC rejection over every evaluated point
+  (accept the ``accept`` fraction with the lowest loss, a sample from the ABC posterior at that tolerance);
+  prediction bands come from re-running accepted points, each with a fresh seed, and taking the 10th-90th
+  percentiles (an 80 % interval) of every weekly series.
+- **Loss**: per series and borough, the squared NRMSE (RMSE / max of the observed weekly series), weighted
+  (deaths 1, hospitalisations 1, cases 0.25: cases depend on testing) and averaged, plus monthly
+  unemployment per borough (squared error in percentage points / 100, weight ``unemployment``). Simulated
+  counts are per-capita rates scaled to each borough's census population.
+
+Output directory: ``calibration.parquet`` (method, iteration, loss, parameters), ``posterior.parquet``,
+``forecast.parquet`` (observed vs simulated with 80 % bands per week, series, borough), ``validation.parquet``
+(:mod:`analysis.validation`), ``overlay.yaml`` (``simcore run SCENARIO --overlay overlay.yaml``), ``fit.png``
+and ``summary.json``.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scenarios.loader import ScenarioError, apply_overrides
+from scenarios.schema import Scenario
+
+from .engine import init_key, root_key, step_key
+from .models import build
+from .models import epidemic as ep
+
+SERIES = ("cases", "hospitalizations", "deaths")
+DEFAULT_WEIGHTS = {"cases": 0.25, "hospitalizations": 1.0, "deaths": 1.0, "unemployment": 1.0}
+PREFIX = "model.params."
+
+
+# -- parameters ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitParam:
+    path: str  # relative to model.params, e.g. "beta.community" or "ifr.5"
+    start: float
+    transform: str  # "logit", "log" or "identity"
+    upper: float | None = None  # an upper bound other than 1 (clipped to in natural units)
+
+    def to_free(self, v):
+        xp = jnp if isinstance(v, jax.Array) else np
+        if self.transform == "logit":
+            v = xp.clip(v, 1e-6, 1 - 1e-6)
+            return xp.log(v) - xp.log1p(-v)
+        if self.transform == "log":
+            return xp.log(xp.maximum(v, 1e-12))
+        return v
+
+    def to_natural(self, z):
+        xp = jnp if isinstance(z, jax.Array) else np
+        if self.transform == "logit":
+            return 1.0 / (1.0 + xp.exp(-z))
+        if self.transform == "log":
+            v = xp.exp(z)
+            return xp.minimum(v, self.upper) if self.upper is not None else v
+        return z
+
+
+def _leaf(tree, parts: Sequence[str], name: str):
+    node = tree
+    for part in parts:
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ScenarioError("--fit", f"{name}: list index {part!r} out of range (length {len(node)})")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                known = ", ".join(sorted(node))
+                raise ScenarioError("--fit", f"{name}: unknown parameter {part!r} (known here: {known})")
+            node = node[part]
+        else:
+            raise ScenarioError("--fit", f"{name}: {part!r} is inside a number")
+    return node
+
+
+def _accepts(scenario: Scenario, path: str, value: float) -> bool:
+    from pydantic import ValidationError
+
+    data = apply_overrides(scenario.model_dump(mode="json"), [f"{PREFIX}{path}={value!r}"])
+    try:
+        Scenario.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+NOT_ON_DEVICE = ("sparse_capacity",)  # numeric but not a model rate: changes cost, not dynamics
+
+
+def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam]:
+    """Check ``--fit`` names against the scenario and choose each one's transform."""
+    if scenario.model.kind != "epidemic":
+        raise ScenarioError("model.kind", f"calibrate needs model 'epidemic', got {scenario.model.kind!r}")
+    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
+    if not items or any(not n for n in items):
+        raise ScenarioError("--fit", f"expected a comma-separated list of parameters, got {names!r}")
+    if len(set(items)) != len(items):
+        raise ScenarioError("--fit", f"parameters listed twice in {names!r}")
+    tree = scenario.model.params.model_dump()
+    out = []
+    for name in items:
+        path = name[len(PREFIX):] if name.startswith(PREFIX) else name
+        value = _leaf(tree, path.split("."), name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ScenarioError("--fit", f"{name}: not a number ({type(value).__name__}); list one leaf, e.g. "
+                                         f"{name}.0" if isinstance(value, (list, dict)) else
+                                f"{name}: not a number ({type(value).__name__})")
+        if isinstance(value, int):
+            raise ScenarioError("--fit", f"{name}: an integer parameter cannot be fitted continuously")
+        if path in NOT_ON_DEVICE:
+            raise ScenarioError("--fit", f"{name}: a performance setting, not a model parameter")
+        lower = not _accepts(scenario, path, -1e-3)
+        upper_one = not _accepts(scenario, path, 1.0 + 1e-3)
+        transform = "logit" if (lower and upper_one) else ("log" if lower else "identity")
+        upper = None
+        if transform == "log":
+            for cap in (10.0, 60.0, 100.0, 365.0, 1000.0):
+                if not _accepts(scenario, path, cap + 1e-3):
+                    upper = cap
+                    break
+        start = float(value)
+        if transform == "logit" and not 0 < start < 1:
+            start = min(max(start, 1e-4), 1 - 1e-4)
+        if transform == "log" and start <= 0:
+            start = 1e-4
+        out.append(FitParam(path, start, transform, upper))
+    return out
+
+
+def with_values(tree: dict, fits: Sequence[FitParam], values) -> dict:
+    """A copy of the ``model.params`` dump with the fitted leaves replaced by ``values`` (floats or tracers)."""
+    out = copy.deepcopy(tree) if not isinstance(values, jax.Array) else _copy_containers(tree)
+    for f, v in zip(fits, values):
+        *head, last = f.path.split(".")
+        node = out
+        for part in head:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = v
+        else:
+            node[last] = v
+    return out
+
+
+def _copy_containers(tree):
+    if isinstance(tree, dict):
+        return {k: _copy_containers(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_copy_containers(v) for v in tree]
+    return tree
+
+
+# -- observed targets --------------------------------------------------------------------
+@dataclass
+class Target:
+    start: dt.date
+    fit_end: dt.date
+    end: dt.date  # last simulated day (>= fit_end; beyond it, weeks are held out)
+    weekly: np.ndarray  # float64 [W, B, 3] observed per week, borough, series
+    fit_weeks: int  # weeks 0..fit_weeks-1 are fitted
+    unemployment: np.ndarray  # float64 [M, B] LAUS rate per month (0..1)
+    months: list[tuple[int, int]]
+    boroughs: tuple[str, ...]
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
+    def weeks(self) -> int:
+        return self.weekly.shape[0]
+
+    def week_starts(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=7 * w) for w in range(self.weeks)]
+
+
+def load_target(observed: str, window: str, boroughs: Sequence[str], forecast_to: str | None = None,
+                weights: dict | None = None) -> Target:
+    from analysis import observed as obs
+
+    try:
+        start, fit_end = obs.parse_window(window)
+    except obs.ObservedError as exc:
+        raise ScenarioError(exc.field, exc.reason) from None
+    end = fit_end
+    if forecast_to:
+        try:
+            end = dt.date.fromisoformat(forecast_to)
+        except ValueError:
+            raise ScenarioError("--forecast-to", f"must be YYYY-MM-DD, got {forecast_to!r}") from None
+        if end < fit_end:
+            raise ScenarioError("--forecast-to", f"must be on or after the window's end {fit_end}, got {end}")
+    try:
+        daily = obs.load_daily(observed)
+        obs.check_range(daily, start, fit_end)
+        wk = obs.weekly(daily, start, end)
+        laus = obs.monthly_unemployment(observed, start, end)
+    except obs.ObservedError as exc:
+        raise ScenarioError(exc.field, exc.reason) from None
+    unknown = [b for b in boroughs if b not in obs.BOROUGHS]
+    if unknown:
+        raise ScenarioError("--observed", f"the population's borough {unknown[0]!r} is not in the observed data")
+    n_weeks = int(wk["week"].max()) + 1
+    arr = np.zeros((n_weeks, len(boroughs), 3))
+    for bi, b in enumerate(boroughs):
+        sub = wk.filter(wk["borough"] == b).sort("week")
+        arr[:, bi, :] = sub.select(list(SERIES)).to_numpy()
+    months = sorted({(int(y), int(m)) for y, m in zip(laus["year"], laus["month"])})
+    un = np.zeros((len(months), len(boroughs)))
+    for row in laus.iter_rows(named=True):
+        un[months.index((row["year"], row["month"])), boroughs.index(row["borough"])] = row["rate"]
+    fit_weeks = ((fit_end - start).days + 1) // 7
+    return Target(start, fit_end, end, arr, fit_weeks, un, months, tuple(boroughs),
+                  {**DEFAULT_WEIGHTS, **(weights or {})})
+
+
+def month_masks(target: Target) -> np.ndarray:
+    """float32 [M, T]: 1/days for the simulated days of each LAUS month (a month's mean; partial months use theirs)."""
+    days = [target.start + dt.timedelta(days=t) for t in range(target.days)]
+    out = np.zeros((len(target.months), len(days)), np.float32)
+    for mi, (y, m) in enumerate(target.months):
+        sel = np.array([(d.year, d.month) == (y, m) for d in days])
+        if sel.any():
+            out[mi, sel] = 1.0 / sel.sum()
+    return out
+
+
+# -- the differentiable problem --------------------------------------------------------------
+class Problem:
+    """A built (reduced) scenario, its observed target and the fitted parameters: loss and rollouts."""
+
+    def __init__(self, scenario: Scenario, target: Target, fits: Sequence[FitParam], *, relaxed: bool):
+        self.scenario, self.target, self.fits = scenario, target, list(fits)
+        self.relaxed = relaxed
+        steps = target.days
+        sc = scenario.model_copy(update={"run": scenario.run.model_copy(update={"steps": steps}),
+                                         "output": scenario.output.model_copy(update={"sample_agents": 0})})
+        built = build(sc)
+        self.built = built
+        pop = built.population
+        prm = sc.model.params
+        self.tree = prm.model_dump()
+        self.cfg = ep.config(pop, prm, relaxed=relaxed)
+        self.model = ep.make_model(self.cfg, tuple(pop.labels["occupation"]))
+        self.n = built.n_agents
+        self.steps = steps
+        self.chunk = max(d for d in range(1, min(steps, 32) + 1) if steps % d == 0)
+        self.rows = {k: jnp.asarray(np.asarray(v[:steps], np.float32).reshape(-1, self.chunk))
+                     for k, v in built.schedule.items()}
+        b = pop.attributes["borough"]
+        counts = np.bincount(b, minlength=len(target.boroughs)).astype(np.float64)
+        self.scale = jnp.asarray(pop.tables.borough_population / np.maximum(counts, 1), jnp.float32)  # [B]
+        self.months = jnp.asarray(month_masks(target))
+        self.base_state = built.state
+        w = target.weights
+        self.series_w = jnp.asarray([w["cases"], w["hospitalizations"], w["deaths"]], jnp.float32)
+        obs = target.weekly[: target.fit_weeks]
+        self.obs_fit = jnp.asarray(obs, jnp.float32)
+        self.obs_max = jnp.asarray(np.maximum(obs.max(axis=0), 1.0), jnp.float32)  # [B, 3]
+        fit_months = [i for i, (y, m) in enumerate(target.months) if dt.date(y, m, 1) <= target.fit_end]
+        self.fit_months = np.asarray(fit_months, np.int32)
+        self._rollout = jax.jit(self._rollout_impl)
+        self._loss_grad = None
+
+    # initial state for fraction f and a seed's permutation (the same agents as build at that seed)
+    def _initial(self, f, seed_key):
+        st = self.base_state
+        n = self.n
+        perm = jax.random.permutation(seed_key, n)
+        rank = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32))
+        k = jnp.maximum(1, jnp.round(jax.lax.stop_gradient(f) * n)).astype(jnp.int32)
+        seeded = rank < k
+        disease = jnp.where(seeded, jnp.int8(ep.I), jnp.int8(ep.S))
+        soft = st.soft
+        if self.relaxed:
+            i_soft = jnp.where(seeded, 1.0 + (f - jax.lax.stop_gradient(f)) / jax.lax.stop_gradient(f), 0.0)
+            soft = jnp.stack([1.0 - i_soft, jnp.zeros(n, jnp.float32), i_soft], axis=1).astype(jnp.float32)
+        return replace(st, disease=disease, soft=soft)
+
+    def natural(self, z) -> list:
+        return [f.to_natural(z[i]) for i, f in enumerate(self.fits)]
+
+    def _rollout_impl(self, z, seed):
+        """Daily expected observables [T, B, 3] and (unemployed, labour force) [T, B, 2] for free params ``z``."""
+        values = self.natural(z)
+        tree = with_values(self.tree, self.fits, values)
+        params = {**self.built.params, **ep.numeric_params(tree)}
+        f0 = tree["initial_infected"]
+        root = root_key(seed)
+        state = self._initial(jnp.asarray(f0, jnp.float32), init_key(root))
+        model = self.model
+        nb = self.cfg.n_boroughs
+
+        def step(state, xs):
+            t, row = xs
+            p = {**params, **row, "step": t}
+            state = model.step(state, p, step_key(root, t))
+            code = p["borough"].astype(jnp.int32) * 3 + state.labor
+            labor = jnp.bincount(code, length=nb * 3).reshape(nb, 3)
+            return state, (state.observed, jnp.stack([labor[:, 2], labor[:, 1] + labor[:, 2]], 1))
+
+        @jax.checkpoint
+        def chunk(state, xs):
+            return jax.lax.scan(step, state, xs)
+
+        ts = jnp.arange(self.steps, dtype=jnp.int32).reshape(-1, self.chunk)
+        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, self.rows))
+        return obs.reshape(self.steps, nb, 3), labor.reshape(self.steps, nb, 2).astype(jnp.float32)
+
+    def weekly_sim(self, daily):
+        """Daily per-agent counts -> weekly counts scaled to each borough's census population [W, B, 3]."""
+        w = self.target.weeks
+        xp = jnp if isinstance(daily, jax.Array) else np
+        scale = self.scale if xp is jnp else np.asarray(self.scale)
+        return daily[: 7 * w].reshape(w, 7, *daily.shape[1:]).sum(axis=1) * scale[None, :, None]
+
+    def monthly_unemployment(self, labor):
+        """LAUS-style monthly rate per borough: mean unemployed / mean labour force over the month's days."""
+        xp = jnp if isinstance(labor, jax.Array) else np
+        m = self.months if xp is jnp else np.asarray(self.months)
+        u, lf = m @ labor[..., 0], m @ labor[..., 1]
+        return u / xp.maximum(lf, 1.0)
+
+    def loss_from(self, daily, labor):
+        sim = self.weekly_sim(daily)[: self.target.fit_weeks]
+        rmse = jnp.sqrt(jnp.mean((sim - self.obs_fit) ** 2, axis=0))  # [B, 3]
+        nrmse2 = (rmse / self.obs_max) ** 2
+        loss = jnp.sum(jnp.mean(nrmse2, axis=0) * self.series_w) / jnp.sum(self.series_w)
+        if len(self.fit_months):
+            un = self.monthly_unemployment(labor)[self.fit_months]
+            obs_un = jnp.asarray(self.target.unemployment[self.fit_months], jnp.float32)
+            loss = loss + self.target.weights["unemployment"] * jnp.mean(((un - obs_un) * 10.0) ** 2)
+        return loss
+
+    def loss(self, z, seeds):
+        """Mean loss over ``seeds`` (vmapped forward runs)."""
+        daily, labor = jax.vmap(lambda s: self._rollout_impl(z, s))(seeds)
+        return jnp.mean(jax.vmap(self.loss_from)(daily, labor))
+
+    def rollout(self, z, seed: int):
+        return self._rollout(jnp.asarray(z, jnp.float32), jnp.int32(seed))
+
+    def value_and_grad(self, z, seeds):
+        if self._loss_grad is None:
+            self._loss_grad = jax.jit(jax.value_and_grad(self.loss))
+        return self._loss_grad(jnp.asarray(z, jnp.float32), jnp.asarray(seeds, jnp.int32))
+
+    def batch_loss(self, zs, seed: int):
+        """Losses of several parameter points (one vmapped batch), one seed."""
+        if not hasattr(self, "_batch"):
+            def one(z, s):
+                d, lab = self._rollout_impl(z, s)
+                return self.loss_from(d, lab)
+            self._batch = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        return np.asarray(self._batch(jnp.asarray(zs, jnp.float32), jnp.int32(seed)))
+
+    def batch_rollout(self, zs, seeds):
+        if not hasattr(self, "_brollout"):
+            self._brollout = jax.jit(jax.vmap(self._rollout_impl))
+        d, lab = self._brollout(jnp.asarray(zs, jnp.float32), jnp.asarray(seeds, jnp.int32))
+        return np.asarray(d), np.asarray(lab)
+
+
+# -- the two paths ----------------------------------------------------------------------------------
+@dataclass
+class Fit:
+    method: str
+    z: np.ndarray
+    history: list[dict]
+    posterior: np.ndarray | None = None  # [K, P] free parameters accepted by ABC
+    seconds: float = 0.0
+
+
+def fit_gradient(problem: Problem, *, iterations: int = 60, lr: float = 0.1, seeds: Sequence[int] = (0,),
+                 z0=None, log=None) -> Fit:
+    import optax
+
+    t0 = time.perf_counter()
+    z = jnp.asarray(z0 if z0 is not None else [f.to_free(f.start) for f in problem.fits], jnp.float32)
+    opt = optax.adam(lr)
+    state = opt.init(z)
+    history, best = [], (math.inf, np.asarray(z))
+    for it in range(iterations):
+        loss, g = problem.value_and_grad(z, seeds)
+        loss = float(loss)
+        history.append(_record("gradient", it, loss, problem, np.asarray(z), grad_norm=float(jnp.linalg.norm(g))))
+        if log:
+            log(history[-1])
+        if loss < best[0]:
+            best = (loss, np.asarray(z))
+        if not np.all(np.isfinite(np.asarray(g))):
+            break
+        updates, state = opt.update(g, state, z)
+        z = optax.apply_updates(z, updates)
+    return Fit("gradient", best[1], history, seconds=time.perf_counter() - t0)
+
+
+def fit_cmaes(problem: Problem, *, generations: int = 15, popsize: int = 8, sigma: float = 0.5, seed: int = 0,
+              sim_seed: int = 0, accept: float = 0.15, z0=None, log=None) -> Fit:
+    """CMA-ES (``seed`` drives its sampling) on the loss of forward runs at ``sim_seed``; ABC-accepted points."""
+    from cmaes import CMA
+
+    t0 = time.perf_counter()
+    mean = np.asarray(z0 if z0 is not None else [f.to_free(f.start) for f in problem.fits], np.float64)
+    opt = CMA(mean=mean, sigma=sigma, population_size=popsize, seed=seed)
+    history, points = [], []
+    it = 0
+    for gen in range(generations):
+        zs = np.stack([opt.ask() for _ in range(opt.population_size)])
+        losses = problem.batch_loss(zs, sim_seed)
+        losses = np.where(np.isfinite(losses), losses, 1e6)
+        opt.tell(list(zip(zs, losses)))
+        for z, loss in zip(zs, losses):
+            history.append(_record("cmaes", it, float(loss), problem, z, generation=gen))
+            points.append((float(loss), z))
+            it += 1
+        if log:
+            log(min(history[-len(zs):], key=lambda r: r["loss"]))
+    points.sort(key=lambda p: p[0])
+    k = max(2, int(round(accept * len(points))))
+    post = np.stack([p[1] for p in points[:k]])
+    return Fit("cmaes", points[0][1], history, post, seconds=time.perf_counter() - t0)
+
+
+def _record(method, it, loss, problem, z, **extra) -> dict:
+    row = {"method": method, "iteration": it, "loss": loss, **extra}
+    for f, v in zip(problem.fits, problem.natural(np.asarray(z, np.float64))):
+        row[f.path] = float(v)
+    return row
+
+
+# -- forecasts and output ----------------------------------------------------------------------------------
+def ensemble(problem: Problem, zs: np.ndarray, seeds: Sequence[int], batch: int = 8):
+    """Weekly simulated series [K, W, B, 3] and monthly unemployment [K, M, B] for points ``zs`` x ``seeds``."""
+    zs = np.asarray(zs)
+    weekly, unemp = [], []
+    for i in range(0, len(zs), batch):
+        d, lab = problem.batch_rollout(zs[i:i + batch], np.asarray(seeds[i:i + batch]))
+        for k in range(len(d)):
+            weekly.append(problem.weekly_sim(d[k]))
+            unemp.append(problem.monthly_unemployment(lab[k]))
+    return np.stack(weekly), np.stack(unemp)
+
+
+def forecast_frame(problem: Problem, weekly: np.ndarray, unemp: np.ndarray):
+    """Long table: week/month rows per series and borough (plus citywide), observed, median and 80 % band."""
+    import polars as pl
+
+    tg = problem.target
+    rows = []
+    city = weekly.sum(axis=2, keepdims=True)
+    obs_city = tg.weekly.sum(axis=1, keepdims=True)
+    allw = np.concatenate([weekly, city], axis=2)
+    allobs = np.concatenate([tg.weekly, obs_city], axis=1)
+    names = list(tg.boroughs) + ["citywide"]
+    starts = tg.week_starts()
+    for w in range(tg.weeks):
+        for bi, b in enumerate(names):
+            for si, s in enumerate(SERIES):
+                v = allw[:, w, bi, si]
+                rows.append({"series": s, "borough": b, "period": starts[w].isoformat(), "index": w,
+                             "held_out": w >= tg.fit_weeks, "observed": float(allobs[w, bi, si]),
+                             "simulated": float(np.median(v)), "lo": float(np.quantile(v, 0.1)),
+                             "hi": float(np.quantile(v, 0.9))})
+    for mi, (y, m) in enumerate(tg.months):
+        for bi, b in enumerate(tg.boroughs):
+            v = unemp[:, mi, bi]
+            rows.append({"series": "unemployment", "borough": b, "period": f"{y:04d}-{m:02d}-01", "index": mi,
+                         "held_out": dt.date(y, m, 1) > tg.fit_end, "observed": float(tg.unemployment[mi, bi]),
+                         "simulated": float(np.median(v)), "lo": float(np.quantile(v, 0.1)),
+                         "hi": float(np.quantile(v, 0.9))})
+    return pl.DataFrame(rows)
+
+
+def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequence[str], out: str | Path,
+              method: str = "both", size: int | None = 100_000, forecast_to: str | None = None,
+              iterations: int = 40, lr: float = 0.1, generations: int = 12, popsize: int = 8,
+              band_runs: int = 16, seed: int | None = None, weights: dict | None = None, progress: bool = True) -> Path:
+    """Fit, forecast and write the calibration directory; returns its path."""
+    import polars as pl
+
+    from analysis import validation
+
+    if method not in ("gradient", "cmaes", "both"):
+        raise ScenarioError("--method", f"must be gradient, cmaes or both, got {method!r}")
+    for flag, v in (("--iterations", iterations), ("--generations", generations), ("--popsize", popsize),
+                    ("--band-runs", band_runs)):
+        if v < 1 or (flag == "--popsize" and v < 2):
+            raise ScenarioError(flag, f"must be >= {2 if flag == '--popsize' else 1}, got {v}")
+    fits = resolve_fit(scenario, fit)
+    if size is not None:
+        if size < 1000:
+            raise ScenarioError("--size", f"must be >= 1000, got {size}")
+        size = min(size, scenario.population.size)
+        sample = min(scenario.output.sample_agents, size)
+        scenario = scenario.model_copy(update={
+            "population": scenario.population.model_copy(update={"size": size}),
+            "output": scenario.output.model_copy(update={"sample_agents": sample})})
+    if seed is not None:
+        scenario = scenario.model_copy(update={"run": scenario.run.model_copy(update={"seed": seed})})
+    from populations.tables import load_tables
+
+    boroughs = load_tables("nyc").boroughs
+    target = load_target(observed, window, boroughs, forecast_to, weights)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ScenarioError("--out", f"directory exists and is not empty: {out}")
+    log = _printer(progress)
+    rows, fits_done = [], []
+    z = None
+    t_start = time.perf_counter()
+    if method in ("gradient", "both"):
+        prob = Problem(scenario, target, fits, relaxed=True)
+        g = fit_gradient(prob, iterations=iterations, lr=lr, seeds=(scenario.run.seed,), log=log)
+        rows += g.history
+        fits_done.append(g)
+        z = g.z
+    search = Problem(scenario, target, fits, relaxed=False)
+    if method in ("cmaes", "both"):
+        c = fit_cmaes(search, generations=generations, popsize=popsize, seed=scenario.run.seed,
+                      sim_seed=scenario.run.seed,
+                      sigma=0.3 if z is not None else 0.5, z0=z, log=log)
+        rows += c.history
+        fits_done.append(c)
+    best = min(fits_done, key=lambda f: min(r["loss"] for r in f.history))
+    # 80 % bands: accepted ABC points (or the point estimate) re-run with fresh seeds
+    pts = fits_done[-1].posterior if fits_done[-1].posterior is not None else best.z[None, :]
+    picks = np.asarray([pts[i % len(pts)] for i in range(band_runs)])
+    seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
+    weekly, unemp = ensemble(search, picks, seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_parquet(out / "calibration.parquet")
+    post_nat = np.asarray([search.natural(p) for p in pts], np.float64)
+    pl.DataFrame({f.path: post_nat[:, i] for i, f in enumerate(fits)}).write_parquet(out / "posterior.parquet")
+    frame = forecast_frame(search, weekly, unemp)
+    frame.write_parquet(out / "forecast.parquet")
+    table = validation.validation_table(frame)
+    table.write_parquet(out / "validation.parquet")
+    values = search.natural(np.asarray(best.z, np.float64))
+    write_overlay(out / "overlay.yaml", scenario, fits, values, post_nat, window, observed, best.method)
+    from analysis.validation import plot_forecast
+    plot_forecast(frame, out / "fit.png", title=f"{scenario.name}: fitted {target.start}..{target.fit_end}")
+    summary = {
+        "scenario": scenario.name, "observed": observed, "window": window, "forecast_to": str(target.end),
+        "population": scenario.population.size, "method": method, "best_method": best.method,
+        "fit": {f.path: float(v) for f, v in zip(fits, values)},
+        "interval_80": {f.path: [float(np.quantile(post_nat[:, i], 0.1)), float(np.quantile(post_nat[:, i], 0.9))]
+                        for i, f in enumerate(fits)},
+        "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
+        "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
+        "validation": validation.headline(table),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return out
+
+
+def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, window, observed, method) -> None:
+    """A scenario overlay: the fitted values as ``dotted.path: value`` lines, with how they were obtained."""
+    import yaml
+
+    lines = [f"# simcore calibrate {scenario.name} --observed {observed} --window {window} "
+             f"--fit {','.join(f.path for f in fits)}",
+             f"# {scenario.population.size:,} agents, seed {scenario.run.seed}; best point from {method};",
+             "# 80 % ABC intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
+    # a nested leaf is written with its whole parent (the ifr list, the beta or death_delay mapping) so the
+    # overlay applies to any base scenario, even one that leaves that block at its defaults
+    tree = scenario.model.params.model_dump()
+    entries: dict[str, object] = {}
+    notes: dict[str, list[str]] = {}
+    for i, (f, v) in enumerate(zip(fits, values)):
+        *head, last = f.path.split(".")
+        lo, hi = np.quantile(posterior[:, i], 0.1), np.quantile(posterior[:, i], 0.9)
+        value = float(f"{float(v):.6g}")
+        if head:
+            key = f"{PREFIX}{'.'.join(head)}"
+            if key not in entries:
+                entries[key] = copy.deepcopy(_leaf(tree, head, f.path))
+            parent = entries[key]
+            parent[int(last) if isinstance(parent, list) else last] = value
+        else:
+            key = f"{PREFIX}{f.path}"
+            entries[key] = value
+        notes.setdefault(key, []).append(f"{f.path} 80%: {lo:.4g} .. {hi:.4g}")
+    out = []
+    for key, value in entries.items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+        out.append(f"{text}  # {'; '.join(notes[key])}")
+    Path(path).write_text("\n".join(lines + out) + "\n")
+
+
+def read_overlay(path: str | Path) -> list[str]:
+    """``--overlay FILE`` -> ``--set`` items: a flat ``dotted.key: value`` mapping, or a nested one (flattened)."""
+    import yaml
+
+    from scenarios.loader import read_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError("--overlay", f"file not found: {p}")
+    try:
+        data = read_yaml(p)
+    except ScenarioError as exc:
+        raise ScenarioError("--overlay", exc.reason) from None
+    items: list[str] = []
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            items.append(f"{prefix}={yaml.safe_dump(node, default_flow_style=True).strip().removesuffix('...').strip()}")
+
+    walk("", data)
+    return items
+
+
+def _printer(progress: bool):
+    if not progress:
+        return None
+
+    def log(row):
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("method", "iteration", "loss", "generation")
+                         and isinstance(v, float))
+        print(f"[{row['method']}] {row.get('generation', row['iteration'])}: loss {row['loss']:.4f}  {vals}",
+              flush=True)
+    return log
