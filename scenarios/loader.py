@@ -173,16 +173,20 @@ def load_yaml(text: str, origin: str = "<scenario>", *, aliases: bool = True, wh
     """Any YAML value through the strict loader (see ``_StrictLoader``); errors are ScenarioErrors on ``what``."""
     if len(text) > MAX_YAML_BYTES:
         raise ScenarioError(what, f"{origin} has {len(text):,} characters; the limit is {MAX_YAML_BYTES:,}")
-    loader = _StrictLoader(text, aliases=aliases)
+    loader = None
     try:
+        # inside the try: the reader refuses unprintable characters (a ReaderError) as it is made
+        loader = _StrictLoader(text, aliases=aliases)
         return loader.get_single_data()
     except _YAMLLimit as exc:
         raise ScenarioError(what, f"{exc.reason} in {origin}{_at(exc.mark)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ScenarioError(what, f"invalid YAML in {origin}{_at(mark)}: {getattr(exc, 'problem', None) or exc}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever PyYAML wrote
+        raise ScenarioError(what, f"invalid YAML in {origin}{_at(mark)}: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _at(mark) -> str:

@@ -213,6 +213,7 @@ YAML_CASES = [
     ("".join("  " * i + f"k{i}:\n" for i in range(60)) + "  " * 60 + "v: 1\n", "nested deeper than"),
     ("- " * 100 + "a\n", "nested deeper than"),
     ("x: [1\n", "invalid YAML"),
+    ("name: a\x9b\n", "unacceptable character #x009b"),  # the reader refuses it as the loader is made
 ]
 
 
@@ -365,6 +366,7 @@ SERVER_CASES = [
     (TINY.replace("name: tiny", "name: !!python/object/apply:os.system [id]"), "scenario", "is not allowed"),
     ("x: " + "[" * 5000 + "]" * 5000, "scenario", "nested deeper than"),
     (BILLION_LAUGHS, "scenario", "aliases"),
+    (TINY.replace("name: tiny", "name: tiny\x9b"), "scenario", "unacceptable character"),  # was a 500
 ]
 
 
