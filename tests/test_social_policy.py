@@ -14,6 +14,8 @@ from simcore.runs import run_scenario
 
 def _script(prompt, options):
     """Every archetype posts often, likes at P = 0.99 per round and never reposts; creators post most."""
+    if "Question:" in prompt:  # the survey items: a fixed answer per option position (tests/test_surveys.py)
+        return [-0.5 * k for k in range(len(options))]
     query = prompt.rsplit("\n\n", 1)[1]
     if "Will repost:" in query:
         p = 1e-6
@@ -25,19 +27,22 @@ def _script(prompt, options):
     return [lp[o] for o in options]
 
 
+SHORT = ["run.steps=36", "surveys.0.steps=[0, 24]"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("social_llm")
     patch = pytest.MonkeyPatch()
     patch.setattr(backends, "make_backend", lambda spec: ScriptedBackend(_script, identity="scripted:social"))
     try:
-        llm = run_scenario(load_scenario("polarization_llm_small", ["run.steps=36"]), base / "llm")
+        llm = run_scenario(load_scenario("polarization_llm_small", [*SHORT]), base / "llm")
     finally:
         patch.undo()
     cache = llm / "llm_cache.sqlite"
     replay = run_scenario(load_scenario("polarization_llm_small", [
-        "run.steps=36", f"policy.backend={{kind: replay, cache: '{cache}'}}"]), base / "replay")
-    heuristic = run_scenario(load_scenario("polarization_llm_small", ["run.steps=36", "policy=null"]),
+        *SHORT, f"policy.backend={{kind: replay, cache: '{cache}'}}"]), base / "replay")
+    heuristic = run_scenario(load_scenario("polarization_llm_small", ["run.steps=36", "policy=null", "surveys=[]"]),
                              base / "heuristic")
     return llm, replay, heuristic
 
@@ -47,6 +52,7 @@ def test_calls_are_logged_once_per_archetype_and_round(runs):
     calls = pl.read_parquet(llm / "llm_calls.parquet")
     # 3 rounds (steps 0, 12, 24) x 3 decisions x the non-empty persona x stance-bin archetypes
     assert sorted(calls["step"].unique()) == [0, 12, 24]
+    assert calls["prompt"].null_count() == len(calls)  # log_prompts is off: hashes only
     assert set(calls["decision"]) == {"post", "repost", "like"}
     per_round = calls.group_by("step", "decision").agg(pl.col("group_size").sum(), pl.len())
     assert (per_round["group_size"] == 2000).all() and (per_round["len"] <= 15).all()
