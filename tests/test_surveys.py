@@ -190,3 +190,33 @@ def test_resume_neither_duplicates_nor_loses_survey_rows(scripted, tmp_path):
     resumed = read_surveys(resume_run(part))
     cols = ["survey", "step", "item", "archetype", "option", "prob", "group_size"]
     assert resumed.select(cols).sort(cols).equals(whole.select(cols).sort(cols))
+
+
+@pytest.mark.parametrize("bias", [0.0, BIAS])
+def test_probe_measures_order_and_temperature_sensitivity_per_item(bias, monkeypatch):
+    from llm_policy.probe import probe_surveys
+    from simcore.models import build
+    from simcore.runs import make_archetype_policy
+
+    def script(prompt, options):
+        if "Question:" not in prompt:
+            return [math.log(0.5)] * len(options)
+        lp = _base(prompt, len(options))
+        lp[_listed_first(prompt, options)] += bias
+        return list(lp - np.logaddexp.reduce(lp))
+
+    monkeypatch.setattr(backends, "make_backend", lambda spec: ScriptedBackend(script))
+    sc = load_scenario("polarization_llm_small", ["population.size=300", "output.sample_agents=10"])
+    built = build(sc)
+    policy = make_archetype_policy(sc, built)
+    out = probe_surveys(policy, sc.surveys, built.state, built.params, step=0, schedule=built.schedule)
+    by_item = {s["item"]: s for s in out.summary}
+    assert set(by_item) == {"good_faith", "changed_mind", "source"}
+    assert len(out.rows) == sum(15 * len(i.options) for i in sc.surveys[0].items)  # every archetype, every order
+    for s in by_item.values():
+        assert s["failed"] == 0 and s["temperature_sensitivity"] > 0  # the leanings sharpen as T falls
+        if bias == 0:
+            assert s["order_sensitivity"] == pytest.approx(0, abs=1e-12)
+            assert s["first_listed_gain"] == pytest.approx(0, abs=1e-12)
+        else:
+            assert s["order_sensitivity"] > 0.1 and s["first_listed_gain"] > 0.1
