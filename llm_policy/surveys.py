@@ -72,7 +72,8 @@ def check_surveys(surveys: list[SurveySpec], *, features: Mapping[str, tuple] | 
                                     f"(a multiple of policy.every = {every})")
         for f in sv.group_by:
             if f not in levels:
-                raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
+                raise ScenarioError(f"{where}.group_by",
+                                    f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
         for f, words in sv.labels.items():
             if f not in sv.group_by:
                 raise ScenarioError(f"{where}.labels", f"{f!r} is not in group_by ({', '.join(sv.group_by)})")
@@ -86,7 +87,8 @@ def check_surveys(surveys: list[SurveySpec], *, features: Mapping[str, tuple] | 
             raise ScenarioError(f"{where}.prompt", f"not a valid template: {exc}") from None
         unknown = sorted(fields - allowed)
         if unknown:
-            raise ScenarioError(f"{where}.prompt", f"unknown field {{{unknown[0]}}} (available: {', '.join(sorted(allowed))})")
+            raise ScenarioError(f"{where}.prompt",
+                                f"unknown field {{{unknown[0]}}} (available: {', '.join(sorted(allowed))})")
         if "question" not in fields:
             raise ScenarioError(f"{where}.prompt", "must show the item's {question}")
         check_grouping(personas, fields, sv.group_by, where)
@@ -153,7 +155,10 @@ class SurveyRunner:
         pending = policy._prepare(sim, -1, d, n_samples=sv.orders, architecture="archetypes")
         pending.spec = d
         pending.content_free = []  # surveys report the answers as given; calibration is the decisions' option
-        results, _seconds = policy._score(pending)
+        if policy._pool is not None:  # pipelined: queue behind the policy's round, one backend user at a time
+            results, _seconds = policy._pool.submit(policy._score, pending).result()
+        else:
+            results, _seconds = policy._score(pending)
         n_o, groups = sv.orders, pending.groups
         identity = getattr(policy.backend, "identity", type(policy.backend).__name__)
         for j in range(len(groups.codes) if results else 0):

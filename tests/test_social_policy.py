@@ -58,6 +58,11 @@ def test_calls_are_logged_once_per_archetype_and_round(runs):
     assert (per_round["group_size"] == 2000).all() and (per_round["len"] <= 15).all()
     assert (calls["n_samples"] == 2).all() and not calls["fallback"].any()
     assert calls["archetype"].str.contains("persona=").all() and calls["archetype"].str.contains("stance_bin=").all()
+    # the decision prompts show {persona}, rendered per archetype from personas: (creators "post every day")
+    post = calls.filter(pl.col("decision") == "post")
+    creator = post["archetype"].str.contains("persona=creator")
+    assert post.filter(creator)["p_event"].to_numpy() == pytest.approx(0.95, abs=1e-6)
+    assert post.filter(~creator)["p_event"].to_numpy() == pytest.approx(0.5, abs=1e-6)
     like = calls.filter(pl.col("decision") == "like")
     assert like["p_event"].to_numpy() == pytest.approx(0.99, abs=1e-6)
     # the replayed run asks the same questions and gets the same answers, from the cache alone
