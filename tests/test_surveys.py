@@ -234,3 +234,15 @@ def test_pipelined_policy_gives_the_same_survey_answers(run, scripted, tmp_path)
     a = piped.filter(pl.col("step") == 0).select(cols).sort(cols)
     b = read_surveys(run_dir).filter(pl.col("step") == 0).select(cols).sort(cols)
     assert a.equals(b) and set(piped["step"]) == {0, 24}
+
+
+def test_llm_probe_cli_reports_survey_items(scripted, tmp_path, capsys):
+    from simcore.cli import main
+
+    out = tmp_path / "probe.parquet"
+    rc = main(["llm-probe", "polarization_llm_small", "--size", "300", "--step", "0", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc in (0, None) and "survey opinion.source (choice): 15 archetypes, 0 failed" in text
+    assert "option order: sensitivity" in text and "temperature: sensitivity" in text
+    rows = pl.read_parquet(out)
+    assert rows.filter(pl.col("decision") == "survey:opinion.source").height == 15 * 3
