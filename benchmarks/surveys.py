@@ -25,6 +25,7 @@ EXTRA = [SurveyItemSpec(name="trust", kind="likert", question="I trust what I re
 
 
 def main(argv=None) -> None:
+    from llm_policy.personas import feature_levels
     from llm_policy.surveys import SurveyRunner, check_surveys
     from simcore.models import build
     from simcore.runs import make_archetype_policy, make_simulation
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
     built = build(sc)
     sim = make_simulation(sc, built, sc.run.seed)
     policy = make_archetype_policy(sc, built)
-    check_surveys([survey], features=dict(built.model.labels), stats_names=policy.stats_names, steps=sc.run.steps,
+    check_surveys([survey], features=feature_levels(built.model, built.state, built.params), stats_names=policy.stats_names, steps=sc.run.steps,
                   every=policy.every, personas=sc.personas)
     runner = SurveyRunner([survey], policy)
     setup = time.perf_counter() - t0

@@ -70,6 +70,16 @@ def check_personas(spec: PersonaSpec | None, features: Mapping[str, tuple] | Ite
             raise ScenarioError(f"personas.labels.{f}", f"unknown level {bad[0]!r} (levels: {', '.join(levels[f])})")
 
 
+def feature_levels(model, state, params) -> dict[str, tuple[str, ...]]:
+    """The model's features (what ``features()`` returns, not every labelled column) and their levels."""
+    import jax
+
+    if model.features is None:
+        return {}
+    names = tuple(jax.eval_shape(model.features, state, params))
+    return {name: tuple(model.labels[name]) for name in names}
+
+
 def check_grouping(spec: PersonaSpec | None, prompt_fields: set[str], group_by: Iterable[str], where: str) -> None:
     """A prompt that uses ``{persona}`` must group on every field the persona templates name."""
     if spec is None or "persona" not in prompt_fields:

@@ -197,7 +197,10 @@ def make_surveys(scenario, built, policy: ArchetypePolicy | None, steps: int) ->
     if not scenario.surveys:
         return None
     stats_names = tuple(policy.stats_names) if policy is not None else ()
-    check_surveys(scenario.surveys, features=dict(built.model.labels), stats_names=stats_names,
+    from .personas import feature_levels
+
+    check_surveys(scenario.surveys, features=feature_levels(built.model, built.state, built.params),
+                  stats_names=stats_names,
                   steps=steps,
                   every=policy.every if policy is not None else None,
                   scheduled=tuple(name for name, t in built.schedule.items() if np.ndim(t) == 1),

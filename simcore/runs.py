@@ -138,16 +138,21 @@ def run_scenario(
     built = build(scenario, seed=seed, steps=steps)
     built.info["build_seconds"] = time.perf_counter() - t_build
     sim = make_simulation(scenario, built, seed)  # bad device counts fail here, before any file
-    policy = make_archetype_policy(scenario, built, seed)  # so does a backend that cannot start
     if scenario.personas is not None:  # unknown template fields exit 2 before any file
-        from llm_policy.personas import check_personas
+        from llm_policy.personas import check_personas, feature_levels
 
-        check_personas(scenario.personas, dict(built.model.labels))
+        check_personas(scenario.personas, feature_levels(built.model, built.state, built.params))
+    policy = make_archetype_policy(scenario, built, seed)  # so does a backend that cannot start
     surveys = None
     if scenario.surveys:  # questionnaires, asked on the policy's cadence through its backend
         from llm_policy.surveys import make_surveys
 
-        surveys = make_surveys(scenario, built, policy, steps)
+        try:
+            surveys = make_surveys(scenario, built, policy, steps)
+        except Exception:
+            if policy is not None:
+                policy.close()  # not attached yet: closes the backend, writes nothing
+            raise
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
     manifest_extra = dict(manifest_extra or {})
     if policy is not None and cluster.is_lead:  # the other processes receive process 0's decisions

@@ -246,3 +246,13 @@ def test_llm_probe_cli_reports_survey_items(scripted, tmp_path, capsys):
     assert "option order: sensitivity" in text and "temperature: sensitivity" in text
     rows = pl.read_parquet(out)
     assert rows.filter(pl.col("decision") == "survey:opinion.source").height == 15 * 3
+
+
+def test_run_refuses_a_persona_field_that_is_a_label_but_not_a_feature(scripted, tmp_path):
+    from simcore.runs import run_scenario
+
+    sc = load_scenario("polarization_llm_small", ["population.size=300", "output.sample_agents=10",
+                                                  "personas.templates=['A user who {action}']"])
+    with pytest.raises(ScenarioError, match=r"personas.templates\[0\]: unknown field \{action\}"):
+        run_scenario(sc, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before any file
