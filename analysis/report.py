@@ -144,6 +144,7 @@ def _run_report(run_dir: Path, out: Path) -> Path:
     if "reported_deaths__borough_bronx" in m.columns and (manifest.get("population") or sc.get("population") or {}
                                                           ).get("kind", "nyc") == "nyc":
         _observed_section(doc, m, manifest, sc)
+    _survey_section(doc, run_dir)
     return doc.write(f"generated {_stamp()} from {html.escape(str(run_dir))}")
 
 
@@ -171,6 +172,19 @@ def _observed_section(doc: "_Doc", m: pl.DataFrame, manifest: dict, sc: dict) ->
     table = validation.validation_table(frame).filter(pl.col("split") == "all").drop("split", "coverage",
                                                                                     strict=False)
     doc.raw(html_table(table))
+
+
+def _survey_section(doc: "_Doc", run_dir: Path) -> None:
+    """Survey results (issue 14): population shares per item and step, and one figure per item."""
+    from .surveys import plot_item, read_surveys, survey_summary
+
+    rows = read_surveys(run_dir)
+    if rows.is_empty():
+        return
+    doc.h2("Surveys")
+    doc.raw(html_table(survey_summary(rows)))
+    for (survey, item), _ in rows.group_by("survey", "item", maintain_order=True):
+        doc.figure(plot_item(rows, survey, item), f"survey_{survey}_{item}")
 
 
 def _experiment_report(exp_dir: Path, out: Path, outcomes: Sequence[str] | None) -> Path:

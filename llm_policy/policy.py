@@ -46,9 +46,10 @@ from simcore.engine import Model, Simulation, step_key
 from simcore.io import atomic_write_table
 
 from .archetypes import Groups, broadcast, group, per_agent
+from .personas import check_grouping, render_persona
 from .types import BackendUnavailable, ScoreRequest
 
-ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size", "interventions")
+ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size", "interventions", "persona")
 LLM_METRICS = ("llm_calls", "llm_cache_hits", "llm_fallbacks", "llm_prompt_tokens", "llm_completion_tokens",
                "llm_seconds")
 EPS = 1e-6  # per-step hazards are clipped to [EPS, 1 - EPS] before their logit
@@ -99,7 +100,7 @@ def intervention_fields(interventions: Iterable) -> list[str]:
 
 
 def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *, scheduled: tuple[str, ...] = (),
-                 interventions: Iterable = (), n_agents: int | None = None) -> None:
+                 interventions: Iterable = (), n_agents: int | None = None, personas=None) -> None:
     """Field-by-field checks against what a built model offers (feature levels included); raises ScenarioError.
 
     ``scheduled``: the scalar scheduled parameters prompts may read; ``interventions``: the
@@ -108,12 +109,13 @@ def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *
     """
     levels = dict(model.labels) if model.features else {}  # grouping needs each feature's levels
     check_policy_names(spec, model.name, model.decision_targets, levels, stats_names, scheduled=scheduled,
-                       interventions=interventions, n_agents=n_agents, decision_logits=model.decision_logits)
+                       interventions=interventions, n_agents=n_agents, decision_logits=model.decision_logits,
+                       personas=personas)
 
 
 def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names, *,
                        scheduled: tuple[str, ...] = (), interventions: Iterable = (), n_agents: int | None = None,
-                       decision_logits=()) -> None:
+                       decision_logits=(), personas=None) -> None:
     """The policy's decisions against a model's targets, features and stats (names only: nothing is built).
 
     ``features`` is a tuple of names, or a mapping name -> levels; levels, where known, are
@@ -161,12 +163,13 @@ def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, feat
         if unknown:
             raise ScenarioError(f"{where}.prompt", f"unknown field {{{unknown[0]}}} "
                                 f"(available: {', '.join(sorted(allowed))})")
+        check_grouping(personas, fields, d.group_by, where)
         # a trial render, with values of the types _render passes, catches format specs that cannot
         # apply (e.g. {borough:.0f}) before the run starts
         trial = {**{name: Flag(True) for name in flags}, **{name: 1.0 for name in (*stats_names, *scheduled)},
                  **{f: (levels[f][0] if levels[f] else "label") for f in d.group_by}, "date": "March 2020",
                  "month": "March", "year": 2020, "step": 0, "options": " or ".join(d.options), "group_size": 1,
-                 "interventions": "none"}
+                 "interventions": "none", "persona": "a persona"}
         try:
             d.prompt.format_map(trial)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
@@ -192,6 +195,7 @@ class _Pending:
     content_free: list[str] = field(default_factory=list)  # one per listed option order, with calibration
     future: Future | None = None
     results: Any = None
+    spec: DecisionSpec | None = None  # a survey item's (llm_policy.surveys); else spec.decisions[decision]
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,10 @@ class ArchetypePolicy:
     """
 
     def __init__(self, spec: PolicySpec, model: Model, backend, *, stats_names: tuple[str, ...] = (),
-                 interventions: Iterable = ()):
+                 interventions: Iterable = (), personas=None, seed: int = 0):
         self.spec = spec
+        self.personas = personas  # scenarios.schema.PersonaSpec or None: what {persona} reads
+        self.seed = seed
         self.model = model
         self.every = spec.every
         self.backend = backend
@@ -263,15 +269,19 @@ class ArchetypePolicy:
                 self._pending.append(pending)
         self._flush_log()
 
-    def _prepare(self, sim: Simulation, index: int, d: DecisionSpec) -> _Pending:
+    def _prepare(self, sim: Simulation, index: int, d: DecisionSpec, n_samples: int | None = None,
+                 architecture: str | None = None) -> _Pending:
+        """Group, then render every group's prompt in ``n_samples`` listed option orders (default the policy's)."""
+        n_samples = self.spec.n_samples if n_samples is None else n_samples
+        architecture = architecture or self.spec.architecture
         feats = self.model.features(sim.state, sim.params)
         stats = self.model.stats(sim.state, sim.params)
         levels = tuple(len(self.model.labels[f]) for f in d.group_by)
-        grouping = per_agent if self.spec.architecture == "per_agent" else group
+        grouping = per_agent if architecture == "per_agent" else group
         groups = grouping(feats, stats, tuple(d.group_by), levels)
         env = self.env_values(sim.step, sim.schedule)
         # one prompt string per call is host work by nature; per_agent is capped by per_agent_max
-        samples = range(self.spec.n_samples)
+        samples = range(n_samples)
         prompts = [[self.render(d, self.group_values(d, groups, j), env, k) for k in samples]
                    for j in range(len(groups.codes))]
         content_free = ([self.render_content_free(d, sample) for sample in range(self.spec.n_samples)]
@@ -300,7 +310,16 @@ class ArchetypePolicy:
             values[name] = self.label(d, name, level)
         for name, means in groups.means.items():
             values[name] = round_sig(float(means[j]))
+        # {persona}: rendered from the group's own levels (llm_policy.personas); without a personas: block a
+        # grouped feature named "persona" (the social model's) keeps its label
+        if (self.personas is not None or "persona" not in groups.group_by) and "persona" in _fields(d.prompt):
+            codes = {name: self.model.labels[name][lv] for name, lv in groups.decode(int(groups.codes[j])).items()}
+            values["persona"] = self.persona(d, codes)
         return values
+
+    def persona(self, d: DecisionSpec, codes: Mapping[str, str]) -> str:
+        """``{persona}`` for a group with these level codes (the scenario's ``personas:``, or a default listing)."""
+        return render_persona(self.personas, self.seed, codes, d.labels)
 
     def label(self, d: DecisionSpec, feature: str, level: int) -> str:
         """How a feature's level reads in ``d``'s prompt: its words in ``d.labels``, else its code."""
@@ -325,7 +344,7 @@ class ArchetypePolicy:
     def _score(self, pending: _Pending):
         if jax.process_index() != 0:
             return [], 0.0  # in a multi-process run only process 0 asks; _apply receives its answers
-        d = self.spec.decisions[pending.decision]
+        d = pending.spec or self.spec.decisions[pending.decision]
         options = tuple(" " + o for o in d.options)
         prompts = [p for ps in pending.prompts for p in ps] + pending.content_free
         requests = [ScoreRequest(p, options, self.spec.temperature) for p in prompts]
@@ -452,12 +471,13 @@ def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
 
 
 def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *, scheduled: tuple[str, ...] = (),
-                interventions: Iterable = (), n_agents: int | None = None):
+                interventions: Iterable = (), n_agents: int | None = None, personas=None, seed: int = 0):
     """Check the spec and start the backend; BackendUnavailable becomes a ScenarioError (exit 2)."""
     from .backends import make_backend
 
     interventions = list(interventions)
-    check_policy(spec, model, stats_names, scheduled=scheduled, interventions=interventions, n_agents=n_agents)
+    check_policy(spec, model, stats_names, scheduled=scheduled, interventions=interventions, n_agents=n_agents,
+                 personas=personas)
     backend_spec = dict(spec.backend)
     try:
         backend = make_backend(backend_spec)
@@ -465,4 +485,5 @@ def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *,
         raise ScenarioError("policy.backend", f"backend {backend_spec.get('kind')!r} cannot start: {exc}") from None
     except ValueError as exc:
         raise ScenarioError("policy.backend", str(exc)) from None
-    return ArchetypePolicy(spec, model, backend, stats_names=stats_names, interventions=interventions)
+    return ArchetypePolicy(spec, model, backend, stats_names=stats_names, interventions=interventions,
+                           personas=personas, seed=seed)

@@ -50,6 +50,97 @@ def _logit_first(probs: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def _archetypes(policy: ArchetypePolicy, d, feats, means: dict[str, float]):
+    """Every archetype of ``d``'s grouping (the product of its levels, empty ones too): (levels, sizes, prompt values).
+
+    Sizes come from the current population (to weight overall rates); statistics are the population's means,
+    with the case-trend levels' own numbers where the grouping has one; ``{persona}`` from the levels.
+    """
+    model = policy.model
+    levels = [len(model.labels[f]) for f in d.group_by]
+    n_codes = int(np.prod(levels))
+    code = np.zeros(len(np.asarray(feats[d.group_by[0]])), np.int64)
+    for f, n in zip(d.group_by, levels):
+        code = code * n + np.asarray(feats[f]).astype(np.int64)
+    sizes = np.bincount(code, minlength=n_codes)
+    archetype_levels, values_list = [], []
+    for c in range(n_codes):
+        rest, lv = c, {}
+        for f, n in zip(reversed(d.group_by), reversed(levels)):
+            lv[f] = rest % n
+            rest //= n
+        lv = {f: lv[f] for f in d.group_by}
+        archetype_levels.append(lv)
+        values = {**{k: round_sig(v) for k, v in means.items()},
+                  **{f: policy.label(d, f, lv[f]) for f in d.group_by}, "group_size": int(sizes[c])}
+        if "case_trend" in lv:
+            values.update({k: round_sig(v) for k, v in TREND_STATS[lv["case_trend"]].items()})
+        if (policy.personas is not None or "persona" not in d.group_by) and "{persona" in d.prompt:
+            values["persona"] = policy.persona(d, {f: model.labels[f][v] for f, v in lv.items()})
+        values_list.append(values)
+    return archetype_levels, sizes, values_list
+
+
+def probe_surveys(policy: ArchetypePolicy, surveys, state, params, step: int = 0,
+                  schedule: dict | None = None) -> ProbeResult:
+    """Per survey item: how much the answers move with the listed option order and with temperature.
+
+    Every archetype is scored in every rotation of the item's options. ``order_sensitivity`` is the
+    size-weighted mean over archetypes of the largest total-variation distance between two orders'
+    answers (0: the order does not matter; 1: it decides the answer); ``first_listed_gain`` the mean
+    gain in probability of an option when it is listed first rather than later. ``temperature_sensitivity``
+    is the weighted mean total-variation distance between the answers at T = 0.5 and T = 2 (as written).
+    ``share_T<t>`` is the population share of the item's modal option at each temperature, orders averaged.
+    """
+    from .surveys import item_decision
+
+    model = policy.model
+    feats = model.features(state, params)
+    means = {k: float(np.mean(np.asarray(v))) for k, v in model.stats(state, params).items()}
+    env = policy.env_values(step, schedule)
+    rows, summary = [], []
+    for sv in surveys:
+        for item in sv.items:
+            d = item_decision(sv, item)
+            n_opt = len(d.options)
+            options = tuple(" " + o for o in d.options)
+            archetype_levels, sizes, values_list = _archetypes(policy, d, feats, means)
+            reqs = [ScoreRequest(policy.render(d, values, env, k), options, 1.0)
+                    for values in values_list for k in range(n_opt)]
+            results = policy.backend.score(reqs)
+            lp = np.full((len(values_list), n_opt, n_opt), np.nan)  # archetype, order, option
+            for i, r in enumerate(results):
+                if r.error is None and all(math.isfinite(x) or x == -math.inf for x in r.logprobs):
+                    lp[i // n_opt, i % n_opt] = r.logprobs
+            good = ~np.isnan(lp).any(axis=(1, 2))
+            w = sizes[good].astype(float)
+            w = w / w.sum() if w.sum() > 0 else np.full(int(good.sum()), 1.0 / max(int(good.sum()), 1))
+            temps = {t: np.array([[softmax(lp[a, k], t) for k in range(n_opt)] for a in np.flatnonzero(good)])
+                     for t in TEMPERATURES}
+            p1 = temps[1.0]  # [archetype, order, option]
+            tv = 0.5 * np.abs(p1[:, :, None, :] - p1[:, None, :, :]).sum(-1).max(axis=(1, 2)) if len(p1) else p1
+            first = np.array([[p1[a, k, k] - np.mean([p1[a, j, k] for j in range(n_opt) if j != k])
+                               for k in range(n_opt)] for a in range(len(p1))])
+            tv_t = 0.5 * np.abs(temps[0.5][:, 0] - temps[2.0][:, 0]).sum(-1) if len(p1) else p1
+            modal = int(np.argmax((w[:, None] * p1.mean(axis=1)).sum(0))) if len(p1) else 0
+            summary.append({
+                "survey": sv.name, "item": item.name, "kind": item.kind, "archetypes": len(values_list),
+                "failed": sum(r.error is not None for r in results), "modal_option": d.options[modal],
+                "order_sensitivity": float(w @ tv) if len(p1) else math.nan,
+                "first_listed_gain": float(w @ first.mean(axis=1)) if len(p1) else math.nan,
+                "temperature_sensitivity": float(w @ tv_t) if len(p1) else math.nan,
+                **{f"share_T{t:g}": float((w[:, None] * temps[t].mean(axis=1)).sum(0)[modal]) if len(p1) else math.nan
+                   for t in TEMPERATURES},
+            })
+            for i, r in enumerate(results):
+                a, k = divmod(i, n_opt)
+                rows.append({"survey": sv.name, "item": item.name,
+                             "archetype": "|".join(f"{f}={model.labels[f][v]}" for f, v in archetype_levels[a].items()),
+                             "group_size": int(sizes[a]), "listed_order": "as_written" if k == 0 else f"rotated_{k}",
+                             "options": list(d.options), "probs": [float(p) for p in r.probs], "error": r.error})
+    return ProbeResult(rows, summary)
+
+
 def probe(policy: ArchetypePolicy, state, params, step: int = 30, schedule: dict | None = None) -> ProbeResult:
     model = policy.model
     feats = model.features(state, params)
@@ -61,26 +152,10 @@ def probe(policy: ArchetypePolicy, state, params, step: int = 30, schedule: dict
         levels = [len(model.labels[f]) for f in d.group_by]
         n_codes = int(np.prod(levels))
         n_orders = len(d.options)
-        # group sizes from the current population, to weight the overall rate
-        code = np.zeros(len(np.asarray(feats[d.group_by[0]])), np.int64)
-        for f, n in zip(d.group_by, levels):
-            code = code * n + np.asarray(feats[f]).astype(np.int64)
-        sizes = np.bincount(code, minlength=n_codes)
         options = tuple(" " + o for o in d.options)
-        reqs, archetype_levels = [], []
-        for c in range(n_codes):
-            rest, lv = c, {}
-            for f, n in zip(reversed(d.group_by), reversed(levels)):
-                lv[f] = rest % n
-                rest //= n
-            lv = {f: lv[f] for f in d.group_by}
-            archetype_levels.append(lv)
-            values = {**{k: round_sig(v) for k, v in means.items()},
-                      **{f: policy.label(d, f, lv[f]) for f in d.group_by}, "group_size": int(sizes[c])}
-            if "case_trend" in lv:
-                values.update({k: round_sig(v) for k, v in TREND_STATS[lv["case_trend"]].items()})
-            for k in range(n_orders):
-                reqs.append(ScoreRequest(policy.render(d, values, env, k), options, 1.0))
+        archetype_levels, sizes, values_list = _archetypes(policy, d, feats, means)
+        reqs = [ScoreRequest(policy.render(d, values, env, k), options, 1.0)
+                for values in values_list for k in range(n_orders)]
         reqs += [ScoreRequest(policy.render_content_free(d, k), options, 1.0) for k in range(n_orders)]
         results = policy.backend.score(reqs)
         cf = results[n_codes * n_orders:]

@@ -579,6 +579,71 @@ class PolicySpec(Strict):
         return self
 
 
+IDENT = r"^[a-z][a-z0-9_]*$"
+LIKERT_5 = ["strongly disagree", "disagree", "neither agree nor disagree", "agree", "strongly agree"]
+
+
+class PersonaSpec(Strict):
+    """How an agent's (or an archetype's) persona reads: ``{persona}`` in decision and survey prompts.
+
+    Templates are ``str.format`` strings over the model's features (epidemic: ``age_band``,
+    ``borough``, ``occupation``, ``labor``, ...; social: ``persona``, ``stance_bin``), shown
+    as their words in ``labels`` (levels not listed show their code). With several templates,
+    each combination of levels gets one, chosen by a hash of ``run.seed`` and the levels: the
+    same seed renders the same personas. At archetype level a persona is rendered from the
+    archetype's ``group_by`` levels, so every field a template names must be grouped on.
+    """
+
+    templates: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a feature's levels")
+
+
+class SurveyItemSpec(Strict):
+    """One question: ``likert`` (5-point agreement unless ``options`` lists the scale, low to high),
+    ``choice`` (``options`` required) or ``yes_no`` (options yes, no)."""
+
+    name: str = Field(pattern=IDENT)
+    kind: Literal["likert", "choice", "yes_no"]
+    question: str = Field(min_length=1)
+    options: list[Annotated[str, Field(min_length=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _options(self):
+        if self.kind == "yes_no":
+            if self.options not in (None, ["yes", "no"]):
+                raise ValueError(f"options: a yes_no item's options are yes, no; got {self.options}")
+            self.options = ["yes", "no"]
+        elif self.kind == "likert" and self.options is None:
+            self.options = list(LIKERT_5)
+        elif self.options is None:
+            raise ValueError("options: a choice item needs its options (at least 2)")
+        if len(self.options) < 2:
+            raise ValueError(f"options: needs at least 2, got {self.options}")
+        if len(set(self.options)) != len(self.options):
+            raise ValueError(f"options: must be distinct, got {self.options}")
+        return self
+
+
+class SurveySpec(Strict):
+    """A questionnaire given to every archetype (``group_by`` combination) at ``steps``.
+
+    Each item is one log-prob-scored call per archetype and listed option order (``orders``
+    rotations of the listed options, averaged). ``prompt`` is the template every item uses:
+    ``{question}`` is the item's question, ``{options}`` the listed options; the other fields
+    are a decision prompt's (group-by labels, statistics, calendar, schedule, interventions,
+    ``{persona}``). Steps must fall on the policy's cadence (multiples of ``policy.every``).
+    """
+
+    name: str = Field(pattern=IDENT)
+    steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(min_length=1)
+    group_by: list[str] = Field(min_length=1)
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a feature's levels")
+    orders: PositiveInt = Field(2, description="listed option orders averaged per archetype and item (rotations)")
+    prompt: str = Field("{persona}\nSurvey question: {question}\nAnswer with one of: {options}.\nAnswer:",
+                        min_length=1)
+    items: list[SurveyItemSpec] = Field(min_length=1)
+
+
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -589,6 +654,8 @@ class Scenario(Strict):
     run: RunSpec
     output: OutputSpec = OutputSpec()
     policy: PolicySpec | None = None
+    personas: PersonaSpec | None = None
+    surveys: list[SurveySpec] = []
 
     @model_validator(mode="after")
     def _consistent(self):

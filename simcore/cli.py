@@ -194,6 +194,11 @@ def cmd_llm_probe(args) -> int:
     from llm_policy.probe import probe
 
     result = probe(policy, built.state, built.params, step=args.step, schedule=built.schedule)
+    items = None
+    if sc.surveys:  # survey items too: sensitivity to the listed option order and to temperature
+        from llm_policy.probe import probe_surveys
+
+        items = probe_surveys(policy, sc.surveys, built.state, built.params, step=args.step, schedule=built.schedule)
     policy.close()
     for s in result.summary:
         print(f"{s['decision']}: {s['archetypes']} archetypes, {s['failed']} failed")
@@ -208,6 +213,16 @@ def cmd_llm_probe(args) -> int:
         print(f"  logit spread across archetypes {s['spread_logit']:.3f}; main effects (logit range): {effects}")
         temps = ", ".join(f"T={k[6:]}: {v:.3f}" for k, v in s.items() if k.startswith("rate_T"))
         print(f"  by temperature: {temps}")
+    for s in (items.summary if items else []):
+        print(f"survey {s['survey']}.{s['item']} ({s['kind']}): {s['archetypes']} archetypes, {s['failed']} failed")
+        print(f"  option order: sensitivity {s['order_sensitivity']:.3f} (largest TV distance between orders),"
+              f" listed-first gain {s['first_listed_gain']:+.3f}")
+        temps = ", ".join(f"T={k[7:]}: {v:.3f}" for k, v in s.items() if k.startswith("share_T"))
+        print(f"  temperature: sensitivity {s['temperature_sensitivity']:.3f} (TV, T=0.5 vs 2);"
+              f" share of {s['modal_option']!r} {temps}")
+    if items:
+        result.rows.extend({"decision": f"survey:{r['survey']}.{r['item']}",
+                            **{k: v for k, v in r.items() if k not in ("survey", "item")}} for r in items.rows)
     if args.out:
         import polars as pl
         pl.DataFrame(result.rows).write_parquet(args.out)

@@ -75,7 +75,7 @@ def manifest_for(scenario: Scenario, built: Built, seed: int, steps: int, extra:
     }
 
 
-def make_archetype_policy(scenario: Scenario, built: Built):
+def make_archetype_policy(scenario: Scenario, built: Built, seed: int | None = None):
     """The scenario's LLM archetype policy, or None when it has no ``policy`` block."""
     if scenario.policy is None:
         return None
@@ -84,7 +84,8 @@ def make_archetype_policy(scenario: Scenario, built: Built):
     stats_names = tuple(jax.eval_shape(built.model.stats, built.state, built.params)) if built.model.stats else ()
     scheduled = tuple(name for name, table in built.schedule.items() if np.ndim(table) == 1)  # prompt fields
     return make_policy(scenario.policy, built.model, stats_names, scheduled=scheduled,
-                       interventions=scenario.interventions, n_agents=built.n_agents)
+                       interventions=scenario.interventions, n_agents=built.n_agents, personas=scenario.personas,
+                       seed=scenario.run.seed if seed is None else seed)
 
 
 def make_simulation(scenario: Scenario, built: Built, seed: int) -> Simulation:
@@ -138,7 +139,21 @@ def run_scenario(
     built = build(scenario, seed=seed, steps=steps)
     built.info["build_seconds"] = time.perf_counter() - t_build
     sim = make_simulation(scenario, built, seed)  # bad device counts fail here, before any file
-    policy = make_archetype_policy(scenario, built)  # so does a backend that cannot start
+    if scenario.personas is not None:  # unknown template fields exit 2 before any file
+        from llm_policy.personas import check_personas, feature_levels
+
+        check_personas(scenario.personas, feature_levels(built.model, built.state, built.params))
+    policy = make_archetype_policy(scenario, built, seed)  # so does a backend that cannot start
+    surveys = None
+    if scenario.surveys:  # questionnaires, asked on the policy's cadence through its backend
+        from llm_policy.surveys import make_surveys
+
+        try:
+            surveys = make_surveys(scenario, built, policy, steps)
+        except Exception:
+            if policy is not None:
+                policy.close()  # not attached yet: closes the backend, writes nothing
+            raise
     model_policies = built.host_policies() if built.host_policies is not None else []  # e.g. an LLM planner
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(scenario)
     manifest_extra = dict(manifest_extra or {})
@@ -147,6 +162,13 @@ def run_scenario(
         cache = policy.attach(run_dir)
         manifest_extra["llm_cache"] = str(cache) if cache else scenario.policy.backend.get("cache")
         manifest_extra["llm_backend"] = getattr(policy.backend, "identity", None)
+        if surveys is not None:
+            surveys.attach(run_dir)
+    if scenario.personas is not None and cluster.is_lead:
+        from llm_policy.personas import write_personas
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_personas(run_dir, scenario.personas, seed, built.model, built.state, built.params)
     manifest = manifest_for(scenario, built, seed, steps, manifest_extra)
     if checkpoint_every:
         manifest["checkpoint_every"] = int(checkpoint_every)
@@ -156,7 +178,8 @@ def run_scenario(
     writer = RunWriter(run_dir, manifest, sample_every=scenario.output.sample_every,
                        process_id=cluster.process_id, num_processes=cluster.num_processes,
                        owned=owned_ranges(built.n_agents, sim.mesh) if cluster.multi else None)
-    policies = list(policies) + model_policies + ([policy] if policy is not None else [])
+    policies = (list(policies) + model_policies + ([policy] if policy is not None else [])
+                + ([surveys] if surveys is not None else []))
     if resume_from is not None:
         resume_from.restore_into(sim, policies)
     start = sim.step
@@ -199,6 +222,8 @@ def run_scenario(
             bar.close()
         for mp in model_policies:
             mp.close()
+        if surveys is not None:
+            surveys.close()
         if policy is not None:
             policy.close()
             writer.update_manifest(llm_totals=dict(policy.totals.__dict__))

@@ -42,6 +42,8 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
         except ValueError as exc:
             key, _, reason = str(exc).partition(": ")
             raise ScenarioError(f"policy.backend.{key}", reason) from None
+    if scenario.personas is not None or scenario.surveys:
+        _check_people(scenario)
     _check_devices(scenario)
     if memory:
         from .plan import check_floor
@@ -50,6 +52,21 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
     if backend and scenario.policy is not None:
         start_backend(scenario)
     return scenario
+
+
+def _check_people(scenario: Scenario) -> None:
+    """``personas:`` templates and ``surveys:`` against the model's features and the run (llm_policy.surveys)."""
+    from llm_policy.personas import check_personas
+    from llm_policy.surveys import check_surveys
+
+    from .models import policy_interface, scheduled_params
+
+    iface = policy_interface(scenario)
+    check_personas(scenario.personas, iface["features"])
+    check_surveys(scenario.surveys, features=iface["features"], stats_names=iface["stats"], steps=scenario.run.steps,
+                  every=scenario.policy.every if scenario.policy is not None else None,
+                  scheduled=tuple(scheduled_params(scenario)), interventions=scenario.interventions,
+                  personas=scenario.personas)
 
 
 def _check_devices(scenario: Scenario) -> None:
