@@ -346,3 +346,29 @@ def test_embedded_llm_planner_answers_through_the_grammar():
         assert row["error"] is None, row["error"]
         assert len(row["rates"]) == 7 and all(0 <= r <= 0.9 for r in row["rates"])
     np.testing.assert_allclose(np.asarray(sim.state.rates), policy.log[-1]["rates"], atol=1e-6)
+
+
+def test_a_vote_year_elects_the_schedule_a_majority_prefers():
+    """Votes fall on steps k * vote_every (k >= 1), and the winner's rates are in force from that year on.
+
+    Without transfers, a schedule of zero rates leaves every earner strictly better off, so its vote
+    share is the share of workers with positive income, a clear majority. Putting the incumbent's own
+    rates to the vote gives nobody a strict gain: share 0, nothing changes.
+    """
+    zero = "model.params.challenger.rates=[0, 0, 0, 0, 0, 0, 0]"
+    base = ["population.size=4000", "model.params.vote_every=2", "model.params.transfer_share=0"]
+    m, b = _run("tax_us_fixed_small", 5, base + [zero])
+    us = [m[f"rate_b{j}"][0] for j in range(7)]
+    assert np.all(np.isnan(m["vote_share"][:2])) and list(m["challenger_elected"][:2]) == [0, 0]
+    assert m["participation_rate"][1] > 0.5
+    # the share equals the workers who earn anything under the zero schedule (they keep every dollar)
+    assert m["vote_share"][2] == pytest.approx(m["participation_rate"][2], abs=1e-6)
+    assert list(m["challenger_elected"][2:]) == [1, 1, 1]
+    assert all(m[f"rate_b{j}"][t] == 0.0 for j in range(7) for t in (2, 3, 4))
+    assert all(m[f"rate_b{j}"][1] == pytest.approx(us[j]) for j in range(7)) and max(us) > 0.3
+    assert m["revenue"][2] == 0.0 < m["revenue"][1]
+
+    same = f"model.params.challenger.rates={list(b.params['base_rates'].tolist())}"
+    m2, _ = _run("tax_us_fixed_small", 5, base + [same])
+    assert m2["vote_share"][2] == 0.0 and m2["vote_share"][4] == 0.0
+    assert list(m2["challenger_elected"]) == [0] * 5
