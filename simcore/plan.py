@@ -48,12 +48,13 @@ class Plan:
 
 def device_capacity() -> float:
     """Bytes one device can hold: the accelerator's reported limit, or this host's RAM for CPU devices."""
-    dev = jax.devices()[0]
+    # this process's own devices: another host's cannot report memory (and its RAM is not ours)
+    dev = jax.local_devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return float(stats["bytes_limit"])
     pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return float(pages * size) / max(len(jax.devices("cpu")), 1)
+    return float(pages * size) / max(len(jax.local_devices(backend="cpu")), 1)
 
 
 def _measure(scenario: Scenario, m: int):
