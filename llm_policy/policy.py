@@ -113,6 +113,41 @@ def check_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *
                        personas=personas)
 
 
+def check_features(where: str, group_by, labels: Mapping, levels: Mapping[str, tuple]) -> None:
+    """``group_by`` names known features, and ``labels`` words only grouped features' known levels."""
+    for f in group_by:
+        if f not in levels:
+            raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
+    for f, words in labels.items():
+        if f not in group_by:
+            raise ScenarioError(f"{where}.labels", f"{f!r} is not in group_by ({', '.join(group_by)})")
+        unknown_levels = sorted(set(words) - set(levels[f])) if levels[f] else []
+        if unknown_levels:
+            raise ScenarioError(f"{where}.labels.{f}", f"unknown level {unknown_levels[0]!r} "
+                                f"(levels: {', '.join(levels[f])})")
+
+
+def check_template(field: str, template: str, allowed: set[str]) -> set[str]:
+    """The fields ``template`` names, each one of ``allowed``; raises ScenarioError on ``field``."""
+    try:
+        fields = _fields(template)
+    except ValueError as exc:  # an unmatched brace: str.format could never render it
+        raise ScenarioError(field, f"not a valid template: {exc}") from None
+    unknown = sorted(fields - allowed)
+    if unknown:
+        raise ScenarioError(field, f"unknown field {{{unknown[0]}}} (available: {', '.join(sorted(allowed))})")
+    return fields
+
+
+def trial_values(flags, stats_names, scheduled, levels: Mapping[str, tuple], group_by, options: str) -> dict:
+    """Values of the types _render passes, for a trial render that catches format specs that cannot apply
+    (e.g. ``{borough:.0f}``) before the run starts."""
+    return {**{name: Flag(True) for name in flags}, **{name: 1.0 for name in (*stats_names, *scheduled)},
+            **{f: (levels[f][0] if levels[f] else "label") for f in group_by}, "date": "March 2020",
+            "month": "March", "year": 2020, "step": 0, "options": options, "group_size": 1,
+            "interventions": "none", "persona": "a persona"}
+
+
 def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names, *,
                        scheduled: tuple[str, ...] = (), interventions: Iterable = (), n_agents: int | None = None,
                        decision_logits=(), personas=None) -> None:
@@ -144,32 +179,11 @@ def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, feat
             raise ScenarioError(f"{where}.scale", f"model {model_name!r} maps answers to behaviour on the device: "
                                 f"set model.params.llm_map.{stem}.bias and .slope (hazard = sigmoid(bias + slope * "
                                 f"logit(h))) instead of scale")
-        for f in d.group_by:
-            if f not in levels:
-                raise ScenarioError(f"{where}.group_by", f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
-        for f, words in d.labels.items():
-            if f not in d.group_by:
-                raise ScenarioError(f"{where}.labels", f"{f!r} is not in group_by ({', '.join(d.group_by)})")
-            unknown_levels = sorted(set(words) - set(levels[f])) if levels[f] else []
-            if unknown_levels:
-                raise ScenarioError(f"{where}.labels.{f}", f"unknown level {unknown_levels[0]!r} "
-                                    f"(levels: {', '.join(levels[f])})")
+        check_features(where, d.group_by, d.labels, levels)
         allowed = set(d.group_by) | set(stats_names) | set(ENV_FIELDS) | set(scheduled) | set(flags)
-        try:
-            fields = _fields(d.prompt)
-        except ValueError as exc:  # an unmatched brace: str.format could never render it
-            raise ScenarioError(f"{where}.prompt", f"not a valid template: {exc}") from None
-        unknown = sorted(fields - allowed)
-        if unknown:
-            raise ScenarioError(f"{where}.prompt", f"unknown field {{{unknown[0]}}} "
-                                f"(available: {', '.join(sorted(allowed))})")
+        fields = check_template(f"{where}.prompt", d.prompt, allowed)
         check_grouping(personas, fields, d.group_by, where)
-        # a trial render, with values of the types _render passes, catches format specs that cannot
-        # apply (e.g. {borough:.0f}) before the run starts
-        trial = {**{name: Flag(True) for name in flags}, **{name: 1.0 for name in (*stats_names, *scheduled)},
-                 **{f: (levels[f][0] if levels[f] else "label") for f in d.group_by}, "date": "March 2020",
-                 "month": "March", "year": 2020, "step": 0, "options": " or ".join(d.options), "group_size": 1,
-                 "interventions": "none", "persona": "a persona"}
+        trial = trial_values(flags, stats_names, scheduled, levels, d.group_by, " or ".join(d.options))
         try:
             d.prompt.format_map(trial)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
@@ -470,20 +484,24 @@ def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
     return out / out.sum(axis=-1, keepdims=True)
 
 
+def open_backend(spec: dict):
+    """Start (or reach) the backend ``spec`` names; a backend that cannot start is a ScenarioError on policy.backend."""
+    from .backends import make_backend
+
+    try:
+        return make_backend(spec)
+    except BackendUnavailable as exc:
+        raise ScenarioError("policy.backend", f"backend {spec.get('kind')!r} cannot start: {exc}") from None
+    except ValueError as exc:
+        raise ScenarioError("policy.backend", str(exc)) from None
+
+
 def make_policy(spec: PolicySpec, model: Model, stats_names: tuple[str, ...], *, scheduled: tuple[str, ...] = (),
                 interventions: Iterable = (), n_agents: int | None = None, personas=None, seed: int = 0):
     """Check the spec and start the backend; BackendUnavailable becomes a ScenarioError (exit 2)."""
-    from .backends import make_backend
-
     interventions = list(interventions)
     check_policy(spec, model, stats_names, scheduled=scheduled, interventions=interventions, n_agents=n_agents,
                  personas=personas)
-    backend_spec = dict(spec.backend)
-    try:
-        backend = make_backend(backend_spec)
-    except BackendUnavailable as exc:
-        raise ScenarioError("policy.backend", f"backend {backend_spec.get('kind')!r} cannot start: {exc}") from None
-    except ValueError as exc:
-        raise ScenarioError("policy.backend", str(exc)) from None
+    backend = open_backend(dict(spec.backend))
     return ArchetypePolicy(spec, model, backend, stats_names=stats_names, interventions=interventions,
                            personas=personas, seed=seed)

@@ -35,7 +35,8 @@ from scenarios.schema import DecisionSpec, SurveyItemSpec, SurveySpec
 from simcore.io import atomic_write_table
 
 from .personas import check_grouping
-from .policy import ENV_FIELDS, ArchetypePolicy, Flag, _fields, intervention_fields
+from .policy import (ENV_FIELDS, ArchetypePolicy, check_features, check_template, intervention_fields,
+                     trial_values)
 
 SURVEY_FIELDS = ("question",)
 
@@ -70,25 +71,9 @@ def check_surveys(surveys: list[SurveySpec], *, features: Mapping[str, tuple] | 
             if s % every:
                 raise ScenarioError(f"{where}.steps[{k}]", f"step {s} is not on the policy's cadence "
                                     f"(a multiple of policy.every = {every})")
-        for f in sv.group_by:
-            if f not in levels:
-                raise ScenarioError(f"{where}.group_by",
-                                    f"unknown feature {f!r} (features: {', '.join(sorted(levels))})")
-        for f, words in sv.labels.items():
-            if f not in sv.group_by:
-                raise ScenarioError(f"{where}.labels", f"{f!r} is not in group_by ({', '.join(sv.group_by)})")
-            bad = sorted(set(words) - set(levels[f])) if levels[f] else []
-            if bad:
-                raise ScenarioError(f"{where}.labels.{f}", f"unknown level {bad[0]!r} (levels: {', '.join(levels[f])})")
+        check_features(where, sv.group_by, sv.labels, levels)
         allowed = set(sv.group_by) | set(stats_names) | set(ENV_FIELDS) | set(scheduled) | set(flags) | {"question"}
-        try:
-            fields = _fields(sv.prompt)
-        except ValueError as exc:
-            raise ScenarioError(f"{where}.prompt", f"not a valid template: {exc}") from None
-        unknown = sorted(fields - allowed)
-        if unknown:
-            raise ScenarioError(f"{where}.prompt",
-                                f"unknown field {{{unknown[0]}}} (available: {', '.join(sorted(allowed))})")
+        fields = check_template(f"{where}.prompt", sv.prompt, allowed)
         if "question" not in fields:
             raise ScenarioError(f"{where}.prompt", "must show the item's {question}")
         check_grouping(personas, fields, sv.group_by, where)
@@ -98,19 +83,9 @@ def check_surveys(surveys: list[SurveySpec], *, features: Mapping[str, tuple] | 
             if item.name in seen:
                 raise ScenarioError(f"{iw}.name", f"{item.name!r} is already items[{seen[item.name]}]'s name")
             seen[item.name] = j
-            try:
-                qfields = _fields(item.question)
-            except ValueError as exc:
-                raise ScenarioError(f"{iw}.question", f"not a valid template: {exc}") from None
-            unknown = sorted(qfields - (allowed - {"question"}))
-            if unknown:
-                raise ScenarioError(f"{iw}.question", f"unknown field {{{unknown[0]}}} "
-                                    f"(available: {', '.join(sorted(allowed - {'question'}))})")
+            qfields = check_template(f"{iw}.question", item.question, allowed - {"question"})
             check_grouping(personas, qfields, sv.group_by, iw)
-            trial = {**{n: Flag(True) for n in flags}, **{n: 1.0 for n in (*stats_names, *scheduled)},
-                     **{f: (levels[f][0] if levels[f] else "label") for f in sv.group_by}, "date": "March 2020",
-                     "month": "March", "year": 2020, "step": 0, "options": ", ".join(item.options), "group_size": 1,
-                     "interventions": "none", "persona": "a persona"}
+            trial = trial_values(flags, stats_names, scheduled, levels, sv.group_by, ", ".join(item.options))
             try:
                 item_decision(sv, item).prompt.format_map(trial)
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

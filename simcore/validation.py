@@ -88,19 +88,14 @@ def _check_devices(scenario: Scenario) -> None:
 def start_backend(scenario: Scenario) -> str:
     """Start (or reach) the scenario's LLM backend, score one short test prompt with the first
     decision's options (not cached), close it; returns the backend's identity."""
-    from llm_policy.backends import make_backend
-    from llm_policy.types import BackendUnavailable, ScoreRequest
+    from llm_policy.policy import open_backend
+    from llm_policy.types import ScoreRequest
 
     spec = dict(scenario.policy.backend)
     kind = spec.get("kind")
     if kind != "replay":
         spec.pop("cache", None)  # the test prompt stays out of the response cache
-    try:
-        b = make_backend(spec)
-    except BackendUnavailable as exc:
-        raise ScenarioError("policy.backend", f"backend {kind!r} cannot start: {exc}") from None
-    except ValueError as exc:
-        raise ScenarioError("policy.backend", str(exc)) from None
+    b = open_backend(spec)
     try:
         if kind != "replay":  # a replay cache answers only the prompts it has seen
             options = tuple(" " + o for o in scenario.policy.decisions[0].options)
