@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from .metrics import borough_columns
 
 if TYPE_CHECKING:
-    from simcore.experiments import ExperimentResults
+    from .results import ExperimentResults
 
 COMPARTMENTS = ("S", "E", "I", "R", "M")
 COLORS = mpl.rcParams["axes.prop_cycle"].by_key()["color"]

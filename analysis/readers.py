@@ -1,8 +1,9 @@
 """Lazy polars readers for run and experiment directories.
 
-Run directory (``simcore run``)::
+Run directory (``simcore run``; layout and files: :mod:`simcore.rundir`, which imports no JAX)::
 
-    manifest.json, metrics.parquet, agents/step=N/part-0.parquet, events/part-*.parquet
+    manifest.json, metrics.parquet (+ metrics.parts/ while running or after a kill),
+    llm_calls.parquet (+ llm_calls.parts/), agents/step=N/part-0.parquet, events/part-*.parquet
 
 Experiment directory (``simcore experiment`` / ``Experiment.run(out=...)``)::
 
@@ -20,6 +21,8 @@ from typing import Any
 
 import polars as pl
 
+from simcore import rundir
+
 AGENTS_HIVE = {"step": pl.Int64}
 EXPERIMENT_HIVE = {"arm": pl.String, "seed": pl.Int64}
 METRICS_KEYS = {"step": pl.Int64}
@@ -32,8 +35,11 @@ SUMMARY_SCHEMA = {
 }
 
 
-class NotAResultDir(ValueError):
-    pass
+class NotAResultDir(rundir.RunDirError):
+    """Not a run or experiment directory, or a table it lacks (a ``ValueError``)."""
+
+    def __init__(self, reason: str, field: str = ""):
+        super().__init__(field, reason)
 
 
 def kind_of(path: str | Path) -> str:
@@ -41,16 +47,17 @@ def kind_of(path: str | Path) -> str:
     path = Path(path)
     if (path / "experiment.json").exists():
         return "experiment"
-    if (path / "manifest.json").exists() and (path / "metrics.parquet").exists():
+    if rundir.is_run_dir(path) and rundir.has_table(path, "metrics"):
         return "run"
     raise NotAResultDir(f"not a run or experiment directory: {path}")
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "manifest.json"
-    if not path.exists():
-        raise NotAResultDir(f"no manifest.json in {run_dir}")
-    return json.loads(path.read_text())
+    """:func:`simcore.rundir.read_manifest`; :class:`NotAResultDir` where it is missing or corrupt."""
+    try:
+        return rundir.read_manifest(run_dir)
+    except rundir.ManifestError as exc:
+        raise NotAResultDir(exc.reason) from None
 
 
 def _check_keys(lf: pl.LazyFrame, keys: dict, where: Path) -> pl.LazyFrame:
@@ -62,11 +69,20 @@ def _check_keys(lf: pl.LazyFrame, keys: dict, where: Path) -> pl.LazyFrame:
 
 
 def scan_metrics(run_dir: str | Path) -> pl.LazyFrame:
-    """Per-step metrics of one run (``step`` Int64 plus one column per metric)."""
-    path = Path(run_dir) / "metrics.parquet"
-    if not path.exists():
+    """Per-step metrics of one run (``step`` Int64 plus one column per metric).
+
+    A run still going, or killed, is read up to its last flush (compacted file plus parts).
+    """
+    if not rundir.has_table(run_dir, "metrics"):
         raise NotAResultDir(f"no metrics.parquet in {run_dir}")
-    return _check_keys(pl.scan_parquet(path), METRICS_KEYS, path)
+    return _check_keys(rundir.scan_table(run_dir, "metrics"), METRICS_KEYS, Path(run_dir) / "metrics.parquet")
+
+
+def scan_llm_calls(run_dir: str | Path) -> pl.LazyFrame:
+    """One row per LLM call of a run (``llm_calls``), up to its last flush."""
+    if not rundir.has_table(run_dir, "llm_calls"):
+        raise NotAResultDir(f"no llm_calls in {run_dir} (the run has no LLM policy?)")
+    return _check_keys(rundir.scan_table(run_dir, "llm_calls"), METRICS_KEYS, Path(run_dir) / "llm_calls.parquet")
 
 
 def scan_agents(run_dir: str | Path, *, labels: bool = False) -> pl.LazyFrame:
@@ -74,10 +90,9 @@ def scan_agents(run_dir: str | Path, *, labels: bool = False) -> pl.LazyFrame:
 
     ``labels=True`` decodes categorical codes (disease, labor, borough...) with the manifest's label tables.
     """
-    root = Path(run_dir) / "agents"
-    if not root.is_dir():
+    if not rundir.agent_steps(run_dir):
         raise NotAResultDir(f"no agents/ samples in {run_dir} (output.sample_agents was 0?)")
-    lf = pl.scan_parquet(root / "step=*" / "*.parquet", hive_partitioning=True, hive_schema=AGENTS_HIVE)
+    lf = rundir.scan_table(run_dir, "agents")
     if labels:
         lf = decode_labels(lf, read_manifest(run_dir).get("labels") or {})
     return lf
@@ -96,10 +111,10 @@ def decode_labels(lf: pl.LazyFrame, labels: dict[str, list[str]]) -> pl.LazyFram
 
 
 def scan_events(run_dir: str | Path) -> pl.LazyFrame:
-    root = Path(run_dir) / "events"
-    if not root.is_dir() or not any(root.glob("part-*.parquet")):
+    files = rundir.partition_files(run_dir, "events")
+    if not files:
         raise NotAResultDir(f"no events in {run_dir}")
-    return _check_keys(pl.scan_parquet(root / "part-*.parquet"), METRICS_KEYS, root)
+    return _check_keys(pl.scan_parquet(files), METRICS_KEYS, Path(run_dir) / "events")
 
 
 def scan_experiment(exp_dir: str | Path) -> pl.LazyFrame:
@@ -134,12 +149,12 @@ def read_experiment_info(exp_dir: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(exp_dir: str | Path):
-    """The :class:`simcore.experiments.ExperimentResults` saved in an experiment directory."""
-    from simcore.experiments import ExperimentResults
+    """The :class:`analysis.results.ExperimentResults` saved in an experiment directory (imports no JAX)."""
+    from .results import ExperimentResults
 
     return ExperimentResults.load(exp_dir)
 
 
 __all__ = ["AGENTS_HIVE", "EXPERIMENT_HIVE", "NotAResultDir", "SUMMARY_SCHEMA", "decode_labels", "kind_of",
            "load_experiment", "read_experiment_info", "read_experiment_summary", "read_manifest", "scan_agents",
-           "scan_events", "scan_experiment", "scan_metrics"]
+           "scan_events", "scan_experiment", "scan_llm_calls", "scan_metrics"]

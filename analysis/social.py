@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from simcore import rundir
+
 REPOST, QUOTE = 4, 5  # action codes (simcore.models.social.ACTIONS)
 
 
 def read_events(run_dir: str | Path) -> pl.DataFrame:
     """All of a run's events (``events/part-*.parquet``) in step order."""
-    files = sorted((Path(run_dir) / "events").glob("part-*.parquet"))
+    files = rundir.partition_files(run_dir, "events")
     if not files:
         raise FileNotFoundError(f"no events in {run_dir}/events (was model.params.record_events false?)")
     return pl.concat([pl.read_parquet(f) for f in files]).sort("step")

@@ -43,7 +43,7 @@ from scenarios.loader import ScenarioError
 from scenarios.schema import DecisionSpec, PolicySpec
 from simcore.distributed import broadcast_from_lead
 from simcore.engine import Model, Simulation, step_key
-from simcore.io import atomic_write_table
+from simcore.rundir import TableAppender
 
 from .archetypes import Groups, broadcast, group, per_agent
 from .personas import check_grouping, render_persona
@@ -240,6 +240,8 @@ class ArchetypePolicy:
         self.rows: list[dict] = []
         self.per_step: dict[int, RoundStats] = {}
         self.log_path: Path | None = None
+        self._log: TableAppender | None = None  # the llm_calls table, once attached
+        self._logged = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llm-round") if spec.pipelined else None
         self._pending: list[_Pending] = []
 
@@ -248,7 +250,9 @@ class ArchetypePolicy:
         """Log next to the run; wrap the backend in the response cache (``policy.cache`` or the run's own)."""
         from .cache import CachedBackend, ResponseCache
 
-        self.log_path = Path(run_dir) / "llm_calls.parquet"
+        self.log_path = Path(run_dir) / "llm_calls.parquet"  # where the closed run's log lies (simcore.rundir)
+        self._log = TableAppender(run_dir, "llm_calls")  # one part file per round: O(new rows)
+        self._logged = len(self.rows)  # rows of self.rows on disk (or not this run's)
         if self.spec.backend.get("kind") == "replay" or isinstance(self.backend, CachedBackend):
             return None
         path = Path(self.spec.cache) if self.spec.cache else Path(run_dir) / "llm_cache.sqlite"
@@ -442,14 +446,18 @@ class ArchetypePolicy:
         return cols
 
     def _flush_log(self) -> None:
-        if self.log_path is None or not self.rows:
+        """Append the rows logged since the last flush (``llm_calls.parts/``; see :mod:`simcore.rundir`)."""
+        if self._log is None or self._logged >= len(self.rows):
             return
-        atomic_write_table(pa.Table.from_pylist(self.rows), self.log_path)
+        self._log.append(pa.Table.from_pylist(self.rows[self._logged:]))
+        self._logged = len(self.rows)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._flush_log()
+        if self._log is not None:
+            self._log.close()  # one llm_calls.parquet again
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()

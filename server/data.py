@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scenarios import ScenarioError
+from simcore import rundir
 
 
 def _json_column(col: pa.ChunkedArray) -> list:
@@ -21,10 +22,9 @@ def _json_column(col: pa.ChunkedArray) -> list:
 
 
 def metric_columns(run_dir: Path) -> list[str]:
-    path = run_dir / "metrics.parquet"
-    if not path.exists():
+    if not rundir.has_table(run_dir, "metrics"):
         return []
-    return pq.read_schema(path).names
+    return rundir.table_schema(run_dir, "metrics").names
 
 
 def empty_metrics() -> pa.Table:
@@ -34,16 +34,15 @@ def empty_metrics() -> pa.Table:
 def read_metrics(run_dir: Path, *, start: int | None = None, end: int | None = None,
                  columns: list[str] | None = None) -> pa.Table:
     """Rows with ``start <= step < end`` and the chosen columns (``step`` always first)."""
-    path = run_dir / "metrics.parquet"
-    if not path.exists():
+    if not rundir.has_table(run_dir, "metrics"):  # the compacted file and, while running, its parts
         return empty_metrics()
-    names = pq.read_schema(path).names
+    names = rundir.table_schema(run_dir, "metrics").names
     if columns:
         unknown = [c for c in columns if c not in names]
         if unknown:
             raise ScenarioError("columns", f"unknown column(s) {', '.join(map(repr, unknown))}")
         columns = ["step"] + [c for c in dict.fromkeys(columns) if c != "step"]
-    table = pq.read_table(path, columns=columns)
+    table = rundir.read_table(run_dir, "metrics", columns=columns)
     mask = None
     if start is not None:
         mask = pc.greater_equal(table["step"], start)

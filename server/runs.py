@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from scenarios import Scenario, ScenarioError
+from simcore import rundir
 
 log = logging.getLogger("simcore.server")
 
@@ -607,28 +608,15 @@ class RunController:
 
 # -- past runs on disk ----------------------------------------------------------------------------
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """A past run's manifest, or None where it is missing or corrupt (a listing skips such a directory)."""
     try:
-        return json.loads((run_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+        return rundir.read_manifest(run_dir)
+    except rundir.ManifestError:
         return None
 
 
 def summary_from_manifest(run_id: str, m: dict[str, Any]) -> dict[str, Any]:
-    sc = m.get("scenario") or {}
-    return {
-        "id": run_id,
-        "scenario": sc.get("name"),
-        "model": (sc.get("model") or {}).get("kind"),
-        "agents": m.get("n_agents"),
-        "status": m.get("status"),
-        "step": m.get("steps_done", 0),
-        "steps": m.get("steps"),
-        "seed": m.get("seed"),
-        "live": False,
-        "created": m.get("start_time"),
-        "steps_per_second": None,
-        "error": m.get("error"),
-    }
+    return {"id": run_id, **rundir.manifest_summary(m), "live": False, "steps_per_second": None}
 
 
 class RunManager:

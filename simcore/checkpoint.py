@@ -23,14 +23,14 @@ Randomness needs no saved generator: step ``t`` draws from
 Every checkpoint is written to a hidden temporary directory and renamed into
 place; ``meta.json`` is written last, so a directory without it is incomplete and
 ignored. A run killed at any moment (SIGKILL included) leaves its latest complete
-checkpoint and a ``metrics.parquet`` flushed at least up to it.
+checkpoint and metrics flushed at least up to it. Resuming truncates every table of the run
+directory to the checkpoint's step (:func:`simcore.rundir.truncate_run`) and appends after it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -44,13 +44,14 @@ import numpy as np
 
 from scenarios import Scenario, ScenarioError
 
+from . import rundir
+
 if TYPE_CHECKING:
     from .engine import HostPolicy, Simulation
     from .io import RunWriter
 
 FORMAT = "simcore-checkpoint/1"
 SMALL_PARAM = 4096  # parameter leaves up to this many elements are saved (rates, archetype tables)
-_STEP_DIR = re.compile(r"^step=(\d+)$")
 
 
 class CheckpointError(ScenarioError):
@@ -314,17 +315,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run directory (or of a ``checkpoints`` folder), by step."""
-    base = Path(run_dir)
-    if (base / "checkpoints").is_dir():
-        base = base / "checkpoints"
-    if not base.is_dir():
-        return []
-    found = []
-    for p in base.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / "meta.json").exists():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return rundir.list_checkpoints(run_dir)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -383,42 +374,17 @@ class Checkpointer:
 
 
 def truncate_outputs(run_dir: str | Path, step: int) -> None:
-    """Drop everything a run wrote for steps >= ``step`` (metrics rows, agent samples, events, later checkpoints)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from .io import atomic_write_table
-
-    run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.parquet"
-    if metrics.exists():
-        table = pq.read_table(metrics)
-        atomic_write_table(table.filter(pc.less(table.column("step"), step)), metrics)
-    agents = run_dir / "agents"
-    if agents.is_dir():
-        for part in agents.iterdir():
-            m = _STEP_DIR.match(part.name)
-            if m and int(m.group(1)) >= step:
-                shutil.rmtree(part)
-    events = run_dir / "events"
-    if events.is_dir():
-        for part in sorted(events.glob("part-*.parquet")):
-            table = pq.read_table(part)
-            kept = table.filter(pc.less(table.column("step"), step))
-            if kept.num_rows == 0:
-                part.unlink()
-            elif kept.num_rows < table.num_rows:
-                atomic_write_table(kept, part)
-    for s, path in list_checkpoints(run_dir):
-        if s > step:
-            shutil.rmtree(path)
+    """Drop everything a run wrote for steps >= ``step`` (metrics and llm_calls rows, agent samples, events,
+    later checkpoints): :func:`simcore.rundir.truncate_run`."""
+    rundir.truncate_run(run_dir, step)
 
 
 def read_manifest(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "manifest.json"
-    if not path.exists():
-        raise CheckpointError("run_dir", f"not a run directory (no manifest.json): {run_dir}")
-    return json.loads(path.read_text())
+    """:func:`simcore.rundir.read_manifest`, its error as a :class:`CheckpointError` (CLI exit 2)."""
+    try:
+        return rundir.read_manifest(run_dir)
+    except rundir.ManifestError as exc:
+        raise CheckpointError(exc.field, exc.reason) from None
 
 
 def resume_run(run_dir: str | Path, *, steps: int | None = None, checkpoint: str | Path | None = None,

@@ -1,27 +1,25 @@
 """Run directory output: a background writer that keeps every file readable.
 
-Layout of a run directory::
+The layout, the manifest and each table's files belong to :mod:`simcore.rundir`; this
+module only decides *when* to write (a background thread, one flush per chunk):
 
-    manifest.json            resolved scenario, seed, versions, device, times, status
-    metrics.parquet          one row per step (always a ``step`` column)
-    agents/step=N/part-P.parquet   sampled agent rows every K steps (hive partitions; P = process)
-    events/part-NNNNNN[-pP].parquet  typed event trace, one file per chunk, where a model emits events
-    hosts/host-P.json        (multi-process runs) what process P wrote; merged into the manifest
+- ``metrics``: one part file per chunk (:class:`simcore.rundir.TableAppender`), O(new rows)
+  per flush, compacted into ``metrics.parquet`` when the writer closes;
+- ``agents/step=N/part-P.parquet`` every ``sample_every`` steps, ``events/part-NNNNNN[-pP].parquet``
+  per chunk;
+- ``manifest.json`` (``steps_done`` after every chunk), ``hosts/host-P.json`` in multi-process runs.
 
 In a multi-process run (:mod:`simcore.distributed`) process 0 writes the manifest
-and ``metrics.parquet`` (global reductions, the same on every process); each
+and the metrics (global reductions, the same on every process); each
 process writes the agent rows and events of the agents it owns, and the manifest's
 ``hosts`` lists every process's files.
 
-Each file is written under a temporary name and renamed into place, so a run killed
-at any moment (SIGKILL included) leaves every visible file complete up to the
-last flushed chunk. ``metrics.parquet`` is small (one row per step) and is
-rewritten whole at each flush.
+Every file is written under a temporary name and renamed into place, so a run killed
+at any moment (SIGKILL included) leaves every table readable up to the last flushed
+chunk (read it with :func:`simcore.rundir.read_table`).
 """
 from __future__ import annotations
 
-import json
-import os
 import queue
 import threading
 import time
@@ -30,20 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+from .. import rundir
 
 
 class RunWriter:
@@ -54,7 +40,8 @@ class RunWriter:
     """
 
     def __init__(self, run_dir: str | Path, manifest: Mapping[str, Any], *, sample_every: int = 0,
-                 max_pending: int = 8, process_id: int = 0, num_processes: int = 1,
+                 max_pending: int = 8, compact_every: int = rundir.COMPACT_EVERY,
+                 process_id: int = 0, num_processes: int = 1,
                  owned: list[tuple[int, int]] | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -67,13 +54,10 @@ class RunWriter:
         self.manifest.setdefault("start_time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self.manifest.setdefault("steps_done", 0)
         self.sample_every = int(sample_every)
-        self._metrics: list[pa.RecordBatch] = []
-        existing = self.dir / "metrics.parquet"
-        if existing.exists():  # resuming: keep what was flushed
-            self._metrics = pq.read_table(existing).to_batches()
-        self._suffix = f"-p{self.process_id}" if self.num_processes > 1 else ""
-        events_dir = self.dir / "events"
-        self._event_part = len(list(events_dir.glob(f"part-*{self._suffix}.parquet"))) if events_dir.exists() else 0
+        self._metrics = rundir.TableAppender(self.dir, "metrics", compact_every=compact_every) if self.lead else None
+        self._metrics_started = False
+        self._suffix = rundir.event_suffix(self.process_id, self.num_processes)
+        self._event_part = rundir.next_event_part(self.dir, self._suffix)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._extra: dict[str, Any] = {}
@@ -121,6 +105,8 @@ class RunWriter:
                 elif kind == "flush":
                     payload.set()
                 elif kind == "close":
+                    if self._metrics is not None:
+                        self._metrics.close()  # one metrics.parquet again
                     self.manifest["status"] = payload
                     self.manifest["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                     self._write_manifest()
@@ -134,21 +120,19 @@ class RunWriter:
 
     def _write_manifest(self) -> None:
         if self.num_processes > 1:
-            (self.dir / "hosts").mkdir(exist_ok=True)
-            atomic_write_json({"process_id": self.process_id, "owned_agents": self.owned,
+            rundir.write_host(self.dir, self.process_id,
+                              {"process_id": self.process_id, "owned_agents": self.owned,
                                "steps_done": self.manifest["steps_done"], "status": self.manifest["status"],
-                               "files": sorted(self.files)},
-                              self.dir / "hosts" / f"host-{self.process_id}.json")
+                               "files": sorted(self.files)})
         if self.lead:
-            atomic_write_json(self.manifest, self.dir / "manifest.json")
+            rundir.write_manifest(self.dir, self.manifest)
 
     def merge_hosts(self) -> None:
         """(Process 0, after every process has closed) list every process's files in the manifest."""
-        hosts = [json.loads(f.read_text()) for f in sorted((self.dir / "hosts").glob("host-*.json"))]
-        hosts.sort(key=lambda h: h["process_id"])
+        hosts = rundir.read_hosts(self.dir)
         self.manifest["hosts"] = hosts
         self.manifest["files"] = sorted({f for h in hosts for f in h["files"]})
-        atomic_write_json(self.manifest, self.dir / "manifest.json")
+        rundir.write_manifest(self.dir, self.manifest)
 
     def _mine(self, agent: np.ndarray) -> np.ndarray:
         if self.owned is None:
@@ -167,14 +151,12 @@ class RunWriter:
         cols = {"step": pa.array(chunk.steps, pa.int64())}
         for name, values in {**chunk.metrics, **extra}.items():
             cols[name] = pa.array(np.asarray(values))
-        batch = pa.RecordBatch.from_pydict(cols)
-        if self._metrics and batch.schema != self._metrics[0].schema:
-            batch = batch.select(self._metrics[0].schema.names).cast(self._metrics[0].schema)
-        # A resumed run re-runs steps after its checkpoint: keep only the newest copy of a step.
-        first = int(chunk.steps[0])
-        self._metrics = [b.filter(pc.less(b.column("step"), first)) for b in self._metrics]
-        self._metrics.append(batch)
-        atomic_write_table(pa.Table.from_batches(self._metrics), self.dir / "metrics.parquet")
+        if not self._metrics_started:
+            # a run continuing in a directory re-runs the steps from its first chunk on: drop their old rows
+            self._metrics_started = True
+            if rundir.has_table(self.dir, "metrics"):
+                self._metrics.truncate(int(chunk.steps[0]))
+        self._metrics.append(pa.table(cols))  # one part file: O(rows of this chunk)
         self.files.add("metrics.parquet")
 
     def _write_agents(self, chunk) -> None:
@@ -186,12 +168,8 @@ class RunWriter:
                 if step % self.sample_every:
                     continue
                 mine = self._mine(agent[i])
-                part = self.dir / "agents" / f"step={int(step)}"
-                part.mkdir(parents=True, exist_ok=True)
                 table = pa.table({k: np.asarray(v[i])[mine] for k, v in chunk.samples.items()})
-                name = f"part-{self.process_id}.parquet"
-                atomic_write_table(table, part / name)
-                self.files.add(f"agents/step={int(step)}/{name}")
+                self.files.add(rundir.write_agents(self.dir, int(step), self.process_id, table))
 
         if chunk.events:
             valid = chunk.events["valid"].astype(bool)
@@ -203,8 +181,5 @@ class RunWriter:
                 steps = np.broadcast_to(chunk.steps[:, None], valid.shape)[valid]
                 cols = {"step": steps.astype(np.int64)}
                 cols.update({k: v[valid] for k, v in chunk.events.items() if k != "valid"})
-                (self.dir / "events").mkdir(exist_ok=True)
-                name = f"part-{self._event_part:06d}{self._suffix}.parquet"
-                atomic_write_table(pa.table(cols), self.dir / "events" / name)
-                self.files.add(f"events/{name}")
+                self.files.add(rundir.write_events(self.dir, self._event_part, pa.table(cols), self._suffix))
                 self._event_part += 1
