@@ -437,7 +437,7 @@ def truncate_table(run_dir: str | Path, name: str, step: int) -> None:
         kept = table.filter(pc.less(table.column("step"), step))
         if kept.num_rows == table.num_rows:
             continue
-        if kept.num_rows == 0 and path.parent.name.endswith(".parts"):
+        if kept.num_rows == 0 and not (name in APPENDED and path == table_path(run_dir, name)):
             path.unlink()
         else:  # a compacted file stays (with its record of the parts it holds), however few rows
             atomic_write_table(kept.replace_schema_metadata(None), path, meta)
