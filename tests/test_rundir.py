@@ -286,3 +286,29 @@ def test_sigkill_leaves_tables_readable_and_resume_equals_an_uninterrupted_run(c
     assert rundir.read_table(killed, "agents", step=54).equals(rundir.read_table(ref, "agents", step=54))
     resumed = rundir.read_manifest(killed)
     assert resumed["status"] == "completed" and resumed["resumed"][0]["from_step"] in (12, 24, 36, 48)
+
+
+def test_run_writer_appends_and_the_newest_copy_of_a_step_wins(tmp_path):
+    from types import SimpleNamespace
+
+    from simcore.io import RunWriter
+
+    def chunk(a, b, v):
+        steps = np.arange(a, b, dtype=np.int64)
+        return SimpleNamespace(steps=steps, metrics={"v": np.full(b - a, v)}, samples={}, events={})
+
+    w = RunWriter(tmp_path, {"seed": 0}, compact_every=2)
+    for a, b, v in [(0, 10, 1.0), (10, 20, 1.0), (15, 25, 2.0), (25, 30, 2.0)]:
+        w.submit(chunk(a, b, v))
+    w.flush()
+    df = rundir.scan_table(tmp_path, "metrics").collect()
+    assert df["step"].to_list() == list(range(30)) and df["v"].to_list() == [1.0] * 15 + [2.0] * 15
+    assert rundir.read_manifest(tmp_path)["steps_done"] == 30 and not (tmp_path / "metrics.parquet").exists()
+    w.close()
+    assert pl.read_parquet(tmp_path / "metrics.parquet").equals(df) and not (tmp_path / "metrics.parts").exists()
+    assert rundir.read_manifest(tmp_path)["status"] == "completed"
+    w = RunWriter(tmp_path, {"seed": 0})  # the same directory again, from step 20 on
+    w.submit(chunk(20, 40, 3.0))
+    w.close()
+    df = pl.read_parquet(tmp_path / "metrics.parquet")
+    assert df["step"].to_list() == list(range(40)) and df["v"].to_list() == [1.0] * 15 + [2.0] * 5 + [3.0] * 20

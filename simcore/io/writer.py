@@ -55,7 +55,7 @@ class RunWriter:
         self.manifest.setdefault("steps_done", 0)
         self.sample_every = int(sample_every)
         self._metrics = rundir.TableAppender(self.dir, "metrics", compact_every=compact_every) if self.lead else None
-        self._metrics_started = False
+        self._next_step: int | None = None  # the step after the last metrics row written
         self._suffix = rundir.event_suffix(self.process_id, self.num_processes)
         self._event_part = rundir.next_event_part(self.dir, self._suffix)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -151,12 +151,14 @@ class RunWriter:
         cols = {"step": pa.array(chunk.steps, pa.int64())}
         for name, values in {**chunk.metrics, **extra}.items():
             cols[name] = pa.array(np.asarray(values))
-        if not self._metrics_started:
-            # a run continuing in a directory re-runs the steps from its first chunk on: drop their old rows
-            self._metrics_started = True
-            if rundir.has_table(self.dir, "metrics"):
-                self._metrics.truncate(int(chunk.steps[0]))
+        first = int(chunk.steps[0])
+        # steps written before and written again (a run continuing in its directory, at its first chunk,
+        # or a caller re-running steps): the newest copy wins, so drop the old rows from that step on
+        reopened = self._next_step is None and rundir.has_table(self.dir, "metrics")
+        if reopened or (self._next_step is not None and first < self._next_step):
+            self._metrics.truncate(first)
         self._metrics.append(pa.table(cols))  # one part file: O(rows of this chunk)
+        self._next_step = int(chunk.steps[-1]) + 1
         self.files.add("metrics.parquet")
 
     def _write_agents(self, chunk) -> None:
