@@ -175,6 +175,10 @@ class Registry:
 COMPARTMENT_COLORS = {"S": "#2563eb", "E": "#f59e0b", "I": "#dc2626", "R": "#16a34a", "M": "#374151",
                       "new_infections": "#dc2626", "new_cases": "#f59e0b", "new_deaths": "#374151"}
 
+# the follow graph's node colours: stance bins, against (blue) to for (red)
+STANCE_COLORS = {"strongly_against": "#1d4ed8", "against": "#60a5fa", "neutral": "#9ca3af", "for": "#f87171",
+                 "strongly_for": "#b91c1c"}
+
 
 def _seir_groups(scenario: Scenario) -> Groups:
     return {"Compartments": ["S", "E", "I", "R"], "New infections": ["new_infections"]}
@@ -218,7 +222,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("social", SocialModel, f"{_B}:build_social", _social_groups, graphs=FOLLOW_GRAPHS,
                scheduled="simcore.models.social:SCHEDULED", interface=f"{_B}:social_interface",
                check=f"{_B}:check_social", graph="follow", graph_view=f"{_B}:follow_view",
-               agent_state="persona", description="OASIS-like social platform: posts, feeds, follows, stances"),
+               series_colors=STANCE_COLORS, agent_state="persona", description="OASIS-like social platform: posts, feeds, follows, stances"),
     ModelEntry("economy", EconomyModel, f"{_B}:build_economy", _economy_groups, graphs=("none",),
                scheduled="simcore.models.economy:SCHEDULED", interface=f"{_B}:economy_interface",
                check=f"{_B}:check_economy", agent_state="persona",

@@ -134,14 +134,17 @@ function resetCharts() {
   for (const el of document.querySelectorAll(".panel.model-group")) { Plotly.purge(el.querySelector(".chart")); el.remove(); }
   const host = $("#model-charts");
   $("#no-groups").hidden = state.groups.length > 0;
-  state.groups.forEach((g, i) => {
+  const panels = state.groups.map((g, i) => {  // every panel first, so that each chart is sized to its final cell
     const panel = document.createElement("div");
     panel.className = "panel model-group";
     panel.innerHTML = `<h3></h3><div id="${groupDiv(i)}" class="chart"></div>`;
     panel.querySelector("h3").textContent = g.title;
     host.appendChild(panel);
-    Plotly.newPlot(panel.querySelector(".chart"), g.columns.map((n, j) => ({ x: [], y: [], name: n, mode: "lines",
-                                                                           line: { color: colorOf(n, j) } })),
+    return panel;
+  });
+  state.groups.forEach((g, i) => {
+    Plotly.newPlot(panels[i].querySelector(".chart"), g.columns.map((n, j) => ({ x: [], y: [], name: n, mode: "lines",
+                                                                               line: { color: colorOf(n, j) } })),
                    layout(""), PLOT_CONFIG);
   });
   Plotly.newPlot("chart-speed", [{ x: [], y: [], name: "steps/s (compute)", mode: "lines", line: { color: "#2563eb" } }],
