@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import ValidationError
 
-from .schema import Scenario
+from .schema import Graph, Model, Planner, Population, Scenario, union_tags
 
 
 class ScenarioError(Exception):
@@ -287,14 +287,16 @@ _REASONS = {
 }
 
 
-def format_validation_error(exc: ValidationError) -> ScenarioError:
-    """The first error of a pydantic ValidationError as ``field: reason, got value``."""
+# Discriminated unions add the tag name to the path; it is noise for users.
+_TAGS = frozenset(union_tags(Population, Graph, Model, Planner))
+
+
+def format_validation_error(exc: ValidationError, tags: Iterable[str] = ()) -> ScenarioError:
+    """The first error of a pydantic ValidationError as ``field: reason, got value`` (``tags``: further
+    union tags to leave out of the path, e.g. a registry's extra model kinds)."""
     err = exc.errors(include_url=False)[0]
     loc = list(err["loc"])
-    # Discriminated unions add the tag name to the path; it is noise for users.
-    kinds = {"nyc", "homogeneous", "multilayer", "erdos_renyi", "barabasi_albert", "watts_strogatz",
-             "seir", "epidemic", "social",
-             "none", "economy", "fixed", "saez", "gradient", "llm"}
+    kinds = _TAGS | set(tags)
     loc = [p for p in loc if not (isinstance(p, str) and p in kinds)]
     field = _loc(tuple(loc))
     ctx = err.get("ctx") or {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -469,7 +469,13 @@ class EconomyModel(Strict):
     kind: Literal["economy"]
     params: EconomyParams = EconomyParams()
 
+# the built-in models' ``model:`` blocks; scenarios/registry.py has one entry per model (builder, checks, charts)
 Model = Annotated[Union[EpidemicModel, SEIRModel, SocialModel, EconomyModel], Field(discriminator="kind")]
+
+
+def union_tags(*unions) -> set[str]:
+    """The ``kind`` values of discriminated unions of scenario classes."""
+    return {tag for u in unions for cls in get_args(get_args(u)[0]) for tag in get_args(cls.model_fields["kind"].annotation)}
 
 
 # -- interventions, run, output -------------------------------------------------

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from scenarios import Scenario, ScenarioError, apply_overrides, builtin_dir, builtin_names, parse_yaml, validate
+from scenarios import REGISTRY, Scenario, ScenarioError, apply_overrides, builtin_dir, builtin_names, parse_yaml, validate
 from scenarios.loader import read_yaml
 
 from . import data
@@ -323,21 +323,28 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         d = manager.run_dir(run_id)
         if ctl is not None:
             out = ctl.detail()
+            view = REGISTRY.entry_for(ctl.scenario).describe(ctl.scenario)
         elif d is not None:
             m = manager.manifest(run_id) or {}
-            from simcore.models import scheduled_params
-
             try:
-                sched = list(scheduled_params(Scenario.model_validate(m["scenario"])))
-            except (KeyError, ValueError, TypeError):
+                sc = REGISTRY.validate(m["scenario"])
+                sched = list(REGISTRY.entry_for(sc).scheduled_params(sc))
+            except (KeyError, ScenarioError, TypeError):
                 sched = []
             out = {**summary_from_manifest(run_id, m), "source": (m.get("server") or {}).get("source"),
                    "overrides": (m.get("server") or {}).get("overrides", []), "scheduled_params": sched,
                    "schedule_now": {}, "live_interventions": m.get("live_interventions", [])}
+            view = data.model_view(m)
         else:
             raise not_found()
         out["columns"] = data.metric_columns(d) if d is not None else []
-        out["metric_groups"] = data.metric_groups(d, manager.manifest(run_id) or {})
+        # what the page draws comes from the model's registry entry: charts, graph view, colours
+        out["metric_groups"] = data.metric_groups(d, view["metric_groups"])
+        out["graph"] = view["graph"]
+        out["series_colors"] = view["series_colors"]
+        out["agent_state"] = view["agent_state"]
+        labels = ctl.labels if ctl is not None else (manager.manifest(run_id) or {}).get("labels") or {}
+        out["agent_states"] = list(labels.get(view["agent_state"], [])) if view["agent_state"] else []
         out["agent_steps"] = data.agent_steps(d) if d is not None else []
         return out
 
@@ -357,14 +364,12 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
 
     @api.get("/scenarios", summary="Built-in scenarios")
     def list_scenarios() -> list[dict[str, Any]]:
-        from simcore.models import scheduled_params
-
         out = []
         for name in builtin_names():
             sc = validate(parse_yaml((builtin_dir() / f"{name}.yaml").read_text(), name))
             out.append({"name": name, "description": sc.description, "agents": sc.population.size,
                         "steps": sc.run.steps, "model": sc.model.kind,
-                        "scheduled_params": list(scheduled_params(sc))})
+                        "scheduled_params": list(REGISTRY.entry_for(sc).scheduled_params(sc))})
         return out
 
     @api.get("/scenarios/{name}", summary="A built-in scenario's YAML text", responses={**YAML_200, **ERR_404})
@@ -376,11 +381,9 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     @control.post("/scenarios/validate", summary="Validate a scenario exactly like `simcore validate`",
                   response_model=ValidateResponse, responses=ERR_422)
     def validate_scenario(req: ScenarioRequest):
-        from simcore.models import scheduled_params
-
         sc, _ = load_request(req, cfg)
         return ValidateResponse(ok=True, name=sc.name, model=sc.model.kind, agents=sc.population.size,
-                                steps=sc.run.steps, scheduled_params=list(scheduled_params(sc)),
+                                steps=sc.run.steps, scheduled_params=list(REGISTRY.entry_for(sc).scheduled_params(sc)),
                                 scenario=sc.model_dump(mode="json"))
 
     # -- runs ----------------------------------------------------------------------------------
@@ -424,10 +427,8 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     @control.post("/runs/{run_id}/interventions", summary="Change a scheduled parameter from the next step on",
                   response_model=ControlResponse, responses={**ERR_404, **ERR_409, **ERR_422})
     def intervene(run_id: str, req: InterventionRequest):
-        from simcore.models import scheduled_params
-
         ctl = live_or_error(run_id)
-        names = scheduled_params(ctl.scenario)
+        names = REGISTRY.entry_for(ctl.scenario).scheduled_params(ctl.scenario)
         if req.param not in names:
             raise ScenarioError("param", f"unknown parameter {req.param!r} for model {ctl.scenario.model.kind!r} "
                                          f"(scheduled: {', '.join(names)})")
@@ -461,7 +462,8 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
              responses={**ERR_404, **ERR_422})
     def agents(run_id: str, step: int | None = Query(None, ge=0, description="default: the latest sampled step"),
                offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=5000),
-               state: str | None = Query(None, max_length=8, description="only agents in this disease state")):
+               state: str | None = Query(None, max_length=64,
+                                         description="only agents in this state (the model's agent_state column)")):
         d = run_dir_or_404(run_id)
         steps = data.agent_steps(d) if d is not None else []
         if not steps:
@@ -471,10 +473,12 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         elif step not in steps:
             raise ScenarioError("step", f"no sample at step {step} (sampled: every {steps[1] - steps[0] if len(steps) > 1 else '?'} steps, "
                                         f"{steps[0]}..{steps[-1]})")
-        labels = (manager.manifest(run_id) or {}).get("labels", {})
-        return {"steps": steps, **data.read_agents(d, step, labels, offset=offset, limit=limit, state=state)}
+        m = manager.manifest(run_id) or {}
+        return {"steps": steps, **data.read_agents(d, step, m.get("labels", {}), offset=offset, limit=limit,
+                                                   state=state, state_column=data.model_view(m)["agent_state"])}
 
-    @api.get("/runs/{run_id}/network", summary="A sampled subgraph (<= 150 agents) with layout and disease states",
+    @api.get("/runs/{run_id}/network", summary="A sampled subgraph (<= 150 agents) of the model's graph (contact "
+             "layers, follow rows) with layout and node states",
              responses={**ERR_404, **ERR_409})
     def network(run_id: str):
         ctl = manager.get_live(run_id)
@@ -484,7 +488,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         view = ctl.network_view()
         if view is None:
             raise ApiError(409, ctl.network_error or "the network view is not ready yet (run is building)")
-        return {**view, "labels": ctl.labels.get("disease", [])}
+        return view
 
     @api.get("/runs/{run_id}/scenario.yaml", summary="The scenario that reproduces this run, live interventions included",
              responses={**YAML_200, **ERR_404})

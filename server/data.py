@@ -71,18 +71,21 @@ def agent_steps(run_dir: Path) -> list[int]:
 
 
 def read_agents(run_dir: Path, step: int, labels: dict[str, list[str]], *, offset: int = 0,
-                limit: int = 100, state: str | None = None) -> dict[str, Any]:
-    """One sampled-agents partition, categorical codes decoded with the manifest's labels."""
+                limit: int = 100, state: str | None = None, state_column: str | None = None) -> dict[str, Any]:
+    """One sampled-agents partition, categorical codes decoded with the manifest's labels; ``state`` keeps
+    the agents whose ``state_column`` (the model's categorical agent state, e.g. disease) has that label."""
     # one part per process in multi-process runs; ordered by agent id whatever the part count
     parts = sorted((run_dir / "agents" / f"step={step}").glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"no sampled agents at step {step}")
     table = pa.concat_tables([pq.read_table(f) for f in parts]).sort_by("agent")
     if state is not None:
-        names = labels.get("disease", [])
+        names = labels.get(state_column, []) if state_column else []
+        if not names or state_column not in table.column_names:
+            raise ScenarioError("state", "this model's sampled agents have no state to filter on")
         if state not in names:
             raise ScenarioError("state", f"must be one of {names}, got {state!r}")
-        table = table.filter(pc.equal(table["disease"], names.index(state)))
+        table = table.filter(pc.equal(table[state_column], names.index(state)))
     total = table.num_rows
     table = table.slice(offset, limit)
     cols: dict[str, list] = {}
@@ -141,17 +144,30 @@ def reproducible_scenario(manifest: dict[str, Any]) -> dict[str, Any]:
     return sc
 
 
-# Charts for runs whose manifest declares no metric groups (written before groups existed)
-DEFAULT_METRIC_GROUPS = {
-    "Epidemic compartments": ["S", "E", "I", "R", "M"],
-    "New infections / cases / deaths": ["new_infections", "new_cases", "new_deaths"],
-}
+def model_view(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard draws for a run, from its model's registry entry: ``metric_groups``, ``graph``
+    (the network view's kind, or None), ``series_colors`` and ``agent_state``. The manifest's own metric
+    groups win (they are what the run declared when it ran); none at all when the model is unknown."""
+    from scenarios import REGISTRY
+
+    view: dict[str, Any] = {"metric_groups": {}, "graph": None, "series_colors": {}, "agent_state": None}
+    sc = manifest.get("scenario")
+    if isinstance(sc, dict):
+        try:
+            scenario = REGISTRY.validate(sc)
+        except ScenarioError:
+            scenario = None
+        if scenario is not None:
+            view.update(REGISTRY.entry_for(scenario).describe(scenario))
+            view.pop("kind", None)
+    if isinstance(manifest.get("metric_groups"), dict) and manifest["metric_groups"]:
+        view["metric_groups"] = manifest["metric_groups"]
+    return view
 
 
-def metric_groups(run_dir: Path | None, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's charts: ``[{"title", "columns"}]`` from the model's declared groups (manifest
-    ``metric_groups``), keeping only columns the run has (all of them before its first chunk)."""
-    groups = manifest.get("metric_groups") or DEFAULT_METRIC_GROUPS
+def metric_groups(run_dir: Path | None, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The run's charts: ``[{"title", "columns"}]`` from the model's groups, keeping only columns the run
+    has (all of them before its first chunk)."""
     have = set(metric_columns(run_dir)) if run_dir is not None else set()
     out = []
     for title, cols in groups.items():

@@ -1,4 +1,4 @@
-"""A small, drawable piece of a run's contact graph.
+"""A small, drawable piece of a run's graph (contact layers, follow rows: the model's registry entry says which).
 
 Breadth-first from one agent over every layer, a level at a time (vectorised per
 level; only the visited rows are read from the device), capped at ``max_nodes``;
@@ -11,17 +11,18 @@ from typing import Any, Mapping
 import numpy as np
 
 
-def layers_of(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Named CSR-like layers (``indptr``/``indices``) of a model's params: epidemic ``layers`` or seir ``graph``."""
-    if isinstance(params.get("layers"), Mapping):
-        return dict(params["layers"])
-    if params.get("graph") is not None and hasattr(params["graph"], "indptr"):
-        return {"contacts": params["graph"]}
-    return {}
-
-
 def _neighbours(layer, nodes: np.ndarray, per_node: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(source, neighbour) pairs for ``nodes``; at most ``per_node`` neighbours each (the first ones)."""
+    """(source, neighbour) pairs for ``nodes``; at most ``per_node`` neighbours each (the first ones).
+
+    ``layer`` is a CSR (``indptr``/``indices``) or a dense ``[N, K]`` table of neighbour ids, -1 = empty slot;
+    only the rows of ``nodes`` are read (from the device, for a device array)."""
+    if not hasattr(layer, "indptr"):
+        rows = np.asarray(layer[nodes]).astype(np.int64)
+        if per_node is not None:
+            rank = np.cumsum(rows >= 0, axis=1)
+            rows = np.where(rank <= per_node, rows, -1)
+        keep = rows >= 0
+        return np.repeat(nodes, keep.sum(1)), rows[keep]
     indptr = layer.indptr
     lo = np.asarray(indptr[nodes]).astype(np.int64)
     hi = np.asarray(indptr[nodes + 1]).astype(np.int64)
@@ -57,9 +58,10 @@ def sample_subgraph(layers: Mapping[str, Any], start: int, *, max_nodes: int = 1
     edges = []
     for li, name in enumerate(names):
         src, nbr = _neighbours(layers[name], nodes, None)
-        keep = np.isin(nbr, nodes) & (src < nbr)
-        i = np.searchsorted(nodes, src[keep])
-        j = np.searchsorted(nodes, nbr[keep])
+        keep = np.isin(nbr, nodes) & (src != nbr)  # drawn undirected: a follow either way is one edge
+        a = np.searchsorted(nodes, src[keep])
+        b = np.searchsorted(nodes, nbr[keep])
+        i, j = np.minimum(a, b), np.maximum(a, b)
         pairs = np.unique(np.stack([i, j], 1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
         edges.append(np.concatenate([pairs, np.full((len(pairs), 1), li)], 1))
     edges_arr = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)

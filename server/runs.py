@@ -260,6 +260,7 @@ class RunController:
         self.network_error: str | None = None
         self._net_state: np.ndarray | None = None
         self._net_step = -1
+        self._net_view = None  # the model's GraphView (its registry entry's graph_view)
         self._paused = start_paused
         self._pending_steps = 0
         self._step_waiters: list[tuple[int, cf.Future]] = []
@@ -312,14 +313,14 @@ class RunController:
         }
 
     def detail(self) -> dict[str, Any]:
-        from simcore.models import scheduled_params
+        from scenarios import REGISTRY
 
         return {
             **self.summary(),
             "source": self.source,
             "overrides": self.overrides,
             "chunk": self.chunk,
-            "scheduled_params": list(scheduled_params(self.scenario)),
+            "scheduled_params": list(REGISTRY.entry_for(self.scenario).scheduled_params(self.scenario)),
             "schedule_now": dict(self.schedule_now),
             "live_interventions": list(self.live_interventions),
         }
@@ -579,16 +580,20 @@ class RunController:
 
     # -- the small network view ----------------------------------------------------------------
     def _init_network(self, built) -> None:
-        from .network import layers_of, sample_subgraph
+        from scenarios import REGISTRY
 
-        layers = layers_of(built.params)
-        if not layers or built.n_agents == 0:
-            self.network_error = "this model has no contact graph"
+        from .network import sample_subgraph
+
+        view = REGISTRY.entry_for(self.scenario).view(built)  # the model's graph, as its registry entry says
+        if view is None or built.n_agents == 0:
+            self.network_error = f"model {self.scenario.model.kind!r} has no graph to show"
             return
         try:
             seed_agent = int(built.sample_idx[0]) if len(built.sample_idx) else 0
-            self.network = sample_subgraph(layers, seed_agent, max_nodes=150, seed=self.seed)
+            self.network = {**sample_subgraph(view.layers, seed_agent, max_nodes=150, seed=self.seed),
+                            "graph": view.kind, "labels": list(view.labels), "colour": view.colour}
             self._net_nodes = np.asarray(self.network["nodes"], np.int32)
+            self._net_view = view
         except Exception as exc:  # the view is optional: the run goes on, the reason is reported by the API
             self.network = None
             self.network_error = f"{type(exc).__name__}: {exc}"
@@ -599,10 +604,7 @@ class RunController:
             return
         if not force and self._net_step >= 0 and sim.step - self._net_step < max(5, self.chunk):
             return
-        disease = getattr(sim.state, "disease", None)
-        if disease is None:
-            return
-        self._net_state = np.asarray(disease[self._net_nodes])
+        self._net_state = np.asarray(self._net_view.state(sim.state, self._net_nodes))
         self._net_step = sim.step
 
 

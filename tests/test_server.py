@@ -414,3 +414,43 @@ def test_server_shutdown_stops_live_runs_with_files_flushed(runs_dir, compile_ca
             if (runs_dir / run_id / "metrics.parquet").exists() else []
         assert steps == list(range(m["steps_done"]))
     assert m["steps_done"] == 0  # the paused run never stepped
+
+
+def test_a_social_run_has_its_own_columns_charts_and_follow_graph(client):
+    """What the page draws comes from the model's registry entry: a social run charts posts, actions,
+    stance and polarization, and its network view is a piece of its real follow graph."""
+    from simcore.models import build
+    from simcore.models.social.model import STANCE_BINS
+
+    overrides = ["run.steps=6", "output.sample_agents=50", "output.sample_every=3"]
+    r = client.post("/api/runs", json={"scenario": "polarization_small", "overrides": overrides})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    d = wait_status(client, run_id, "completed")
+    assert d["model"] == "social" and d["graph"] == "follow" and d["agent_state"] == "persona"
+    groups = {g["title"]: g["columns"] for g in d["metric_groups"]}
+    assert {"Stance and polarization", "Posts", "Actions"} <= set(groups)
+    assert "bimodality" in groups["Stance and polarization"] and "n_create_post" in groups["Posts"]
+    assert all(c in d["columns"] for cols in groups.values() for c in cols)
+    assert not {"S", "E", "I", "R", "M", "new_infections"} & set(d["columns"])
+    assert "activity_scale" in d["scheduled_params"]
+
+    cols = metrics(client, run_id, columns="stance_mean,bimodality,n_create_post,active")
+    assert cols["step"] == list(range(6))
+    assert all(-1 <= v <= 1 for v in cols["stance_mean"]) and sum(cols["n_create_post"]) > 0
+    assert all(a >= p for a, p in zip(cols["active"], cols["n_create_post"]))  # one action per active user
+
+    personas = d["agent_states"]
+    assert personas and "regular" in personas
+    some = client.get(f"/api/runs/{run_id}/agents", params={"state": "regular", "limit": 1000}).json()
+    assert some["total"] > 0 and set(some["columns"]["persona"]) == {"regular"}
+
+    net = client.get(f"/api/runs/{run_id}/network").json()
+    assert net["graph"] == "follow" and net["layers"] == ["follows"] and net["labels"] == list(STANCE_BINS)
+    nodes = np.asarray(net["nodes"])
+    assert 2 <= len(nodes) <= 150 and len(net["state"]) == len(nodes) and net["edges"]
+    assert all(0 <= c < len(STANCE_BINS) for c in net["state"])
+    follows = np.asarray(build(load_scenario("polarization_small", overrides)).state.follows)
+    for i, j, _ in net["edges"]:  # every drawn edge is a follow, one way or the other
+        a, b = nodes[i], nodes[j]
+        assert b in follows[a] or a in follows[b]

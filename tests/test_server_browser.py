@@ -46,15 +46,26 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, request):
+def config(tmp_path_factory, request):
     cache = getattr(request.config, "cache", None)
     jax_cache = cache.mkdir("simcore-jax") if cache is not None else tmp_path_factory.mktemp("jax-cache")
-    cfg = ServerConfig(runs_dir=tmp_path_factory.mktemp("browser-runs"), compile_cache=str(jax_cache))
-    with ServerThread(create_app(cfg)) as srv:
+    return ServerConfig(runs_dir=tmp_path_factory.mktemp("browser-runs"), compile_cache=str(jax_cache))
+
+
+@pytest.fixture(scope="module")
+def server(config):
+    with ServerThread(create_app(config)) as srv:
         yield srv
 
 
-POINTS = "document.getElementById('chart-compartments').data ? document.getElementById('chart-compartments').data[0].x.length : 0"
+def points(chart: int = 0) -> str:
+    """JS: how many steps the page has drawn in the run's chart ``chart`` (its model's metric group)."""
+    return (f"(document.getElementById('chart-group-{chart}') && document.getElementById('chart-group-{chart}').data "
+            f"? document.getElementById('chart-group-{chart}').data[0].x.length : 0)")
+
+
+POINTS = points(0)
+TITLES = "[...document.querySelectorAll('#model-charts h3')].map((h) => h.textContent)"
 
 
 def test_page_starts_a_run_draws_it_live_and_pauses(browser, server):
@@ -107,3 +118,49 @@ def test_page_starts_a_run_draws_it_live_and_pauses(browser, server):
         page.close()
     assert errors == []
     assert offline == []  # no CDN, nothing outside the app
+
+
+def test_a_social_run_charts_its_own_series_and_follow_graph_and_draws_again_from_disk(browser, server, config):
+    """polarization_small: the model's own charts (no epidemic compartments) and its follow graph, live;
+    then, after a server restart, the same run opened from disk draws its whole history."""
+    steps = 40
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#scenario-select option[value=polarization_small]", state="attached")
+        page.select_option("#scenario-select", "polarization_small")
+        page.fill("#overrides", f"run.steps={steps}\nrun.chunk_size=5")
+        page.click("#start-btn")
+        page.wait_for_function(f"{POINTS} === {steps}", timeout=240_000)
+        run_id = page.inner_text("#run-title")
+        titles = page.evaluate(TITLES)
+        assert {"Stance and polarization", "Posts", "Actions"} <= set(titles), titles
+        assert "Epidemic compartments" not in titles
+        assert page.evaluate("document.getElementById('chart-group-0').data.map((t) => t.name)")[0] == "stance_mean"
+        page.wait_for_function("document.getElementById('network').data !== undefined", timeout=60_000)
+        assert page.inner_text("#network-title") == "Follow graph"
+        assert " follows, stance at step " in page.inner_text("#network-msg")
+        legend = page.evaluate("document.getElementById('network').data.map((t) => t.name)")
+        assert legend[0] == "follows" and "strongly_for" in legend
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / ".gitignore").write_text("*\n")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-social.png"), full_page=True)
+    finally:
+        page.close()
+
+    with ServerThread(create_app(config)) as again:  # a fresh server process state: the run is on disk only
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(f"{again.url}/#{run_id}")
+            page.wait_for_function(f"{POINTS} === {steps}", timeout=10_000)  # the full history, within 10 s
+            assert "from disk" in page.inner_text("#run-sub")
+            assert set(page.evaluate(TITLES)) == set(titles)
+            for i in range(len(titles)):
+                assert page.evaluate(points(i)) == steps
+            assert page.inner_text("#run-status") == "completed"
+        finally:
+            page.close()
+    assert errors == []

@@ -2,22 +2,21 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const COMPARTMENTS = [["S", "#2563eb"], ["E", "#f59e0b"], ["I", "#dc2626"], ["R", "#16a34a"], ["M", "#374151"]];
-const FLOWS = [["new_infections", "#dc2626"], ["new_cases", "#f59e0b"], ["new_deaths", "#374151"]];
 const LLM = ["llm_calls", "llm_cache_hits", "llm_seconds", "llm_fallbacks"];
-// The model's charts come from the run's metric groups (GET /api/runs/{id} -> metric_groups, declared next to each
-// model's builder); these two are the fallback for runs that declare none. Group 0 and 1 draw into the page's first
-// two chart panels, further groups get panels of their own.
-const DEFAULT_GROUPS = [{ title: "Epidemic compartments", columns: COMPARTMENTS.map((c) => c[0]) },
-                        { title: "New infections / cases / deaths", columns: FLOWS.map((c) => c[0]) }];
-const SERIES_COLORS = Object.fromEntries([...COMPARTMENTS, ...FLOWS]);
-const groupDiv = (i) => (i === 0 ? "chart-compartments" : i === 1 ? "chart-flows" : `chart-group-${i}`);
+// Everything model-specific comes from the run (GET /api/runs/{id}), i.e. from the model's registry entry
+// (scenarios/registry.py): metric_groups (one chart each), graph (the network view's kind, or null),
+// series_colors (optional colours of series and node states) and agent_states (the sampled agents' filter).
+const PALETTE = ["#2563eb", "#f59e0b", "#dc2626", "#16a34a", "#7c3aed", "#0891b2", "#db2777", "#374151", "#65a30d", "#ea580c"];
+const groupDiv = (i) => `chart-group-${i}`;
+function colorOf(name, i) {
+  const c = (state.detail && state.detail.series_colors) || {};
+  return c[name] || PALETTE[i % PALETTE.length];
+}
 function streamColumns() {
   const want = [...state.groups.flatMap((g) => g.columns), "wall_seconds", ...LLM];
   const have = new Set((state.detail && state.detail.columns) || []);
   return [...new Set(have.size ? want.filter((c) => have.has(c)) : want)];
 }
-const STATE_COLORS = { S: "#2563eb", E: "#f59e0b", I: "#dc2626", R: "#16a34a", M: "#374151" };
 const LAYER_COLORS = ["#94a3b8", "#c4b5fd", "#99f6e4", "#fcd34d", "#cbd5e1"];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const TERMINAL = new Set(["completed", "stopped", "failed", "interrupted"]);
@@ -25,7 +24,7 @@ const TERMINAL = new Set(["completed", "stopped", "failed", "interrupted"]);
 const state = {
   info: null, runs: [], runId: null, detail: null, source: null,
   pending: [], lastStep: -1, llm: { calls: 0, hits: 0, secs: 0, fallbacks: 0, seen: false },
-  agentsOffset: 0, agentsLimit: 50, network: null, timers: [], groups: DEFAULT_GROUPS,
+  agentsOffset: 0, agentsLimit: 50, network: null, timers: [], groups: [],
 };
 
 // -- HTTP ---------------------------------------------------------------------------------------
@@ -133,25 +132,21 @@ function resetCharts() {
   const layout = (y) => ({ margin: { l: 55, r: 10, t: 10, b: 35 }, xaxis: { title: { text: "step" } },
                            yaxis: { title: { text: y } }, legend: { orientation: "h" }, uirevision: "keep" });
   for (const el of document.querySelectorAll(".panel.model-group")) { Plotly.purge(el.querySelector(".chart")); el.remove(); }
-  let after = $("#chart-flows").closest(".panel");
+  const host = $("#model-charts");
+  $("#no-groups").hidden = state.groups.length > 0;
+  const panels = state.groups.map((g, i) => {  // every panel first, so that each chart is sized to its final cell
+    const panel = document.createElement("div");
+    panel.className = "panel model-group";
+    panel.innerHTML = `<h3></h3><div id="${groupDiv(i)}" class="chart"></div>`;
+    panel.querySelector("h3").textContent = g.title;
+    host.appendChild(panel);
+    return panel;
+  });
   state.groups.forEach((g, i) => {
-    if (i >= 2) {
-      const panel = document.createElement("div");
-      panel.className = "panel model-group";
-      panel.innerHTML = `<h3></h3><div id="${groupDiv(i)}" class="chart"></div>`;
-      after.after(panel); after = panel;
-    }
-    const div = document.getElementById(groupDiv(i));
-    div.closest(".panel").querySelector("h3").textContent = g.title;
-    Plotly.newPlot(div, g.columns.map((n) => ({ x: [], y: [], name: n, mode: "lines",
-                                                 line: SERIES_COLORS[n] ? { color: SERIES_COLORS[n] } : {} })),
+    Plotly.newPlot(panels[i].querySelector(".chart"), g.columns.map((n, j) => ({ x: [], y: [], name: n, mode: "lines",
+                                                                               line: { color: colorOf(n, j) } })),
                    layout(""), PLOT_CONFIG);
   });
-  for (let i = state.groups.length; i < 2; i++) {  // fewer than two groups: leave the slot empty
-    const div = document.getElementById(groupDiv(i));
-    div.closest(".panel").querySelector("h3").textContent = "";
-    Plotly.newPlot(div, [], layout(""), PLOT_CONFIG);
-  }
   Plotly.newPlot("chart-speed", [{ x: [], y: [], name: "steps/s (compute)", mode: "lines", line: { color: "#2563eb" } }],
                  layout("steps / s"), PLOT_CONFIG);
   Plotly.newPlot("chart-llm", [
@@ -173,11 +168,10 @@ async function selectRun(id) {
   state.runId = id; state.pending = []; state.lastStep = -1; state.agentsOffset = 0; state.network = null;
   for (const tr of document.querySelectorAll("#runs-table tbody tr")) tr.classList.toggle("selected", tr.dataset.id === id);
   $("#no-run").hidden = true; $("#run-panel").hidden = false;
-  state.groups = DEFAULT_GROUPS; state.detail = null;
+  state.groups = []; state.detail = null;
   $("#network-msg").textContent = ""; Plotly.purge("network");
   await refreshDetail();
-  state.groups = (state.detail && state.detail.metric_groups && state.detail.metric_groups.length)
-    ? state.detail.metric_groups : DEFAULT_GROUPS;
+  state.groups = (state.detail && state.detail.metric_groups) || [];
   resetCharts();
   openStream(id);
   refreshAgents(); refreshNetwork(true); refreshFiles();
@@ -330,9 +324,12 @@ async function refreshAgents() {
       tbody.appendChild(tr);
     }
     $("#agents-page").textContent = data.total ? `${data.offset + 1}–${data.offset + n} of ${data.total} (step ${data.step})` : "no samples yet";
-    const stSel = $("#agents-state");
-    if (stSel.options.length === 1 && state.detail) {
-      for (const s of Object.keys(STATE_COLORS)) { const o = document.createElement("option"); o.textContent = s; stSel.appendChild(o); }
+    const stSel = $("#agents-state"), wanted = (state.detail && state.detail.agent_states) || [];
+    if (stSel.options.length !== wanted.length + 1) {
+      const keep = stSel.value;
+      stSel.innerHTML = '<option value="">all</option>';
+      for (const s of wanted) { const o = document.createElement("option"); o.textContent = s; stSel.appendChild(o); }
+      if (wanted.includes(keep)) stSel.value = keep;
     }
   } catch (e) { $("#agents-page").textContent = e.message; }
 }
@@ -342,22 +339,27 @@ $("#agents-prev").onclick = () => { state.agentsOffset = Math.max(0, state.agent
 $("#agents-next").onclick = () => { state.agentsOffset += state.agentsLimit; refreshAgents(); };
 
 // -- network view -------------------------------------------------------------------------------
+const GRAPH_TITLES = { contact: "Contact network", follow: "Follow graph" };
 async function refreshNetwork(full) {
   const id = state.runId; if (!id) return;
+  const kind = state.detail ? state.detail.graph : undefined;
+  $("#network-title").textContent = GRAPH_TITLES[kind] || "Network";
+  if (state.detail && !kind) { $("#network-msg").textContent = `model ${state.detail.model} has no graph to show`; return; }
   try {
     const { data } = await api("GET", `/api/runs/${encodeURIComponent(id)}/network`);
     if (state.runId !== id) return;
     const labels = data.labels || [];
-    const colors = (data.state || []).map((c) => STATE_COLORS[labels[c]] || "#999");
+    const colors = (data.state || []).map((c) => (c >= 0 && c < labels.length ? colorOf(labels[c], c) : "#999"));
+    $("#network-note").textContent = `(sampled subgraph, colour = ${data.colour || "state"})`;
     if (full || !state.network) {
       const traces = data.layers.map((name, li) => {
         const ex = [], ey = [];
         for (const [i, j, l] of data.edges) if (l === li) { ex.push(data.x[i], data.x[j], null); ey.push(data.y[i], data.y[j], null); }
         return { x: ex, y: ey, mode: "lines", name, line: { width: 0.6, color: LAYER_COLORS[li % LAYER_COLORS.length] }, hoverinfo: "skip" };
       });
-      for (const lab of labels) {  // legend entries for the node colours
-        traces.push({ x: [null], y: [null], mode: "markers", name: lab, marker: { size: 8, color: STATE_COLORS[lab] || "#999" } });
-      }
+      labels.forEach((lab, k) => {  // legend entries for the node colours
+        traces.push({ x: [null], y: [null], mode: "markers", name: lab, marker: { size: 8, color: colorOf(lab, k) } });
+      });
       traces.push({ x: data.x, y: data.y, mode: "markers", name: "agents", showlegend: false, marker: { size: 7, color: colors, line: { width: 0.5, color: "#fff" } },
                     text: data.nodes.map((a, i) => `agent ${a}: ${labels[(data.state || [])[i]] ?? "?"}`), hoverinfo: "text" });
       Plotly.newPlot("network", traces, { margin: { l: 5, r: 5, t: 5, b: 5 }, showlegend: true, legend: { orientation: "h" },
@@ -366,7 +368,8 @@ async function refreshNetwork(full) {
     } else {
       Plotly.restyle("network", { "marker.color": [colors] }, [state.network.nodeTrace]);
     }
-    $("#network-msg").textContent = `${data.nodes.length} agents, ${data.edges.length} contacts, states at step ${data.step}`;
+    const what = data.graph === "follow" ? "follows" : "contacts";
+    $("#network-msg").textContent = `${data.nodes.length} agents, ${data.edges.length} ${what}, ${data.colour || "states"} at step ${data.step}`;
   } catch (e) { $("#network-msg").textContent = e.status === 409 ? e.message.replace(/^409: /, "") : e.message; }
 }
 

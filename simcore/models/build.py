@@ -1,4 +1,8 @@
-"""Scenario -> population and graph -> (model, state, params, schedule). One direction only."""
+"""Scenario -> population and graph -> (model, state, params, schedule). One direction only.
+
+Which function builds which ``model.kind`` is the model registry's (``scenarios/registry.py``); the
+built-in models' builders, interfaces, checks and graph views live here and are named by their entries.
+"""
 from __future__ import annotations
 
 import time
@@ -9,7 +13,8 @@ import jax
 import numpy as np
 
 from scenarios.loader import ScenarioError
-from scenarios.schema import MultilayerGraph, NoGraph, Scenario
+from scenarios.registry import REGISTRY, Registry
+from scenarios.schema import MultilayerGraph, Scenario
 
 from ..engine import Intervention, Model, build_schedule, init_key, root_key
 from . import epidemic, seir
@@ -27,58 +32,44 @@ class Built:
     population: Any = None
     # host policies the model itself needs (e.g. the economy's LLM planner): a factory of fresh ones
     host_policies: Callable[[], list] | None = None
-    # the dashboard's charts: {title: [metric, ...]}
+    # the dashboard's charts: {title: [metric, ...]}, from the model's registry entry
     metric_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
-def scheduled_params(scenario: Scenario) -> tuple[str, ...]:
-    if scenario.model.kind == "social":
-        from .social import SCHEDULED as social_scheduled
-        return social_scheduled
-    if scenario.model.kind == "economy":
-        from .economy import SCHEDULED as economy_scheduled
-        return economy_scheduled
-    return epidemic.SCHEDULED if scenario.model.kind == "epidemic" else ("contact_scale",)
+def scheduled_params(scenario: Scenario, registry: Registry = REGISTRY) -> tuple[str, ...]:
+    return registry.entry_for(scenario).scheduled_params(scenario)
 
 
-def policy_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+def policy_interface(scenario: Scenario, registry: Registry = REGISTRY) -> dict[str, tuple[str, ...]]:
     """What the scenario's model offers an archetype policy, known without building anything:
     ``decision_targets`` it reads, ``features`` to group on, ``stats`` to show in prompts."""
-    if scenario.model.kind == "social":
-        from .social import model as social_model
-        return {"decision_targets": social_model.DECISION_TARGETS, "features": social_model.FEATURES,
-                "stats": social_model.STATS, "decision_logits": ()}
-    if scenario.model.kind == "epidemic":
-        return {"decision_targets": epidemic.DECISION_TARGETS, "features": epidemic.FEATURES,
-                "stats": epidemic.STATS, "decision_logits": epidemic.DECISION_TARGETS}
-    if scenario.model.kind == "economy":
-        from .economy import model as economy_model
-        return {"decision_targets": economy_model.DECISION_TARGETS, "features": economy_model.FEATURES,
-                "stats": economy_model.stat_names(len(scenario.model.params.schedule.rates)), "decision_logits": ()}
-    return {"decision_targets": (), "features": (), "stats": (), "decision_logits": ()}
+    return registry.entry_for(scenario).policy_interface(scenario)
 
 
-def check(scenario: Scenario) -> None:
+def check(scenario: Scenario, registry: Registry = REGISTRY) -> None:
     """Semantic checks that need to know the model, without building anything."""
-    names = scheduled_params(scenario)
-    for i, iv in enumerate(scenario.interventions):
-        if iv.param not in names:
-            raise ScenarioError(f"interventions[{i}].param",
-                                f"unknown parameter {iv.param!r} for model {scenario.model.kind!r} "
-                                f"(scheduled: {', '.join(names)})")
-    if scenario.model.kind == "epidemic" and not isinstance(scenario.graph, MultilayerGraph):
-        raise ScenarioError("graph.kind", "model 'epidemic' needs graph.kind 'multilayer'")
-    if scenario.model.kind == "social":
-        _check_social(scenario)
-    if (scenario.model.kind == "economy") != isinstance(scenario.graph, NoGraph):
-        raise ScenarioError("graph.kind", "model 'economy' has no contact graph: set graph.kind 'none'"
-                            if scenario.model.kind == "economy" else
-                            f"model {scenario.model.kind!r} needs a graph, got 'none'")
-    if scenario.model.kind == "economy":
-        _check_economy(scenario)
+    registry.entry_for(scenario).check_scenario(scenario)
 
 
-def _check_economy(scenario: Scenario) -> None:
+# -- the built-in models' entries point here (scenarios/registry.py) ---------------------------------
+def epidemic_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    return {"decision_targets": epidemic.DECISION_TARGETS, "features": epidemic.FEATURES,
+            "stats": epidemic.STATS, "decision_logits": epidemic.DECISION_TARGETS}
+
+
+def social_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    from .social import model as social_model
+    return {"decision_targets": social_model.DECISION_TARGETS, "features": social_model.FEATURES,
+            "stats": social_model.STATS}
+
+
+def economy_interface(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    from .economy import model as economy_model
+    return {"decision_targets": economy_model.DECISION_TARGETS, "features": economy_model.FEATURES,
+            "stats": economy_model.stat_names(len(scenario.model.params.schedule.rates))}
+
+
+def check_economy(scenario: Scenario) -> None:
     from .economy import PERSONAS
 
     prm = scenario.model.params
@@ -97,13 +88,10 @@ def _check_economy(scenario: Scenario) -> None:
                                             f"(every: 1), got {scenario.policy.every}")
 
 
-def _check_social(scenario: Scenario) -> None:
+def check_social(scenario: Scenario) -> None:
     from .social import PERSONAS
 
     prm, field = scenario.model.params, "model.params"
-    if isinstance(scenario.graph, MultilayerGraph):
-        raise ScenarioError("graph.kind", "model 'social' needs a follow graph: erdos_renyi, barabasi_albert or "
-                                          "watts_strogatz")
     if prm.feed_size > prm.post_capacity:
         raise ScenarioError(f"{field}.feed_size", f"must be <= post_capacity ({prm.post_capacity}), got {prm.feed_size}")
     unknown = sorted(set(prm.personas) - set(PERSONAS))
@@ -130,6 +118,36 @@ def _check_social(scenario: Scenario) -> None:
         raise ScenarioError(f"{field}.post_capacity", f"must be >= the peak active users per step "
                                                       f"(~{peak:.0f} = 1.8 x activity_rate x population.size), "
                                                       f"got {prm.post_capacity}")
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """What the dashboard's network view draws for a model: named edge layers and a colour per node.
+
+    A layer is a CSR (``indptr``/``indices``) or a dense ``[N, K]`` row table of neighbour ids with -1 for an
+    empty slot (the social model's follow rows). ``state(sim_state, nodes)`` gives each node's code into
+    ``labels`` at a step; the edges are those of the built graph.
+    """
+    kind: str  # "contact" or "follow"
+    layers: dict[str, Any]
+    labels: tuple[str, ...]
+    state: Callable[[Any, np.ndarray], np.ndarray]
+    colour: str  # what the node colour means
+
+
+def contact_view(built: Built) -> GraphView:
+    """Epidemic layers (household, workplace, school, community) or the SEIR graph, coloured by disease state."""
+    layers = dict(built.params["layers"]) if "layers" in built.params else {"contacts": built.params["graph"]}
+    return GraphView("contact", layers, tuple(built.model.labels["disease"]),
+                     lambda st, nodes: np.asarray(st.disease[nodes]), "disease state")
+
+
+def follow_view(built: Built) -> GraphView:
+    """The social model's follow rows at the start of the run, coloured by each user's stance bin."""
+    from .social import model as social_model
+
+    return GraphView("follow", {"follows": built.state.follows}, tuple(social_model.STANCE_BINS),
+                     lambda st, nodes: np.asarray(social_model.stance_bin(st.stance[nodes])), "stance")
 
 
 def concat_rows(*csrs):
@@ -186,7 +204,7 @@ def contact_layers(population, spec: MultilayerGraph, seed: int) -> dict:
     }
 
 
-def _build_seir(scenario: Scenario, seed: int) -> Built:
+def build_seir(scenario: Scenario, seed: int) -> Built:
     n = scenario.population.size
     t0 = time.perf_counter()
     csr = _graph(scenario, n, seed)
@@ -197,11 +215,10 @@ def _build_seir(scenario: Scenario, seed: int) -> Built:
                           sparse_capacity=p.sparse_capacity)
     info = {"graph_seconds": t_graph, "edges": csr.n_edges, "graph_bytes": params["graph"].nbytes,
             "bytes_per_agent_state": 1}
-    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
-                 metric_groups={"Compartments": list(seir.STATES), "New infections": ["new_infections"]})
+    return Built(seir.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
 
 
-def _build_epidemic(scenario: Scenario, seed: int) -> Built:
+def build_epidemic(scenario: Scenario, seed: int) -> Built:
     from populations import sample_population
 
     pop_spec = scenario.population
@@ -222,12 +239,10 @@ def _build_epidemic(scenario: Scenario, seed: int) -> Built:
         "bytes_per_agent_state": 4,
     }
     return Built(epidemic.make_model(cfg, tuple(population.labels["occupation"])), state, params, base, population.n, np.empty(0, np.int32), info,
-                 population, metric_groups={"Epidemic compartments": ["S", "E", "I", "R", "M"],
-                                            "New infections / cases / deaths": ["new_infections", "new_cases", "new_deaths"],
-                                            "Behaviour": ["isolating_share", "unemployment_rate"]})
+                 population)
 
 
-def _build_social(scenario: Scenario, seed: int) -> Built:
+def build_social(scenario: Scenario, seed: int) -> Built:
     from . import social
 
     n = scenario.population.size
@@ -237,13 +252,10 @@ def _build_social(scenario: Scenario, seed: int) -> Built:
     cfg, state, params, base, info = social.init(scenario.model.params, n, csr, seed)
     info.update({"graph_seconds": t_graph, "init_seconds": time.perf_counter() - t0 - t_graph,
                  "edges": int(state.followees.sum())})
-    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
-                 metric_groups={"Stances": ["stance_mean", "extremity", "extreme_share", "bimodality"],
-                                "Activity": ["active", "n_create_post", "n_like", "n_repost", "n_comment", "n_follow"],
-                                "Feeds": ["feed_stance_distance", "feed_fill"]})
+    return Built(social.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
 
 
-def _build_economy(scenario: Scenario, seed: int) -> Built:
+def build_economy(scenario: Scenario, seed: int) -> Built:
     from . import economy
 
     n = scenario.population.size
@@ -257,18 +269,19 @@ def _build_economy(scenario: Scenario, seed: int) -> Built:
             from llm_policy.planner import make_planner_policy
             return [make_planner_policy(prm, cfg)]
     return Built(economy.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
-                 host_policies=factory, metric_groups=economy.metric_groups(cfg.n_brackets))
+                 host_policies=factory)
 
 
-_BUILDERS = {"seir": _build_seir, "epidemic": _build_epidemic, "social": _build_social, "economy": _build_economy}
-
-
-def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None) -> Built:
-    """Population, graph, initial state, params and the intervention schedule for ``scenario``."""
-    check(scenario)
+def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None,
+          registry: Registry = REGISTRY) -> Built:
+    """Population, graph, initial state, params and the intervention schedule for ``scenario``
+    (its model is ``registry``'s entry for ``scenario.model.kind``)."""
+    entry = registry.entry_for(scenario)
+    entry.check_scenario(scenario)
     seed = scenario.run.seed if seed is None else seed
     steps = scenario.run.steps if steps is None else steps
-    built = _BUILDERS[scenario.model.kind](scenario, seed)
+    built = entry.build(scenario, seed)
+    built.metric_groups = entry.groups(scenario)
     interventions = [Intervention(param=iv.param, start=iv.start, end=iv.end, value=iv.value, mode=iv.mode,
                                   name=iv.name) for iv in scenario.interventions]
     built.schedule = build_schedule(built.schedule, steps, interventions)

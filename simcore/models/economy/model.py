@@ -444,18 +444,6 @@ def metrics(cfg: EconomyConfig, st: EconomyState, p):
     return out
 
 
-def metric_groups(n_brackets: int) -> dict[str, list[str]]:
-    """What the dashboard charts, one chart per group."""
-    return {
-        "Output and revenue": ["output", "revenue"],
-        "Inequality": ["gini_pre", "gini_post"],
-        "Welfare": ["welfare_utilitarian", "welfare_atkinson"],
-        "Marginal rates by bracket": [f"rate_b{b}" for b in range(n_brackets)],
-        "Labour": ["mean_hours", "participation_rate"],
-        "Voting and planner": ["vote_share", "challenger_elected", "planner_fallbacks"],
-    }
-
-
 def sample(st: EconomyState, p, idx):
     return {"agent": idx, "hours": st.hours[idx], "income": st.income[idx], "tax": st.tax[idx],
             "utility": st.utility[idx], "skill": p["skill"][idx], "persona": p["persona"][idx]}
