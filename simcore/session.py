@@ -243,6 +243,7 @@ class RunSession:
     see :func:`drive`; ``submit_interval(rows)``: seconds between writer submits (0:
     every chunk). ``checkpoint_every`` / ``checkpoint_keep``: periodic checkpoints;
     ``resume_from``: a loaded :class:`~simcore.checkpoint.Checkpoint` of this run directory.
+    ``policy_factory(built) -> (policies, extra_metrics)``: more of both, made once built.
     """
 
     def __init__(
@@ -267,6 +268,7 @@ class RunSession:
         short_chunks_of_one: bool = False,
         submit_interval: Callable[[int], float] | float = 0.0,
         write: bool = True,
+        policy_factory: Callable[[Built], tuple[list, Callable | None]] | None = None,
     ):
         self.scenario = scenario
         self.seed = scenario.run.seed if seed is None else int(seed)
@@ -287,6 +289,7 @@ class RunSession:
         self.short_chunks_of_one = short_chunks_of_one
         self.submit_interval = submit_interval
         self.write = write
+        self.policy_factory = policy_factory
         self.status = "new"
         self.sim: Simulation | None = None
         self.writer: RunWriter | None = None
@@ -402,6 +405,10 @@ class RunSession:
 
                 surveys = make_surveys(scenario, built, policy, steps)
             self.model_policies = built.host_policies() if built.host_policies is not None else []  # e.g. a planner
+            if self.policy_factory is not None:  # more host policies and metric columns, made from the build
+                more, extra_metrics = self.policy_factory(built)
+                self.extra_policies += list(more)
+                self.extra_metrics = extra_metrics or self.extra_metrics
         except Exception:
             if policy is not None:
                 policy.close()  # not attached yet: closes the backend, writes nothing
