@@ -106,7 +106,8 @@ class ExperimentResults:
         return {arm: reduce_series(v, reducer) for arm, v in self.series(metric).items()}
 
     def default_outcomes(self) -> list[str]:
-        return [f"{m}:{default_reducer(m)}" for m in self.metric_names if "__" not in m and m != "wall_seconds"]
+        return [f"{m}:{default_reducer(m)}" for m in self.metric_names
+                if "__" not in m and m != "wall_seconds" and not m.startswith("llm_")]
 
     def paired(self, outcome: str) -> pl.DataFrame:
         """Per arm and seed: the arm's value, the baseline's, and the difference (arm minus baseline)."""

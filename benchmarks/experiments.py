@@ -43,7 +43,8 @@ def _block(ens) -> None:
 def bench_fork(n: int, steps: int, seeds: int) -> dict:
     from scenarios import load_scenario
     from simcore.checkpoint import load_checkpoint, save_checkpoint
-    from simcore.engine.ensemble import Ensemble, replicate_state
+    from simcore.engine.ensemble import ChunkPrograms, Ensemble, replicate_state
+    from simcore.session import run_metrics
     from simcore.experiments import Experiment
     from simcore.models import build
 
@@ -54,27 +55,29 @@ def bench_fork(n: int, steps: int, seeds: int) -> dict:
     arm = {k: v.copy() for k, v in b.schedule.items()}
     arm["contact_scale"][t_b:] = 0.3
 
+    programs = ChunkPrograms()  # one set of compiled programs for every ensemble below
+
     def ens(state=None, step=0, schedule=b.schedule):
         return Ensemble(b.model, state if state is not None else replicate_state(b.state, seeds), b.params, schedule,
-                        seed_list, chunk_size=25, step=step)
+                        seed_list, chunk_size=25, step=step, programs=programs)
 
-    ens().run(25)  # warm-up: compiles the one chunk program every run below uses
+    run_metrics(ens(), 25)  # warm-up: compiles the one chunk program every run below uses
     e = ens()
     t0 = time.perf_counter()
-    e.run(t_b)
+    run_metrics(e, t_b)
     _block(e)
     prefix = time.perf_counter() - t0
     at_branch = e.state
 
     t0 = time.perf_counter()
     fork = ens(at_branch, t_b, arm)
-    fork_metrics = fork.run(steps - t_b)
+    fork_metrics = run_metrics(fork, steps - t_b)
     _block(fork)
     fork_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     full = ens(schedule=arm)
-    full_metrics = full.run(steps)
+    full_metrics = run_metrics(full, steps)
     _block(full)
     rerun_s = time.perf_counter() - t0
     same = all(np.array_equal(fork_metrics[k], full_metrics[k][:, t_b:]) for k in fork_metrics)
@@ -115,7 +118,8 @@ def bench_fork(n: int, steps: int, seeds: int) -> dict:
 
 def bench_vmap(n: int, steps: int, replicates: int, sparse: float) -> dict:
     from scenarios import load_scenario
-    from simcore.engine.ensemble import Ensemble, replicate_state
+    from simcore.engine.ensemble import ChunkPrograms, Ensemble, replicate_state
+    from simcore.session import run_metrics
     from simcore.models import build
 
     sc = load_scenario(_scenario(n, steps, sparse))
@@ -123,12 +127,13 @@ def bench_vmap(n: int, steps: int, replicates: int, sparse: float) -> dict:
     seeds = list(range(replicates))
     out = {"agents": n, "steps": steps, "replicates": replicates, "sparse_capacity": sparse}
     for label, batch in (("vmap", replicates), ("sequential", 1)):
-        Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds, chunk_size=25,
-                 batch_size=batch).run(25)  # warm-up compile
+        programs = ChunkPrograms()
+        run_metrics(Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds, chunk_size=25,
+                             batch_size=batch, programs=programs), 25)  # warm-up compile
         e = Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds, chunk_size=25,
-                     batch_size=batch)
+                     batch_size=batch, programs=programs)
         t0 = time.perf_counter()
-        m = e.run(steps)
+        m = run_metrics(e, steps)
         _block(e)
         dt = time.perf_counter() - t0
         out[f"{label}_s"] = dt
@@ -143,11 +148,12 @@ def bench_checkpoint_size(n_epidemic: int) -> dict:
     from simcore.checkpoint import checkpoint_size, save_simulation
     from simcore.models import build
     from simcore.runs import make_simulation
+    from simcore.session import drive
 
     sc = load_scenario("covid_small", [f"population.size={n_epidemic}"])
     b = build(sc, seed=0)
     sim = make_simulation(sc, b, 0)
-    sim.run(30)
+    drive(sim, 30)
     out = {"epidemic_agents": n_epidemic}
     with tempfile.TemporaryDirectory() as tmp:
         for compress in (True, False):

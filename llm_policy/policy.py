@@ -210,6 +210,7 @@ class _Pending:
     future: Future | None = None
     results: Any = None
     spec: DecisionSpec | None = None  # a survey item's (llm_policy.surveys); else spec.decisions[decision]
+    values: np.ndarray | None = None  # one per group, once recorded (see ArchetypePolicy._record)
 
 
 @dataclass(frozen=True)
@@ -242,12 +243,14 @@ class ArchetypePolicy:
         self.log_path: Path | None = None
         self._log: TableAppender | None = None  # the llm_calls table, once attached
         self._logged = 0
+        self.cache_path: Path | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llm-round") if spec.pipelined else None
         self._pending: list[_Pending] = []
 
     # -- set-up -------------------------------------------------------------------------
-    def attach(self, run_dir: Path) -> Path | None:
-        """Log next to the run; wrap the backend in the response cache (``policy.cache`` or the run's own)."""
+    def attach(self, run_dir: Path, *, cache: str | Path | None = None) -> Path | None:
+        """Log next to the run; wrap the backend in the response cache (``policy.cache``, else ``cache``,
+        else the run's own ``llm_cache.sqlite``). Returns the cache's path (None: a replay backend)."""
         from .cache import CachedBackend, ResponseCache
 
         self.log_path = Path(run_dir) / "llm_calls.parquet"  # where the closed run's log lies (simcore.rundir)
@@ -255,9 +258,10 @@ class ArchetypePolicy:
         self._logged = len(self.rows)  # rows of self.rows on disk (or not this run's)
         if self.spec.backend.get("kind") == "replay" or isinstance(self.backend, CachedBackend):
             return None
-        path = Path(self.spec.cache) if self.spec.cache else Path(run_dir) / "llm_cache.sqlite"
+        path = Path(self.spec.cache or cache or Path(run_dir) / "llm_cache.sqlite")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.backend = CachedBackend(self.backend, ResponseCache(path))
+        self.cache_path = path
         return path
 
     @property
@@ -274,18 +278,101 @@ class ArchetypePolicy:
             for i, decision in enumerate(self.spec.decisions):
                 pending = self._prepare(sim, i, decision)
                 pending.results = self._score(pending)
-                self._apply(sim, pending, sim.step)
+                self._set(sim, pending, self._record(pending, sim.step), sim.step)
         else:
             # apply the round computed from the previous cadence's state, then start the next one
             for pending in self._pending:
-                pending.results = pending.future.result()
-                self._apply(sim, pending, sim.step)
+                self._collect(pending)
+                self._set(sim, pending, pending.values, sim.step)
             self._pending = []
             for i, decision in enumerate(self.spec.decisions):
                 pending = self._prepare(sim, i, decision)
                 pending.future = self._pool.submit(self._score, pending)
                 self._pending.append(pending)
         self._flush_log()
+
+    def _collect(self, pending: _Pending) -> None:
+        """Wait for a pipelined round's answers and record them (log rows, counters) at the step they apply.
+
+        Once only: the round lands in the log when its answers arrive, whether at the next
+        cadence step, at a checkpoint or at the end of the run (:meth:`finish`).
+        """
+        if pending.values is not None:
+            return
+        pending.results = pending.future.result()
+        pending.values = self._record(pending, pending.step + self.every)
+
+    def finish(self, sim: Simulation) -> None:
+        """End of the run: a pipelined round still in flight lands in the log and the totals.
+
+        Its step (the next cadence step) lies past the run, so it changes no simulated
+        step; it stays pending, so a checkpoint taken now carries it into an extended run.
+        """
+        for pending in self._pending:
+            self._collect(pending)
+        self._flush_log()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the call log's length, the per-step counters, the pending round, the cache.
+
+        A pending pipelined round is waited for and logged first, so its answers are
+        saved (values per archetype, and per-agent archetype codes under ``arrays``).
+        """
+        for pending in self._pending:
+            self._collect(pending)
+        self._flush_log()
+        pend, arrays = [], {}
+        for k, p in enumerate(self._pending):
+            pend.append({"step": p.step, "decision": p.decision, "group_by": list(p.groups.group_by),
+                         "levels": list(p.groups.levels), "codes": [int(c) for c in p.groups.codes],
+                         "per_agent": p.groups.member_levels is not None,
+                         "values": [None if not math.isfinite(v) else float(v) for v in p.values]})
+            arrays[f"pending{k}_agent_code"] = np.asarray(p.groups.agent_code, np.int32)
+        return {"kind": "archetype_policy", "rows_logged": len(self.rows),
+                "per_step": {str(k): vars(v).copy() for k, v in sorted(self.per_step.items())},
+                "pending": pend, "backend": getattr(self.backend, "identity", type(self.backend).__name__),
+                "cache": None if self.cache_path is None else str(self.cache_path), "arrays": arrays}
+
+    def load_state_dict(self, blob: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint: the log's first ``rows_logged`` rows, the counters, the pending round."""
+        import jax.numpy as jnp
+
+        identity = getattr(self.backend, "identity", type(self.backend).__name__)
+        if blob.get("backend") not in (None, identity):
+            raise ScenarioError("checkpoint", f"the run's LLM answers came from backend {blob['backend']!r}, "
+                                              f"this resume has {identity!r}; resume with the same backend")
+        self._restore_log(int(blob.get("rows_logged", 0)))
+        self.per_step = {int(k): RoundStats(**v) for k, v in (blob.get("per_step") or {}).items()}
+        arrays = blob.get("arrays") or {}
+        self._pending = []
+        for k, p in enumerate(blob.get("pending") or []):
+            codes = np.asarray(p["codes"], np.int64)
+            groups = Groups(tuple(p["group_by"]), tuple(p["levels"]), codes, np.zeros(len(codes), np.int64), {},
+                            jnp.asarray(arrays[f"pending{k}_agent_code"]), {} if p["per_agent"] else None)
+            values = np.array([np.nan if v is None else v for v in p["values"]], np.float64)
+            self._pending.append(_Pending(int(p["step"]), int(p["decision"]), groups, [], values=values))
+
+    def _restore_log(self, n: int) -> None:
+        """The call log as it was at the checkpoint: its first ``n`` rows, on disk and here (later ones are
+        recomputed and appended again)."""
+        from simcore import rundir
+
+        self.rows = []
+        if n == 0 and (self._log is None or not rundir.has_table(self._log.dir, "llm_calls")):
+            self._logged = 0
+            return
+        if self._log is None or not rundir.has_table(self._log.dir, "llm_calls"):
+            raise ScenarioError("checkpoint", f"the checkpoint counts {n} logged LLM calls but the run has no "
+                                              "llm_calls table")
+        run_dir = self._log.dir
+        have = rundir.read_table(run_dir, "llm_calls").num_rows
+        if have < n:
+            raise ScenarioError("checkpoint", f"llm_calls has {have} rows, the checkpoint counts {n}")
+        rundir.keep_rows(run_dir, "llm_calls", n)
+        self._log = TableAppender(run_dir, "llm_calls")  # reopens after the cut
+        self.rows = rundir.read_table(run_dir, "llm_calls").to_pylist()
+        self._logged = len(self.rows)
 
     def _prepare(self, sim: Simulation, index: int, d: DecisionSpec, n_samples: int | None = None,
                  architecture: str | None = None) -> _Pending:
@@ -361,7 +448,7 @@ class ArchetypePolicy:
 
     def _score(self, pending: _Pending):
         if jax.process_index() != 0:
-            return [], 0.0  # in a multi-process run only process 0 asks; _apply receives its answers
+            return [], 0.0  # in a multi-process run only process 0 asks; _record receives its answers
         d = pending.spec or self.spec.decisions[pending.decision]
         options = tuple(" " + o for o in d.options)
         prompts = [p for ps in pending.prompts for p in ps] + pending.content_free
@@ -370,7 +457,8 @@ class ArchetypePolicy:
         results = self.backend.score(requests) if requests else []
         return results, time.perf_counter() - t0
 
-    def _apply(self, sim: Simulation, pending: _Pending, step: int) -> None:
+    def _record(self, pending: _Pending, step: int) -> np.ndarray:
+        """Turn a round's answers into one value per group; log its rows and count its calls at ``step``."""
         d = self.spec.decisions[pending.decision]
         (results, seconds) = pending.results
         n_s = self.spec.n_samples
@@ -424,7 +512,12 @@ class ArchetypePolicy:
                 "fallback": fallback, "error": next((r.error for r in res if r.error), cf_error),
             })
         stats.seconds += seconds
-        values = broadcast_from_lead(values)
+        return broadcast_from_lead(values)
+
+    def _set(self, sim: Simulation, pending: _Pending, values: np.ndarray, step: int) -> None:
+        """Broadcast a round's group values to the agents: the model's per-agent target parameter."""
+        d = self.spec.decisions[pending.decision]
+        as_logit = d.target in self.model.decision_logits
         key = jax.random.fold_in(step_key(sim.root, step), 0x4C4C4D + pending.decision)
         sim.set_param(d.target, broadcast(pending.groups, values.astype(np.float32), key, d.heterogeneity,
                                           logit=as_logit))

@@ -64,6 +64,7 @@ class ServerConfig:
     max_agents: int = 10_000_000
     max_steps: int = 1_000_000
     max_chunk: int = 5
+    checkpoint_every: int = 100  # live runs checkpoint every N steps (and where they stop); 0: never
     allowed_hosts: list[str] = field(default_factory=list)
     compile_cache: str | None = None  # persistent XLA cache directory (None: leave JAX's setting alone)
     trust_policy_backends: bool = False  # accept any policy.backend / policy.cache from HTTP (trusted users only)
@@ -236,7 +237,8 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     cfg.check()
     if cfg.compile_cache:
         enable_compile_cache(cfg.compile_cache)
-    manager = manager or RunManager(cfg.runs_dir, max_runs=cfg.max_runs, max_chunk=cfg.max_chunk)
+    manager = manager or RunManager(cfg.runs_dir, max_runs=cfg.max_runs, max_chunk=cfg.max_chunk,
+                                    checkpoint_every=cfg.checkpoint_every)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -410,9 +412,21 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     def pause(run_id: str):
         return control_call(live_or_error(run_id), "pause")
 
-    @control.post("/runs/{run_id}/resume", response_model=ControlResponse, responses={**ERR_404, **ERR_409})
+    @control.post("/runs/{run_id}/resume", summary="Unpause a live run; continue a finished or killed one from "
+                  "its latest checkpoint", response_model=ControlResponse, responses={**ERR_404, **ERR_409, **ERR_422})
     def resume(run_id: str):
-        return control_call(live_or_error(run_id), "resume")
+        ctl = manager.get_live(run_id)
+        if ctl is not None and ctl.active:
+            return control_call(ctl, "resume")
+        try:
+            ctl = manager.resume(run_id)
+        except KeyError:
+            raise not_found() from None
+        except RunError as exc:
+            raise ApiError(409, str(exc)) from None
+        except RunLimitError as exc:
+            raise ApiError(429, str(exc)) from None
+        return JSONResponse({"applied": True, "result": {"resumed": True}, "run": ctl.summary()})
 
     @control.post("/runs/{run_id}/step", summary="Run n steps of a paused run, then stay paused",
                   response_model=ControlResponse, responses={**ERR_404, **ERR_409, **ERR_422})

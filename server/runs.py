@@ -1,9 +1,14 @@
 """Live runs: one worker thread per simulation, commanded through a queue.
 
-A :class:`RunController` owns a ``Simulation`` and its ``RunWriter``. It steps in
-small chunks and, between chunks, applies the commands queued by the HTTP side
-(pause, resume, step, stop, intervene). HTTP handlers never touch the simulation
-themselves, so a slow or vanished client can never stall a run.
+A :class:`RunController` is a thread and a command queue over a
+:class:`simcore.session.RunSession`, the same session ``simcore run`` uses (build, the
+scenario's LLM policy with its cache and call log, writer, checkpoints). The session's
+loop asks the controller before each chunk how far it may go (``allowance``): there the
+worker applies the commands queued by the HTTP side (pause, resume, step, stop,
+intervene), and waits while paused. HTTP handlers never touch the simulation
+themselves, so a slow or vanished client can never stall a run. Live runs checkpoint
+every ``checkpoint_every`` steps (and where they stop), and a finished or killed one
+continues from its latest checkpoint with :meth:`RunManager.resume`.
 
 Each finished chunk is turned into JSON rows once, in the worker, and appended to
 an in-memory history; stream subscribers keep a cursor into that list and are woken
@@ -89,23 +94,6 @@ def rows_from_chunk(steps: np.ndarray, columns: dict[str, np.ndarray]) -> list[d
 def flush_interval(rows: int) -> float:
     """Seconds between writer submits for a run with ``rows`` steps written: 0.5 s, growing past 5,000 rows."""
     return min(60.0, max(0.5, rows / 10_000))
-
-
-def merge_chunks(parts: list[tuple[Any, dict]]):
-    """Consecutive (chunk, extra columns) pairs as one pair, for one writer submit."""
-    from simcore.engine import Chunk
-
-    if len(parts) == 1:
-        return parts[0]
-    chunks = [c for c, _ in parts]
-
-    def cat(dicts: list[dict]) -> dict:
-        return {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]} if dicts[0] else {}
-
-    merged = Chunk(steps=np.concatenate([c.steps for c in chunks]), metrics=cat([c.metrics for c in chunks]),
-                   samples=cat([c.samples for c in chunks]), events=cat([c.events for c in chunks]),
-                   seconds=sum(c.seconds for c in chunks))
-    return merged, cat([e for _, e in parts])
 
 
 # -- the stream hub: history + wake-ups on the event loop -----------------------------------
@@ -237,6 +225,8 @@ class RunController:
         start_paused: bool = False,
         max_chunk: int = 5,
         policy_factory: Callable[[Scenario, Any], tuple[list, Callable | None]] | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
     ):
         self.id = run_id
         self.dir = run_dir
@@ -247,6 +237,8 @@ class RunController:
         self.seed = scenario.run.seed
         self.chunk = max(1, min(scenario.run.chunk_size, max_chunk))
         self.policy_factory = policy_factory
+        self.checkpoint_every = int(checkpoint_every)
+        self.resuming = resume  # continue self.dir from its latest checkpoint
         self.status = "queued"
         self.step = 0
         self.error: str | None = None
@@ -264,14 +256,12 @@ class RunController:
         self._paused = start_paused
         self._pending_steps = 0
         self._step_waiters: list[tuple[int, cf.Future]] = []
-        self._flush: Callable[..., None] = lambda sync=False: None
         self._stop = False
         self._queue: queue.Queue[Command] = queue.Queue()
         self._cmd_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=f"simcore-run-{run_id}", daemon=True)
-        self._sim = None
-        self._writer = None
-        self._llm = None
+        self._session = None  # the RunSession, once the worker made it
+        self._last_end: float | None = None
 
     # -- HTTP side ------------------------------------------------------------------------
     def start(self) -> None:
@@ -338,34 +328,26 @@ class RunController:
         self.hub.touch()
 
     def _main(self) -> None:
-        writer = None
         final = "failed"
         try:
-            final, writer = self._run()
+            final = self._run()
         except Exception as exc:  # the run fails, the server lives on; the reason goes to the manifest
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("run %s failed:\n%s", self.id, traceback.format_exc())
             final = "failed"
         finally:
-            writer = writer or self._writer
-            for mp in getattr(self, "_model_policies", []):
-                mp.close()
-            if self._llm is not None:
+            session = self._session
+            if session is not None:
                 try:
-                    self._llm.close()
-                    if writer is not None:
-                        writer.update_manifest(llm_totals=dict(self._llm.totals.__dict__))
-                except Exception as exc:  # reported with the run, which still gets its final status
-                    self.error = self.error or f"llm policy: {exc}"
-            if writer is not None:
-                try:
-                    if self.error:
-                        writer.update_manifest(error=self.error)
-                    writer.close(final)
-                except Exception as exc:  # writer thread error: report it, the status still changes
-                    self.error = self.error or f"writer: {exc}"
+                    if self.error and session.writer is not None:
+                        session.writer.update_manifest(error=self.error)
+                    final = session.close(final if final == "failed" else None)
+                except Exception as exc:  # a policy or the writer failed at the end: reported, status changes
+                    self.error = self.error or f"{type(exc).__name__}: {exc}"
                     final = "failed"
-            self._sim = None  # frees device memory; the network view keeps its last state
+                if session.sim is not None:
+                    self.step = session.sim.step
+                session.sim = None  # frees device memory; the network view keeps its last state
             for _, fut in self._step_waiters:
                 fut.set_result({"status": final, "step": self.step})
             self._step_waiters = []
@@ -375,17 +357,6 @@ class RunController:
             self._set_status(final)
             self.hub.finish()
 
-    def _archetype_policy(self, built):
-        """The LLM archetype policy of a scenario with a ``policy`` block (None without one)."""
-        if self.scenario.policy is None:
-            return None
-        from simcore import runs
-
-        make = getattr(runs, "make_archetype_policy", None)
-        if make is None:  # never run a policy scenario without its policy
-            raise RuntimeError("the scenario has a policy block but simcore.runs has no make_archetype_policy")
-        return make(self.scenario, built)
-
     def _fail_pending(self) -> None:
         while True:
             try:
@@ -394,109 +365,82 @@ class RunController:
                 return
             cmd.done.set_exception(RunError(f"run {self.id} ended ({self.status})"))
 
-    def _run(self):
-        from simcore.io import RunWriter
-        from simcore.models import build
-        from simcore.runs import make_simulation, manifest_for
+    def _make_session(self):
+        from simcore.session import RunSession
 
-        self._set_status("building")
-        t0 = time.perf_counter()
-        built = build(self.scenario, seed=self.seed, steps=self.steps)
-        built.info["build_seconds"] = time.perf_counter() - t0
-        self.labels = {k: list(v) for k, v in built.model.labels.items()}
-        extra = {
-            "server": {"source": self.source, "overrides": self.overrides, "run_id": self.id},
-            "live_interventions": [],
-        }
-        llm = self._archetype_policy(built)  # the scenario's LLM layer, as `simcore run` sets it up
-        if llm is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            cache = llm.attach(self.dir)
-            extra["llm_cache"] = str(cache) if cache else self.scenario.policy.backend.get("cache")
-            extra["llm_backend"] = getattr(llm.backend, "identity", None)
-        self._llm = llm
-        writer = RunWriter(self.dir, manifest_for(self.scenario, built, self.seed, self.steps, extra),
-                           sample_every=self.scenario.output.sample_every)
-        self._writer = writer
-        sim = make_simulation(self.scenario, built, self.seed)
-        sim.chunk_size = self.chunk
-        self._sim = sim
-        policies, extra_metrics = ([], None)
+        factory = None
         if self.policy_factory is not None:
-            policies, extra_metrics = self.policy_factory(self.scenario, built)
-        self._model_policies = built.host_policies() if built.host_policies is not None else []  # e.g. LLM planner
-        policies = list(policies) + self._model_policies + ([llm] if llm is not None else [])
+            factory = lambda built: self.policy_factory(self.scenario, built)  # noqa: E731
+        kw = dict(chunk_size=self.chunk, short_chunks_of_one=True, submit_interval=flush_interval,
+                  policy_factory=factory)
+        if self.resuming:
+            return RunSession.resume(self.dir, checkpoint_every=self.checkpoint_every or None, **kw)
+        extra = {"server": {"source": self.source, "overrides": self.overrides, "run_id": self.id},
+                 "live_interventions": []}
+        return RunSession(self.scenario, self.dir, steps=self.steps, seed=self.seed, manifest_extra=extra,
+                          checkpoint_every=self.checkpoint_every, **kw)
+
+    def _run(self) -> str:
+        self._set_status("building")
+        session = self._session = self._make_session()
+        session.open()  # build, the scenario's LLM layer, writer, checkpointer: as `simcore run` does
+        built, sim = session.built, session.sim
+        self.labels = {k: list(v) for k, v in built.model.labels.items()}
+        self.live_interventions = list(session.live_interventions)
+        self.step = sim.step
+        if sim.step > 0:  # resumed: the stream starts with what the run directory already holds
+            self._replay_history(sim.step)
         self._init_network(built)
+        session.built = None  # the session needs no more of the build; the population can go
         del built
         self._refresh_schedule(sim)
         self._set_status("paused" if self._paused else "running")
-        pending: list[tuple[Any, dict]] = []
-        last_flush = time.perf_counter()
+        session.run(on_chunk=self._chunk_done, allowance=self._allowance)
+        session.flush()
+        self._capture_network(sim, force=True)
+        return "completed" if sim.step >= self.steps else "stopped"
 
-        def flush(sync: bool = False) -> None:
-            nonlocal last_flush
-            if pending:
-                writer.submit(*merge_chunks(pending))
-                pending.clear()
-                if sync:
-                    writer.flush()
-            last_flush = time.perf_counter()
+    def _replay_history(self, upto: int) -> None:
+        from .data import read_metrics
 
-        self._flush = flush
-        last_policy_step = -1
-        last_end = None
-        while sim.step < self.steps:
+        table = read_metrics(self.dir, end=upto)
+        if table.num_rows:
+            self.hub.extend(0, {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names if c != "step"})
+
+    def _allowance(self) -> int | None:
+        """Before each chunk (worker thread): apply queued commands; wait while paused. Steps allowed now."""
+        session = self._session
+        while True:
             idle = self._paused and self._pending_steps == 0
             if idle:
-                flush(sync=True)  # paused: what is shown is on disk
-            self._drain(sim, writer, block=idle)
+                session.flush(sync=True)  # paused: what is shown is on disk
+            self._drain(session, block=idle)
             if self._stop:
-                break
+                return 0
             if self._paused and self._pending_steps == 0:
-                last_end = None  # a pause is not a slow step
+                self._last_end = None  # a pause is not a slow step
                 continue
-            want = min(self.steps - sim.step, self.chunk)
-            if self._paused:
-                want = min(want, self._pending_steps)
-            length = sim.boundaries(want, policies)[0]
-            # only two scan lengths ever run (chunk and 1): each new length costs a compile
-            if length < self.chunk:
-                length = 1
-            for policy in policies:
-                if policy.every > 0 and sim.step % policy.every == 0 and sim.step != last_policy_step:
-                    policy.update(sim)
-            last_policy_step = sim.step
-            chunk = sim.advance(length)
-            cols = {"wall_seconds": np.full(len(chunk.steps), chunk.seconds / len(chunk.steps))}
-            if llm is not None:
-                cols.update(llm.metrics_for(chunk.steps))  # llm_calls, llm_cache_hits, ... for the monitor
-            if extra_metrics is not None:
-                cols.update(extra_metrics(sim, chunk))
-            pending.append((chunk, cols))
-            now = time.perf_counter()
-            # The writer rewrites all of metrics.parquet per submit (~20 us per row): submit on a clock
-            # that slows as the table grows, so writing stays a small share of a core. The stream is
-            # served from memory; pause, step and the end of the run flush at once.
-            if now - last_flush >= flush_interval(sim.step):
-                flush()
-            if self._paused:
-                self._pending_steps -= length
-            if last_end is not None:
-                rate = length / max(now - last_end, 1e-9)
-                self.steps_per_second = rate if self.steps_per_second is None else 0.8 * self.steps_per_second + 0.2 * rate
-            last_end = now
-            self.step = sim.step
-            self._refresh_schedule(sim)
-            self._capture_network(sim)
-            self.hub.extend(int(chunk.steps[0]), {**chunk.metrics, **cols})
-            if self._step_waiters and self._pending_steps == 0:
-                flush(sync=True)  # a step call answers with its rows on disk
-            self._settle_steps(sim)
-        flush()
-        self._capture_network(sim, force=True)
-        return ("completed" if sim.step >= self.steps else "stopped"), writer
+            return self._pending_steps if self._paused else None
 
-    def _drain(self, sim, writer, *, block: bool) -> None:
+    def _chunk_done(self, session, chunk, cols) -> None:
+        sim = session.sim
+        length = len(chunk.steps)
+        now = time.perf_counter()
+        if self._paused:
+            self._pending_steps -= length
+        if self._last_end is not None:
+            rate = length / max(now - self._last_end, 1e-9)
+            self.steps_per_second = rate if self.steps_per_second is None else 0.8 * self.steps_per_second + 0.2 * rate
+        self._last_end = now
+        self.step = sim.step
+        self._refresh_schedule(sim)
+        self._capture_network(sim)
+        self.hub.extend(int(chunk.steps[0]), {**chunk.metrics, **cols})
+        if self._step_waiters and self._pending_steps == 0:
+            session.flush(sync=True)  # a step call answers with its rows on disk
+        self._settle_steps(sim)
+
+    def _drain(self, session, *, block: bool) -> None:
         while True:
             try:
                 cmd = self._queue.get(timeout=0.5) if block else self._queue.get_nowait()
@@ -506,7 +450,7 @@ class RunController:
                 return
             block = False
             try:
-                result = self._apply(cmd, sim, writer)
+                result = self._apply(cmd, session)
             except (RunError, ScenarioError) as exc:
                 cmd.done.set_exception(exc)
             except (ValueError, KeyError) as exc:
@@ -515,11 +459,12 @@ class RunController:
                 if result is not None:
                     cmd.done.set_result(result)
 
-    def _apply(self, cmd: Command, sim, writer) -> dict[str, Any]:
+    def _apply(self, cmd: Command, session) -> dict[str, Any]:
+        sim = session.sim
         if cmd.kind in ("pause", "resume", "stop"):
             self._settle_steps(sim, force=True)
         if cmd.kind == "pause":
-            self._flush(sync=True)  # the answer to pause means: these rows are on disk
+            session.flush(sync=True)  # the answer to pause means: these rows are on disk
             self._paused = True
             self._pending_steps = 0
             self._set_status("paused")
@@ -538,7 +483,7 @@ class RunController:
         elif cmd.kind == "stop":
             self._stop = True
         elif cmd.kind == "intervene":
-            return self._intervene(sim, writer, **cmd.args)
+            return self._intervene(session, **cmd.args)
         else:
             raise RunError(f"unknown command {cmd.kind!r}")
         return {"status": self.status, "step": sim.step}
@@ -552,25 +497,11 @@ class RunController:
                 keep.append((target, fut))
         self._step_waiters = keep
 
-    def _intervene(self, sim, writer, *, param: str, value: float, mode: str = "set",
+    def _intervene(self, session, *, param: str, value: float, mode: str = "set",
                    start: int | None = None, end: int | None = None) -> dict[str, Any]:
-        start = sim.step if start is None else int(start)
-        end = self.steps if end is None else int(end)
-        if start < sim.step:
-            raise ScenarioError("start", f"cannot intervene in the past: must be >= current step {sim.step}, got {start}")
-        if start >= self.steps:
-            raise ScenarioError("start", f"must be < run.steps ({self.steps}), got {start}")
-        if end <= start:
-            raise ScenarioError("end", f"must be > start ({start}), got {end}")
-        if end > self.steps:
-            raise ScenarioError("end", f"must be <= run.steps ({self.steps}), got {end}")
-        sim.intervene(param, float(value), start=start, end=end, mode=mode)
-        record = {"step": sim.step, "param": param, "value": float(value), "mode": mode,
-                  "start": start, "end": end, "time": _now()}
-        self.live_interventions.append(record)
-        writer.update_manifest(live_interventions=list(self.live_interventions))
-        writer.flush()  # answered once the manifest on disk records it
-        self._refresh_schedule(sim)
+        record = session.intervene(param, value, mode=mode, start=start, end=end)  # manifest on disk records it
+        self.live_interventions = list(session.live_interventions)
+        self._refresh_schedule(session.sim)
         self.hub.touch()
         return record
 
@@ -625,8 +556,9 @@ class RunManager:
     """Live controllers plus the runs directory."""
 
     def __init__(self, runs_dir: Path, *, max_runs: int = 4, max_chunk: int = 5,
-                 policy_factory: Callable | None = None):
+                 policy_factory: Callable | None = None, checkpoint_every: int = 100):
         self.runs_dir = Path(runs_dir)
+        self.checkpoint_every = int(checkpoint_every)  # live runs checkpoint this often (0: never)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.max_runs = max_runs
         self.max_chunk = max_chunk
@@ -671,7 +603,37 @@ class RunManager:
             scenario = scenario.model_copy(update={"output": scenario.output.model_copy(update={"dir": str(self.runs_dir)})})
             ctl = RunController(run_id, self.runs_dir / run_id, scenario, source=source, overrides=list(overrides),
                                 start_paused=start_paused, max_chunk=self.max_chunk,
-                                policy_factory=self.policy_factory)
+                                policy_factory=self.policy_factory, checkpoint_every=self.checkpoint_every)
+            ctl.hub.attach(self._loop)
+            self.live[run_id] = ctl
+        ctl.start()
+        return ctl
+
+    def resume(self, run_id: str, *, start_paused: bool = False) -> RunController:
+        """Continue a finished, stopped or killed run from its latest checkpoint, live, in its own directory."""
+        from simcore.checkpoint import CheckpointError, latest_checkpoint
+
+        with self._lock:
+            ctl = self.live.get(run_id)
+            if ctl is not None and ctl.active:
+                raise RunError(f"run {run_id} is {ctl.status}")
+            d = self.run_dir(run_id)
+            m = self.manifest(run_id) if d is not None else None
+            if d is None or m is None:
+                raise KeyError(run_id)
+            if latest_checkpoint(d) is None:
+                raise CheckpointError("run", f"run {run_id} has no checkpoint to resume from")
+            if m.get("status") == "completed":
+                raise RunError(f"run {run_id} completed all its {m.get('steps')} steps")
+            active = [c for c in self.live.values() if c.active]
+            if len(active) >= self.max_runs:
+                raise RunLimitError(f"{len(active)} runs already active (limit {self.max_runs}); stop one first")
+            server = m.get("server") or {}
+            ctl = RunController(run_id, d, Scenario.model_validate(m["scenario"]), source=server.get("source", "resume"),
+                                overrides=server.get("overrides", []), start_paused=start_paused,
+                                max_chunk=self.max_chunk, policy_factory=self.policy_factory,
+                                checkpoint_every=int(m.get("checkpoint_every") or self.checkpoint_every),
+                                resume=True)
             ctl.hub.attach(self._loop)
             self.live[run_id] = ctl
         ctl.start()

@@ -7,6 +7,8 @@ A checkpoint is a directory ``checkpoints/step=N/`` holding
 - ``params.npz``    the small parameter leaves (at most ``SMALL_PARAM`` = 4096 elements:
                     rates, tables set with ``set_param``) and the model's
                     ``decision_targets`` (per-agent values host policies write), by tree path;
+- ``policies.npz``  (where a host policy keeps arrays, e.g. a pending pipelined LLM round's
+                    per-agent archetype codes: 4 bytes per agent and decision) ``p<i>/<name>``;
 - ``meta.json``     format, step, root seed, planned steps, the resolved scenario,
                     the state's tree structure and leaf shapes, a fingerprint of the
                     large parameters, the LLM cache reference, host policies' state.
@@ -36,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +125,7 @@ def save_checkpoint(
     fingerprint: Mapping[str, str] | None = None,
     live_params: Iterable[str] = (),
     extra: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
     compress: bool = True,
 ) -> Path:
     """Write one checkpoint to ``directory/step=<step>/`` atomically; returns its path.
@@ -151,6 +154,8 @@ def save_checkpoint(
     small = saved_params(params, live_params) if params is not None else {}
     if small:
         _write_npz(tmp / "params.npz", small, compress)
+    if arrays:
+        _write_npz(tmp / "policies.npz", {k: np.asarray(v) for k, v in arrays.items()}, compress)
     if isinstance(scenario, Scenario):
         scenario = scenario.model_dump(mode="json")
     meta = {
@@ -197,12 +202,22 @@ def save_simulation(sim: "Simulation", directory: str | Path, *, scenario: Scena
                     steps: int | None = None, fingerprint: Mapping[str, str] | None = None,
                     policies: Iterable["HostPolicy"] = (), extra: Mapping[str, Any] | None = None,
                     compress: bool = True) -> Path:
-    """Checkpoint ``sim`` at its current step (state, schedule, small params, policies' state)."""
-    pol = [p.state_dict() for p in policies if hasattr(p, "state_dict")]
+    """Checkpoint ``sim`` at its current step (state, schedule, small params, policies' state).
+
+    A policy's ``state_dict()`` is JSON, except its ``"arrays"`` entry (name -> array), which
+    goes to ``policies.npz`` and comes back in the blob ``load_state_dict`` receives.
+    """
+    pol, arrays = [], {}
+    for i, p in enumerate(q for q in policies if hasattr(q, "state_dict")):
+        blob = dict(p.state_dict())
+        for name, arr in (blob.pop("arrays", None) or {}).items():
+            arrays[f"p{i}/{name}"] = arr
+        pol.append(blob)
     more = {"policies": pol, **dict(extra or {})} if pol else dict(extra or {})
     return save_checkpoint(directory, step=sim.step, seed=sim.seed, state=sim.state, schedule=sim.schedule,
                            params=sim.params, scenario=scenario, steps=steps, fingerprint=fingerprint,
-                           live_params=getattr(sim.model, "decision_targets", ()), extra=more, compress=compress)
+                           live_params=getattr(sim.model, "decision_targets", ()), extra=more, arrays=arrays,
+                           compress=compress)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -215,6 +230,7 @@ class Checkpoint:
     leaves: list[np.ndarray]
     schedule: dict[str, np.ndarray]
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    policy_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # policies.npz
 
     @property
     def step(self) -> int:
@@ -284,8 +300,12 @@ class Checkpoint:
         sim.step = self.step
         saved = list(self.meta.get("policies") or [])
         with_state = [p for p in policies if hasattr(p, "load_state_dict")]
-        for policy, blob in zip(with_state, saved):
-            policy.load_state_dict(blob)
+        if len(saved) != len(with_state) and saved:
+            raise CheckpointError("checkpoint", f"{self.path}: saved the state of {len(saved)} host policies, "
+                                                f"the run has {len(with_state)}")
+        for i, (policy, blob) in enumerate(zip(with_state, saved)):
+            mine = {k.split("/", 1)[1]: v for k, v in self.policy_arrays.items() if k.split("/", 1)[0] == f"p{i}"}
+            policy.load_state_dict({**blob, "arrays": mine} if mine else blob)
 
 
 def _placed_like(arr: jax.Array, template: Any) -> jax.Array:
@@ -310,7 +330,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = _load_npz(path / "state.npz")
     leaves = [state[f"leaf_{i:05d}"] for i in range(len(meta["leaves"]))]
     params = _load_npz(path / "params.npz") if (path / "params.npz").exists() else {}
-    return Checkpoint(path, meta, leaves, _load_npz(path / "schedule.npz"), params)
+    arrays = _load_npz(path / "policies.npz") if (path / "policies.npz").exists() else {}
+    return Checkpoint(path, meta, leaves, _load_npz(path / "schedule.npz"), params, arrays)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -334,7 +355,8 @@ class Checkpointer:
 
     def __init__(self, every: int, run_dir: str | Path, *, scenario: Scenario, steps: int,
                  writer: "RunWriter | None" = None, policies: Iterable["HostPolicy"] = (),
-                 keep: int | None = None, start_step: int = 0, extra: Mapping[str, Any] | None = None):
+                 keep: int | None = None, start_step: int = 0, extra: Mapping[str, Any] | None = None,
+                 flush: "Callable[[], None] | None" = None):
         if every < 1:
             raise ValueError(f"checkpoint every must be >= 1, got {every}")
         self.every = int(every)
@@ -342,6 +364,7 @@ class Checkpointer:
         self.scenario = scenario
         self.steps = steps
         self.writer = writer
+        self.flush = flush  # the session's: hands its buffered chunks to the writer first
         self.policies = list(policies)
         self.keep = keep
         self.start_step = start_step
@@ -357,6 +380,8 @@ class Checkpointer:
 
     def save(self, sim: "Simulation") -> Path:
         t0 = time.perf_counter()
+        if self.flush is not None:
+            self.flush()
         if self.writer is not None:
             self.writer.flush()
         if self._fingerprint is None:
@@ -387,38 +412,6 @@ def read_manifest(run_dir: str | Path) -> dict:
         raise CheckpointError(exc.field, exc.reason) from None
 
 
-def resume_run(run_dir: str | Path, *, steps: int | None = None, checkpoint: str | Path | None = None,
-               checkpoint_every: int | None = None, policies: Iterable["HostPolicy"] = (),
-               progress: bool = False, **kwargs) -> Path:
-    """Continue a run from its latest checkpoint (or ``checkpoint``), appending to the same directory.
-
-    ``steps`` (default: the run's planned steps) may extend a finished run.
-    Metrics after the checkpoint are recomputed and are bit-identical to an
-    uninterrupted run's on the same device (``wall_seconds`` aside).
-    """
-    from .runs import run_scenario
-
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError("run_dir", f"no checkpoint in {run_dir / 'checkpoints'} "
-                                         "(run with --checkpoint-every N to write them)")
-    ckpt = load_checkpoint(path)
-    total = int(steps if steps is not None else manifest.get("steps") or ckpt.meta["steps"])
-    if manifest.get("status") == "completed" and int(manifest.get("steps_done", 0)) >= total:
-        raise CheckpointError("--steps" if steps is not None else "run_dir",
-                              f"nothing to resume: the run completed all {total} steps "
-                              f"(pass --steps N > {total} to extend it)")
-    if total <= ckpt.step:
-        raise CheckpointError("--steps" if steps is not None else "run_dir",
-                              f"nothing to resume: the checkpoint is at step {ckpt.step} and the run "
-                              f"has {total} steps (pass --steps to extend it)")
-    every = manifest.get("checkpoint_every", 0) if checkpoint_every is None else checkpoint_every
-    return run_scenario(ckpt.scenario(), run_dir, steps=total, seed=ckpt.seed, policies=policies,
-                        progress=progress, checkpoint_every=every or 0, resume_from=ckpt, **kwargs)
-
-
 def resume_manifest(run_dir: Path, ckpt: Checkpoint, fresh: Mapping[str, Any]) -> dict:
     """The manifest a resumed run continues with: the old one, refreshed, plus a ``resumed`` record.
 
@@ -427,7 +420,10 @@ def resume_manifest(run_dir: Path, ckpt: Checkpoint, fresh: Mapping[str, Any]) -
     old = read_manifest(run_dir)
     if old.get("seed") is not None and int(old["seed"]) != ckpt.seed:
         raise CheckpointError("checkpoint", f"{ckpt.path}: seed {ckpt.seed} but the run directory has {old['seed']}")
-    truncate_outputs(run_dir, ckpt.step)
+    # an LLM policy's checkpoint counts its call-log rows and cuts llm_calls itself (load_state_dict)
+    counted = any("rows_logged" in blob for blob in (ckpt.meta.get("policies") or []))
+    rundir.truncate_run(run_dir, ckpt.step,
+                        tables=[t for t in rundir.APPENDED + rundir.PARTITIONED if not (counted and t == "llm_calls")])
     history = list(old.get("resumed") or [])
     history.append({"from_step": ckpt.step, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "previous_status": old.get("status")})
@@ -449,7 +445,7 @@ def checkpoint_size(path: str | Path, n_agents: int | None = None) -> dict[str, 
 __all__ = [
     "Checkpoint", "CheckpointError", "Checkpointer", "FORMAT", "checkpoint_size", "latest_checkpoint",
     "list_checkpoints", "llm_cache_reference", "load_checkpoint", "params_fingerprint", "resume_manifest",
-    "restore_simulation", "resume_run", "save_checkpoint", "save_simulation", "saved_params", "truncate_outputs",
+    "restore_simulation", "save_checkpoint", "save_simulation", "saved_params", "truncate_outputs",
 ]
 
 

@@ -130,7 +130,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from simcore.checkpoint import resume_run
+    from simcore.session import resume_run
 
     for flag, value in (("--steps", args.steps), ("--checkpoint-every", args.checkpoint_every)):
         if value is not None and value <= 0:

@@ -39,6 +39,18 @@ population, graph, model kind or run settings (paired comparisons need the
 same agents). Host policies (archetype/LLM layers) run through ``policies=``, a
 function of the :class:`~simcore.models.Built` returning fresh policies; such
 arms run one replicate at a time and cannot be branched.
+
+**LLM arms.** An arm whose scenario has a ``policy:`` block runs each seed as a
+:class:`~simcore.session.RunSession` (what ``simcore run`` does, on the shared
+population): the policy gets a response cache (``policy.cache``, else
+``OUT/llm_cache.sqlite`` shared by every arm, else one for this ``run()``), a call log
+per arm and seed (``arm=NAME/seed=S/llm_calls.parquet``) and the ``llm_*`` metric
+columns; the manifests record ``llm_totals``. A second run with the same cache
+asks the backend nothing new.
+
+**Compiled programs** belong to the experiment (a
+:class:`~simcore.engine.ensemble.ChunkPrograms`): every ensemble it makes reuses them,
+and they go when the experiment goes.
 """
 from __future__ import annotations
 
@@ -68,12 +80,20 @@ from analysis.results import (  # noqa: F401
 )
 
 from .engine import Intervention, build_schedule
-from .engine.ensemble import Ensemble, batch_size_for, replicate_state
+from .engine.ensemble import ChunkPrograms, Ensemble, batch_size_for, replicate_state
 from .models import Built, build, check
 from .naming import child_dir, slug
+from .session import RunSession, run_metrics
 from .validation import check_scenario
 
 BASELINE = "baseline"
+
+
+def jnp_copy(x):
+    """A copy of one state leaf (a session may donate its state; the shared initial state must survive)."""
+    return jax.numpy.array(x, copy=True)
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")  # with no '..': one safe path component, arm=NAME/
 
 
@@ -154,8 +174,11 @@ class Experiment:
 
     def __init__(self, scenario: Scenario | str | Path | Mapping[str, Any], seeds: Iterable[int] = (0, 1, 2, 3), *,
                  overrides: Sequence[str] = (), steps: int | None = None, replicates: str = "shared",
-                 batch_size: int | None = None, name: str | None = None, chunk_size: int | None = None):
+                 batch_size: int | None = None, name: str | None = None, chunk_size: int | None = None,
+                 backend: Any = None):
         self.scenario = _as_scenario(scenario, overrides)
+        self.backend = backend  # replaces every LLM arm's policy.backend (an object or a factory; tests)
+        self.programs = ChunkPrograms()  # compiled chunk programs of every ensemble this experiment runs
         check_scenario(self.scenario)  # what `simcore validate` checks, before any arm is built
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
@@ -244,9 +267,6 @@ class Experiment:
         return self._plan(arm["name"], sc, arm["policies"], arm)
 
     def _plan(self, name: str, sc: Scenario, policies, spec: dict) -> _Arm:
-        if sc.policy is not None and policies is None:
-            raise ExperimentError(f"arms[{name}].policy", "experiments do not start the scenario's LLM policy "
-                                                           "themselves; pass policies=... to .arm()")
         group = json.dumps({"model": sc.model.model_dump(mode="json")}, sort_keys=True)
         ivs = [Intervention(param=iv.param, start=iv.start, end=iv.end, value=iv.value, mode=iv.mode, name=iv.name)
                for iv in sc.interventions]
@@ -275,7 +295,7 @@ class Experiment:
         t_all = time.perf_counter()
         T, t_b = self.steps, self.branch_step or 0
         log = (lambda msg: print(f"[{self.name}] {msg}", flush=True)) if progress else (lambda msg: None)
-        if t_b and any(a.policies is not None for a in arms):
+        if t_b and any(a.policies is not None or a.scenario.policy is not None for a in arms):
             raise ExperimentError("branch_step", "arms with host policies cannot be branched (their policy state "
                                                  "at the branch step is not shared); run without branch()")
         pop_of = {s: (self.scenario.run.seed if self.replicates == "shared" else s) for s in self.seeds}
@@ -304,6 +324,12 @@ class Experiment:
             self._check_branch(arms, schedules, get_build, first_pop, t_b)
 
         metrics: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        llm: dict[tuple[str, int], dict | None] = {}  # per LLM arm and seed: totals and cache
+        scratch = None  # the LLM arms' call logs and cache when there is no ``out``
+        if out is None and any(a.scenario.policy is not None for a in arms):
+            import tempfile
+
+            scratch = tempfile.TemporaryDirectory(prefix="simcore-experiment-")
         prefix: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
         by_pop: dict[int, list[int]] = {}
         for s in self.seeds:
@@ -314,8 +340,9 @@ class Experiment:
             for pop_seed, seeds in by_pop.items():
                 b = get_build(baseline, pop_seed)
                 ens = Ensemble(b.model, replicate_state(b.state, len(seeds)), b.params, schedules[BASELINE], seeds,
-                               chunk_size=self.chunk_size, batch_size=self._batch(b, len(seeds)))
-                m = ens.run(t_b)
+                               chunk_size=self.chunk_size, batch_size=self._batch(b, len(seeds)),
+                               programs=self.programs)
+                m = run_metrics(ens, t_b)
                 for i, s in enumerate(seeds):
                     prefix[s] = (ens.replicate(i), {k: v[i] for k, v in m.items()})
             timing["prefix_seconds"] = time.perf_counter() - t0
@@ -326,14 +353,16 @@ class Experiment:
         for group, (pop_seed, seeds) in itertools.product(groups, by_pop.items()):
             members = [a for a in arms if a.group == group]
             b = get_build(members[0], pop_seed)
-            hosted = [a for a in members if a.policies is not None or b.host_policies is not None]
+            hosted = [a for a in members
+                      if a.policies is not None or b.host_policies is not None or a.scenario.policy is not None]
             batched = [(a, s) for a in members if a not in hosted for s in seeds]
             if batched:
                 states = [prefix[s][0] for _, s in batched] if t_b else replicate_state(b.state, len(batched))
                 sched = {k: np.stack([schedules[a.name][k] for a, _ in batched]) for k in b.schedule}
                 ens = Ensemble(b.model, states, b.params, sched, [s for _, s in batched], chunk_size=self.chunk_size,
-                               step=t_b, batch_size=self._batch(b, len(batched)), per_replicate_schedule=True)
-                m = ens.run(T - t_b)
+                               step=t_b, batch_size=self._batch(b, len(batched)), per_replicate_schedule=True,
+                               programs=self.programs)
+                m = run_metrics(ens, T - t_b)
                 for i, (a, s) in enumerate(batched):
                     rows = {k: v[i] for k, v in m.items()}
                     if t_b:
@@ -343,17 +372,13 @@ class Experiment:
                     f"in {time.perf_counter() - t0:.2f}s")
             for a in hosted:
                 for s in seeds:
-                    ens = Ensemble(b.model, [b.state], b.params, schedules[a.name], [s], chunk_size=self.chunk_size)
-                    pols = list(a.policies(b)) if a.policies is not None else []
-                    pols = (b.host_policies() if b.host_policies is not None else []) + pols  # the model's own
-                    m = ens.run(T, policies=pols)
-                    for pol in pols:
-                        if hasattr(pol, "close") and a.policies is None:
-                            pol.close()
-                    metrics[(a.name, s)] = {k: v[0] for k, v in m.items()}
+                    metrics[(a.name, s)], llm[(a.name, s)] = self._run_hosted(a, b, s, pop_seed, schedules[a.name],
+                                                                              out, scratch)
                 log(f"{a.name}: {len(seeds)} replicates with host policies")
         timing["arms_seconds"] = time.perf_counter() - t0
         timing["total_seconds"] = time.perf_counter() - t_all
+        if scratch is not None:
+            scratch.cleanup()
         if t_b:
             # cost of one replicate-step, from the arms phase (its program was compiled by the prefix)
             per_step = timing["arms_seconds"] / (len(arms) * len(self.seeds) * (T - t_b))
@@ -369,8 +394,39 @@ class Experiment:
                   "model": any_build.model.name, "arm_specs": [a.spec for a in arms[1:]],
                   "outcomes": list(outcomes) if outcomes else None, **self.info})
         if out is not None:
-            self._write(Path(out), results, arms, schedules, builds, prefix, pop_of, ci=ci, n_boot=n_boot)
+            self._write(Path(out), results, arms, schedules, builds, prefix, pop_of, llm, ci=ci, n_boot=n_boot)
         return results
+
+    def _run_hosted(self, arm: _Arm, built: Built, seed: int, pop_seed: int, schedule: dict, out, scratch):
+        """One arm and seed with host policies, as a :class:`RunSession` on the shared population.
+
+        Returns its metrics (model metrics and, with an LLM policy, the ``llm_*`` columns)
+        and its LLM record (totals, cache) or None.
+        """
+        import dataclasses
+
+        base = Path(out) if out is not None else (Path(scratch.name) if scratch is not None else None)
+        run_dir = None
+        if arm.scenario.policy is not None:
+            run_dir = child_dir(base, f"arm={arm.name}") / f"seed={int(seed)}"
+        own = dataclasses.replace(built, state=jax.tree_util.tree_map(jnp_copy, built.state), schedule=dict(schedule))
+        session = RunSession(arm.scenario, run_dir, steps=self.steps, seed=seed, built=own, population_seed=pop_seed,
+                             policies=list(arm.policies(built)) if arm.policies is not None else (),
+                             backend=self.backend, chunk_size=self.chunk_size, write=False,
+                             llm_cache=None if base is None else base / "llm_cache.sqlite")
+        parts: list[dict[str, np.ndarray]] = []
+
+        def keep(_s, chunk, cols) -> None:
+            parts.append({**chunk.metrics, **{k: v for k, v in cols.items() if k.startswith("llm_")}})
+
+        with session:
+            session.run(on_chunk=keep)
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        record = None
+        if session.policy is not None:
+            record = {"llm_totals": dict(session.policy.totals.__dict__), "llm_cache": session.manifest.get("llm_cache"),
+                      "llm_backend": session.manifest.get("llm_backend")}
+        return rows, record
 
     def _batch(self, built: Built, n: int) -> int:
         if self.batch_size:
@@ -398,11 +454,11 @@ class Experiment:
                     raise ExperimentError(f"arms[{arm.name}].overrides", "changes the population or graph; "
                                                                          "it cannot fork from the baseline")
 
-    def _write(self, out: Path, results: "ExperimentResults", arms, schedules, builds, prefix, pop_of, *,
+    def _write(self, out: Path, results: "ExperimentResults", arms, schedules, builds, prefix, pop_of, llm=None, *,
                ci: float, n_boot: int) -> None:
         from .checkpoint import save_checkpoint
         from .io import atomic_write_json
-        from .runs import device_description, versions
+        from .session import device_description, versions
 
         out.mkdir(parents=True, exist_ok=True)
         by_arm = {a.name: a for a in arms}
@@ -417,6 +473,7 @@ class Experiment:
                 "n_agents": results.info["n_agents"], "model": results.info["model"], "arm": arm,
                 "experiment": self.name, "branch_step": self.branch_step, "replicates": self.replicates,
                 "status": "completed", "versions": versions(), "device": device_description(),
+                **((llm or {}).get((arm, int(seed))) or {}),
             }, d / "manifest.json")
         if self.branch_step:
             base = arms[0]
@@ -438,7 +495,9 @@ def _frame(metrics: Mapping[tuple[str, int], Mapping[str, np.ndarray]], arms: Se
             cols = {"arm": [arm] * steps, "seed": np.full(steps, s, np.int64), "step": np.arange(steps, dtype=np.int64)}
             cols.update({k: np.asarray(v) for k, v in metrics[(arm, s)].items()})
             parts.append(pl.DataFrame(cols))
-    return pl.concat(parts)
+    # arms without an LLM policy made no calls: their llm_* columns are 0, not missing
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    return frame.with_columns(pl.col(c).fill_null(0) for c in frame.columns if c.startswith("llm_"))
 
 
 # -- experiment files -----------------------------------------------------------------------------
@@ -516,14 +575,14 @@ def run_point(scenario: Mapping[str, Any], overrides: Sequence[str], seed: int, 
     sc = load_scenario(dict(scenario), overrides)
     steps = int(steps or sc.run.steps)
     if run_dir is not None:
-        from .runs import run_scenario
+        from .session import run_scenario
 
         path = run_scenario(sc, run_dir, steps=steps, seed=seed)
         df = pl.read_parquet(Path(path) / "metrics.parquet").sort("step")
         return {c: df[c].to_numpy() for c in df.columns if c not in ("step", "wall_seconds")}
     b = build(sc, seed=seed, steps=steps)
     ens = Ensemble(b.model, [b.state], b.params, b.schedule, [seed], chunk_size=sc.run.chunk_size)
-    return {k: v[0] for k, v in ens.run(steps).items()}
+    return {k: v[0] for k, v in run_metrics(ens, steps).items()}
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Checkpoints: deterministic rebuild, exact restore, atomic files, resume after a real SIGKILL."""
+from simcore.session import drive
 import json
 import os
 import signal
@@ -14,11 +15,11 @@ import pytest
 from conftest import SIMCORE
 from scenarios import load_scenario
 from simcore.checkpoint import (
-    CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, resume_run, save_checkpoint,
+    CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
     save_simulation, restore_simulation, truncate_outputs,
 )
 from simcore.models import build
-from simcore.runs import make_simulation, run_scenario
+from simcore.runs import make_simulation, resume_run, run_scenario
 
 SEIR = {"name": "ck", "population": {"kind": "homogeneous", "size": 3000},
         "graph": {"kind": "erdos_renyi", "mean_degree": 8},
@@ -38,7 +39,7 @@ def _leaves_equal(a, b) -> bool:
 
 def _collect(sim, n):
     rows = []
-    sim.run(n, on_chunk=lambda s, c: rows.append(c.metrics))
+    drive(sim, n, on_chunk=lambda s, c: rows.append(c.metrics))
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -214,9 +215,10 @@ SHARDED = """
 import json, sys
 import jax, polars as pl
 from scenarios import load_scenario
-from simcore.checkpoint import load_checkpoint, latest_checkpoint, resume_run
+from simcore.checkpoint import load_checkpoint, latest_checkpoint
+from simcore.session import resume_run
 from simcore.models import build
-from simcore.runs import make_simulation, run_scenario
+from simcore.runs import make_simulation, resume_run, run_scenario
 out = sys.argv[1]
 sc = load_scenario("covid_small", ["population.size=8000", "run.steps=30", "run.chunk_size=10"])
 ref = run_scenario(sc, out + "/ref")

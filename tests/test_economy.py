@@ -1,4 +1,5 @@
 """The economy model: calibration, best response, elasticity, Saez, gradient planner, LLM planner, CLI errors."""
+from simcore.session import drive
 import math
 import subprocess
 
@@ -211,7 +212,7 @@ def test_llm_planner_constrained_json_and_counted_fallback():
                                                                                   json_fn=json_fn))
     sim = Simulation(b.model, b.state, b.params, b.schedule, chunk_size=1)
     rows = []
-    sim.run(4, policies=[policy], on_chunk=lambda s, c: rows.append(c.metrics))
+    drive(sim, 4, policies=[policy], on_chunk=lambda s, c: rows.append(c.metrics))
     schema = seen[0][1]["properties"]["rates"]
     assert schema["minItems"] == schema["maxItems"] == 7 and schema["items"]["maximum"] == 90
     rates = [[float(r[f"rate_b{j}"][0]) for j in range(7)] for r in rows]
@@ -242,7 +243,7 @@ def test_worker_archetypes_decile_by_persona_at_most_40_per_round():
 
     policy = ArchetypePolicy(sc.policy, b.model, ScriptedBackend(script), stats_names=names)
     sim = Simulation(b.model, b.state, b.params, b.schedule, chunk_size=1)
-    sim.run(1, policies=[policy])
+    drive(sim, 1, policies=[policy])
     hours_rows = [r for r in policy.rows if r["decision"] == "hours"]
     assert 0 < len(hours_rows) <= 40
     assert sum(r["group_size"] for r in hours_rows) == 3000
@@ -338,7 +339,7 @@ def test_embedded_llm_planner_answers_through_the_grammar():
     policy = make_planner_policy(sc.model.params, None, backend=LlamaCppBackend(n_ctx=2048, n_threads=1))
     sim = Simulation(b.model, b.state, b.params, b.schedule, chunk_size=1)
     try:
-        sim.run(2, policies=[policy])
+        drive(sim, 2, policies=[policy])
     finally:
         policy.close()
     assert policy.calls == 2

@@ -1,4 +1,5 @@
 """Engine behaviour: analytic final size, determinism, chunking, schedules, the sparse/dense kernel."""
+from simcore.session import drive
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ def _sir(csr, beta, seed, steps, chunk=50, infectious_days=5.0, capacity=0.1, i0
     cfg = seir.SEIRConfig(latent_days=0.0, infectious_days=infectious_days, sparse_capacity=capacity)
     sim = Simulation(seir.make_model(cfg), state, params, build_schedule(base, steps), seed=seed, chunk_size=chunk)
     chunks = []
-    sim.run(steps, on_chunk=lambda s, c: chunks.append(c))
+    drive(sim, steps, on_chunk=lambda s, c: chunks.append(c))
     return {k: np.concatenate([c.metrics[k] for c in chunks]) for k in chunks[0].metrics}, sim
 
 
@@ -115,7 +116,7 @@ def test_policy_cadence_cuts_chunks_and_runs_before_due_steps():
             self.seen.append(s.step)
 
     pol = Every7()
-    lengths = sim.boundaries(50, [pol])
+    lengths = []
+    drive(sim, 50, policies=[pol], on_chunk=lambda s, c: lengths.append(len(c.steps)))
     assert sum(lengths) == 50 and max(lengths) <= 7
-    sim.run(50, policies=[pol])
     assert pol.seen == [0, 7, 14, 21, 28, 35, 42, 49]

@@ -14,6 +14,7 @@ from simcore.engine.ensemble import Ensemble, replicate_state
 from simcore.engine.ops import edge_rows, neighbor_sum
 from simcore.graph import erdos_renyi
 from simcore.models import build
+from simcore.session import run_metrics
 
 SEIR = {"name": "rep", "population": {"kind": "homogeneous", "size": 6000},
         "graph": {"kind": "erdos_renyi", "mean_degree": 8},
@@ -76,7 +77,7 @@ def test_batched_replicates_equal_sequential_runs(spec):
     def run(batch):
         e = Ensemble(b.model, replicate_state(b.state, len(seeds)), b.params, b.schedule, seeds, chunk_size=10,
                      batch_size=batch)
-        return e.run(40), e
+        return run_metrics(e, 40), e
 
     seq, e_seq = run(1)
     together, e_all = run(len(seeds))

@@ -1,4 +1,5 @@
 """The NYC epidemic model: invariants, determinism, interventions, crash safety."""
+from simcore.session import drive
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ def _metrics(overrides, steps=60, seed=0):
     built = build(sc, seed=seed, steps=steps)
     sim = make_simulation(sc, built, seed)
     chunks = []
-    sim.run(steps, on_chunk=lambda s, c: chunks.append(c))
+    drive(sim, steps, on_chunk=lambda s, c: chunks.append(c))
     return {k: np.concatenate([c.metrics[k] for c in chunks]) for k in chunks[0].metrics}
 
 

@@ -1,4 +1,5 @@
 """Experiments: common random numbers, branching, batched replicates, statistics, files, sweeps."""
+from simcore.session import drive, run_metrics
 import json
 import subprocess
 
@@ -98,13 +99,13 @@ def test_arm_validation():
 def test_vmap_batches_equal_sequential_and_single_runs():
     sc = load_scenario(SEIR)
     b = build(sc, seed=0)
-    seq = Ensemble(b.model, replicate_state(b.state, 3), b.params, b.schedule, [5, 6, 7], chunk_size=10,
-                   batch_size=1).run(25)
-    pairs = Ensemble(b.model, replicate_state(b.state, 3), b.params, b.schedule, [5, 6, 7], chunk_size=10,
-                     batch_size=2).run(25)  # vmap batches of 2, the last one padded
+    seq = run_metrics(Ensemble(b.model, replicate_state(b.state, 3), b.params, b.schedule, [5, 6, 7], chunk_size=10,
+                               batch_size=1), 25)
+    pairs = run_metrics(Ensemble(b.model, replicate_state(b.state, 3), b.params, b.schedule, [5, 6, 7],
+                                 chunk_size=10, batch_size=2), 25)  # vmap batches of 2, the last one padded
     sim = make_simulation(sc, b, 6)
     rows = []
-    sim.run(25, on_chunk=lambda s, c: rows.append(c.metrics))
+    drive(sim, 25, on_chunk=lambda s, c: rows.append(c.metrics))
     single = np.concatenate([r["I"] for r in rows])
     for k in seq:
         assert np.array_equal(seq[k], pairs[k]), k
@@ -118,7 +119,7 @@ def test_independent_replicates_match_plain_runs():
     sc = load_scenario(SEIR)
     sim = make_simulation(sc, build(sc, seed=2), 2)
     rows = []
-    sim.run(30, on_chunk=lambda s, c: rows.append(c.metrics))
+    drive(sim, 30, on_chunk=lambda s, c: rows.append(c.metrics))
     assert np.array_equal(res.series("I")["baseline"][0], np.concatenate([r["I"] for r in rows]))
 
 

@@ -1,6 +1,7 @@
 """The calibrated LLM layer: the answer-to-behaviour map on the device, the pause order under LLM
 job loss, prompts that read the schedule and the interventions, contextual calibration, and the
 one-call-per-agent architecture. All with the scripted test-double backend (no model)."""
+from simcore.session import drive
 import math
 
 import jax
@@ -100,7 +101,7 @@ def test_pause_order_changes_llm_job_loss():
         if arm == "no_pause":
             sim.schedule["lockdown"][:] = 0.0
         policy = _policy(sc, built, names, ScriptedBackend(_constant(0.3, 0.05)))
-        sim.run(35, policies=[policy])
+        drive(sim, 35, policies=[policy])
         assert not np.isnan(np.asarray(sim.params["work_llm"])).any()  # every worker follows the LLM path
         unemployed[arm] = int((np.asarray(sim.state.labor) == 2).sum())
     sens = np.asarray(built.params["occ_sensitivity"])[np.asarray(built.params["occupation"])]
@@ -118,7 +119,7 @@ def test_prompts_show_the_schedule_and_interventions_at_the_rounds_step():
         return [math.log(0.5), math.log(0.5)]
 
     policy = _policy(sc, built, names, ScriptedBackend(script))
-    sim.run(35, policies=[policy])
+    drive(sim, 35, policies=[policy])
     # covid_nyc's prompts name the stay-at-home order: off before day 21 (Mar 22), on from it
     iso = [(r["step"], _query(r["prompt"])) for r in policy.rows if r["decision"] == "isolate"]
     assert sorted({s for s, _ in iso}) == [0, 7, 14, 21, 28]
@@ -275,7 +276,7 @@ def test_per_agent_makes_one_call_per_agent_and_each_agent_gets_its_own_answer()
 
     backend = ScriptedBackend(script)
     policy = _policy(sc, built, names, backend)
-    sim.run(14, policies=[policy])
+    drive(sim, 14, policies=[policy])
     assert [len(b) for b in backend.calls] == [n, n, n, n]  # 2 rounds x 2 decisions, one call per agent
     assert policy.totals.calls == 4 * n
     iso_rows = [r for r in policy.rows if r["decision"] == "isolate" and r["step"] == 7]

@@ -1,4 +1,5 @@
 """The archetype layer: device grouping, decisions as probabilities, fallbacks, cache and replay."""
+from simcore.session import drive
 import json
 import math
 import subprocess
@@ -78,7 +79,7 @@ def test_policy_calls_once_per_archetype_and_falls_back_per_agent():
     sc, built, sim, names = _setup()
     backend = ScriptedBackend(_script)
     policy = ArchetypePolicy(sc.policy, built.model, backend, stats_names=names, interventions=sc.interventions)
-    sim.run(21, policies=[policy])
+    drive(sim, 21, policies=[policy])
     iso_calls = [r for r in policy.rows if r["decision"] == "isolate"]
     rounds = sorted({r["step"] for r in iso_calls})
     assert rounds == [0, 7, 14]

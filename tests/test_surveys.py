@@ -178,7 +178,7 @@ def test_cli_exits_2_with_one_line():
 
 
 def test_resume_neither_duplicates_nor_loses_survey_rows(scripted, tmp_path):
-    from simcore.checkpoint import resume_run
+    from simcore.session import resume_run
     from simcore.runs import run_scenario
 
     sc = load_scenario("polarization_llm_small", ["population.size=600", "run.steps=36", "run.chunk_size=12",

@@ -10,7 +10,8 @@ as a single run of the same seed from the same state.
 
 Replicates run ``batch_size`` at a time under ``jax.vmap`` (one compiled program
 per batch size, reused across arms, batches and step counts: every chunk has the
-same length); ``batch_size=1`` runs them one after another without ``vmap``.
+same length; the programs live in a :class:`ChunkPrograms` that the experiment owns
+and passes in, not in a module-level cache); ``batch_size=1`` runs them one after another without ``vmap``.
 :func:`batch_size_for` picks the largest batch that fits a memory budget. The
 tiered sparse/dense neighbour pull has its own batching rule
 (``simcore.engine.ops``): a batch is one population of R disjoint graph copies
@@ -21,7 +22,8 @@ and every replicate's numbers stay bit-identical to a run of its own
 with sequential runs, not yet faster.
 
 Only per-step metrics come back to the host; agent samples and event traces are
-not recorded for ensembles.
+not recorded for ensembles. The loop over chunks (and host policies, for a
+one-replicate ensemble) is :func:`simcore.session.drive`, the same one a run uses.
 """
 from __future__ import annotations
 
@@ -36,25 +38,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import Model, Params, State, replacement_param
-from .rng import root_key, step_key
+from .rng import root_key
+from .runner import step_body
 from .schedule import extend_schedule
 
-_RUNNERS: dict[Any, "_Compiled"] = {}
-
-
 class _Compiled:
-    """The jitted chunk functions of one model (single replicate and vmapped), built once per model."""
+    """The jitted chunk functions of one model (single replicate and vmapped over replicates).
+
+    Both scan :func:`~simcore.engine.runner.step_body`, the Simulation's own step, with
+    metrics only; steps at or past ``t_end`` are skipped, so every chunk has the same
+    length and compiles once.
+    """
 
     def __init__(self, model: Model):
         self.model = model
 
         def chunk(state, params, rows, root, t0, t_end, length):
-            # Steps at or past t_end are skipped by a cond on unbatched values (it stays a real
-            # branch under vmap), so every chunk has the same length and compiles once.
-            def go(st, t, row):
-                p = {**params, **row, "step": t}
-                st = model.step(st, p, step_key(root, t))
-                return st, model.metrics(st, p)
+            # The skip is a cond on unbatched values (it stays a real branch under vmap).
+            go = step_body(model, root, params, outputs=False)
 
             def body(st, xs):
                 t, row = xs
@@ -87,17 +88,32 @@ def model_key(model: Model):
     return key
 
 
-def compiled_for(model: Model) -> _Compiled:
-    """The shared compiled functions for ``model`` (compiled lazily per shape, reused by every Ensemble).
+class ChunkPrograms:
+    """Compiled chunk programs by model configuration, owned by whoever runs the ensembles.
 
-    Keyed by :func:`model_key`, so arms built separately from equal configurations
-    (each ``build`` makes a new ``Model``) reuse one compilation.
+    There is no process-wide cache: an :class:`~simcore.experiments.Experiment` (or a
+    session) owns one and passes it to each :class:`Ensemble` it makes, so arms built
+    separately from equal configurations (each ``build`` makes a new ``Model``) reuse one
+    compilation, and the programs (and the models they hold) go when the owner goes.
+    An Ensemble made without one gets its own.
     """
-    key = model_key(model)
-    hit = _RUNNERS.get(key)
-    if hit is None:
-        hit = _RUNNERS[key] = _Compiled(model)
-    return hit
+
+    def __init__(self) -> None:
+        self._by_key: dict[Any, _Compiled] = {}
+
+    def for_model(self, model: Model) -> _Compiled:
+        """The compiled functions for ``model`` (compiled lazily per shape), keyed by :func:`model_key`."""
+        key = model_key(model)
+        hit = self._by_key.get(key)
+        if hit is None:
+            hit = self._by_key[key] = _Compiled(model)
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def clear(self) -> None:
+        self._by_key.clear()
 
 
 @dataclass
@@ -167,7 +183,8 @@ class Ensemble:
 
     def __init__(self, model: Model, states: State | Sequence[State], params: Params,
                  schedule: Mapping[str, np.ndarray], seeds: Sequence[int], *, chunk_size: int = 32,
-                 step: int = 0, batch_size: int | None = None, per_replicate_schedule: bool = False):
+                 step: int = 0, batch_size: int | None = None, per_replicate_schedule: bool = False,
+                 programs: ChunkPrograms | None = None):
         self.model = model
         self.seeds = [int(s) for s in seeds]
         r = len(self.seeds)
@@ -189,7 +206,8 @@ class Ensemble:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
         self.batch_size = r if batch_size is None else max(1, min(int(batch_size), r))
-        self._fns = compiled_for(model)
+        self.programs = programs if programs is not None else ChunkPrograms()
+        self._fns = self.programs.for_model(model)
 
     def _per_replicate(self, name: str, table: np.ndarray, per_replicate: bool) -> np.ndarray:
         r = len(self.seeds)
@@ -259,7 +277,7 @@ class Ensemble:
         self.state = state
         host = jax.device_get(out)
         self.step = start + n_steps
-        return {k: np.asarray(v)[:, :n_steps] for k, v in host.items()}
+        return {k: np.asarray(v)[:, :n_steps] for k, v in host["metrics"].items()}
 
     def _call(self, state, rows, roots, t0, n, *, batched: bool):
         if batched:
@@ -272,32 +290,11 @@ class Ensemble:
         """Replace a shared parameter with an array of the same shape and dtype (no recompilation)."""
         self.params[name] = replacement_param(self.params, name, value)
 
-    def run(self, n_steps: int, *, policies: Sequence[Any] = ()) -> dict[str, np.ndarray]:
-        """Step ``n_steps`` in chunks of ``chunk_size``; returns ``{metric: [R, n_steps]}``.
-
-        ``policies`` (host policies, as for :meth:`Simulation.run`) need a single
-        replicate: they see a Simulation-like view (``step``, ``state``, ``params``,
-        ``root``, ``seed``, ``model``, ``set_param``) and are called before every
-        step that is a multiple of their ``every``.
-        """
-        policies = list(policies)
-        if policies and self.n_replicates != 1:
+    def host_view(self) -> "_SimView":
+        """What host policies see of a one-replicate ensemble (Simulation-like); see :func:`simcore.session.drive`."""
+        if self.n_replicates != 1:
             raise ValueError("host policies need an ensemble of one replicate (they may set its params)")
-        cadences = [p.every for p in policies if p.every > 0]
-        parts: list[dict[str, np.ndarray]] = []
-        end = self.step + n_steps
-        view = _SimView(self) if policies else None
-        while self.step < end:
-            nxt = min(self.step + self.chunk_size, end)
-            for every in cadences:
-                nxt = min(nxt, (self.step // every + 1) * every)
-            for policy in policies:
-                if policy.every > 0 and self.step % policy.every == 0:
-                    policy.update(view)
-            parts.append(self.advance(nxt - self.step).metrics)
-        if not parts:
-            return {}
-        return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+        return _SimView(self)
 
     def replicate(self, index: int) -> State:
         """The state of one replicate (device arrays)."""

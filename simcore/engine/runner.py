@@ -4,12 +4,16 @@ Between chunks only per-step metrics, the sampled agents' rows and the event tra
 leave the device. Host-side policies (LLM archetype rounds) run at chunk
 boundaries and may replace parameter arrays of the same shape, which never
 triggers a recompilation.
+
+The engine steps (:meth:`Simulation.advance`); it has no run loop. The loop over
+chunks, with its host-policy cadence, is :func:`simcore.session.drive`, the one
+loop every run uses (``simcore run``/``resume``, experiment arms, live server runs).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +37,39 @@ class Chunk:
 
 
 class HostPolicy(Protocol):
-    """Runs on the host before every step that is a multiple of ``every``."""
+    """Runs on the host before every step that is a multiple of ``every`` (see :func:`simcore.session.drive`).
+
+    Optional methods the session calls where a policy has them: ``state_dict()`` /
+    ``load_state_dict(blob, arrays)`` (checkpoints), ``finish(sim)`` (at the end of a run,
+    e.g. to land a pipelined round) and ``close()``.
+    """
 
     every: int
 
     def update(self, sim: "Simulation") -> None: ...
+
+
+def step_body(model: Model, root: jax.Array, params: Params, sample_idx: jax.Array | None = None, *,
+              outputs: bool = True) -> Callable:
+    """One step as a scan body ``(state, t, row) -> (state, out)``: the engine's only one.
+
+    :class:`Simulation` scans it over a chunk; :class:`~simcore.engine.ensemble.Ensemble`
+    scans it too (``outputs=False``: metrics only) and ``vmap``s the scan over replicates,
+    so an ensemble is the batched form of the same chunk. ``out`` holds ``metrics`` and,
+    with ``outputs``, the model's ``samples`` and ``events``.
+    """
+
+    def go(state, t, row):
+        p = {**params, **row, "step": t}
+        state = model.step(state, p, step_key(root, t))
+        out = {"metrics": model.metrics(state, p)}
+        if outputs and model.sample is not None:
+            out["samples"] = model.sample(state, p, sample_idx)
+        if outputs and model.events is not None:
+            out["events"] = model.events(state, p)
+        return state, out
+
+    return go
 
 
 class Simulation:
@@ -83,19 +115,10 @@ class Simulation:
 
     # -- the compiled part -------------------------------------------------
     def _chunk(self, state, params, rows, t0, sample_idx, length):
-        model = self.model
-        root = self.root
+        go = step_body(self.model, self.root, params, sample_idx)
 
         def body(state, xs):
-            t, row = xs
-            p = {**params, **row, "step": t}
-            state = model.step(state, p, step_key(root, t))
-            out = {"metrics": model.metrics(state, p)}
-            if model.sample is not None:
-                out["samples"] = model.sample(state, p, sample_idx)
-            if model.events is not None:
-                out["events"] = model.events(state, p)
-            return state, out
+            return go(state, *xs)
 
         ts = t0 + jnp.arange(length, dtype=jnp.int32)
         state, out = jax.lax.scan(body, state, (ts, rows))
@@ -161,40 +184,3 @@ class Simulation:
             self.schedule = extend_schedule(self.schedule, end)
             table = self.schedule[param]
         Intervention(param=param, start=start, end=end, value=value, mode=mode, index=index).apply(table)
-
-    def boundaries(self, n_steps: int, policies: Iterable[HostPolicy] = ()) -> list[int]:
-        """Chunk lengths from the current step: at most chunk_size, cut where a policy must run."""
-        end = self.step + n_steps
-        cadences = [p.every for p in policies if p.every > 0]
-        lengths, t = [], self.step
-        while t < end:
-            nxt = min(t + self.chunk_size, end)
-            for every in cadences:
-                due = (t // every + 1) * every
-                nxt = min(nxt, due)
-            lengths.append(nxt - t)
-            t = nxt
-        return lengths
-
-    def run(
-        self,
-        n_steps: int,
-        *,
-        policies: Iterable[HostPolicy] = (),
-        on_chunk: Callable[["Simulation", Chunk], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> int:
-        """Step ``n_steps`` (or until ``should_stop()``), calling policies and ``on_chunk``. Returns steps done."""
-        policies = list(policies)
-        done = 0
-        for length in self.boundaries(n_steps, policies):
-            if should_stop is not None and should_stop():
-                break
-            for policy in policies:
-                if policy.every > 0 and self.step % policy.every == 0:
-                    policy.update(self)
-            chunk = self.advance(length)
-            done += length
-            if on_chunk is not None:
-                on_chunk(self, chunk)
-        return done
