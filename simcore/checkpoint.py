@@ -125,7 +125,7 @@ def save_checkpoint(
     fingerprint: Mapping[str, str] | None = None,
     live_params: Iterable[str] = (),
     extra: Mapping[str, Any] | None = None,
-    arrays: Mapping[str, np.ndarray] | None = None,
+    policy_arrays: Mapping[str, np.ndarray] | None = None,
     compress: bool = True,
 ) -> Path:
     """Write one checkpoint to ``directory/step=<step>/`` atomically; returns its path.
@@ -154,8 +154,8 @@ def save_checkpoint(
     small = saved_params(params, live_params) if params is not None else {}
     if small:
         _write_npz(tmp / "params.npz", small, compress)
-    if arrays:
-        _write_npz(tmp / "policies.npz", {k: np.asarray(v) for k, v in arrays.items()}, compress)
+    if policy_arrays:
+        _write_npz(tmp / "policies.npz", {k: np.asarray(v) for k, v in policy_arrays.items()}, compress)
     if isinstance(scenario, Scenario):
         scenario = scenario.model_dump(mode="json")
     meta = {
@@ -216,7 +216,7 @@ def save_simulation(sim: "Simulation", directory: str | Path, *, scenario: Scena
     more = {"policies": pol, **dict(extra or {})} if pol else dict(extra or {})
     return save_checkpoint(directory, step=sim.step, seed=sim.seed, state=sim.state, schedule=sim.schedule,
                            params=sim.params, scenario=scenario, steps=steps, fingerprint=fingerprint,
-                           live_params=getattr(sim.model, "decision_targets", ()), extra=more, arrays=arrays,
+                           live_params=getattr(sim.model, "decision_targets", ()), extra=more, policy_arrays=arrays,
                            compress=compress)
 
 

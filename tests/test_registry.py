@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import polars as pl
 import pytest
+
+from simcore.session import drive
 import yaml
 from pydantic import Field
 
@@ -157,6 +159,6 @@ def test_a_new_model_is_one_module_and_one_entry():
     assert built.metric_groups == {"Toy value": ["total", "mean"]}
     sim = Simulation(built.model, built.state, built.params, built.schedule, seed=0, chunk_size=3)
     rows = []
-    sim.run(3, on_chunk=lambda s, chunk: rows.append(chunk.metrics["mean"]))
+    drive(sim, 3, on_chunk=lambda s, chunk: rows.append(chunk.metrics["mean"]))
     # doubles on steps 0 and 2; the intervention sets boost to 0 on step 1
     np.testing.assert_allclose(np.concatenate(rows), [2.0, 2.0, 4.0])

@@ -218,7 +218,7 @@ def script(prompt, options):  # prompt-dependent answers: a round that saw other
 
 backends.make_backend = lambda spec: ScriptedBackend(script, identity="scripted:rundir")
 from scenarios import load_scenario
-from simcore.checkpoint import resume_run
+from simcore.session import resume_run
 from simcore.runs import run_scenario
 
 mode, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
