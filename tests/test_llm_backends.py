@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -585,6 +586,87 @@ def test_llamacpp_results_do_not_depend_on_request_order(llama_backend):
         fresh.close()
     assert [r.logprobs for r in forward] == [r.logprobs for r in backward] == [r.logprobs for r in no_reuse]
     assert llama_backend.stats["reused_tokens"] > 0
+
+
+def _covid_nyc_prompts(n_per_decision: int) -> list[ScoreRequest]:
+    """Archetype prompts of the shipped covid_nyc scenario (its templates, every level), a spread subset."""
+    import itertools
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "scenarios" / "covid_nyc.yaml").read_text())
+    out = []
+    for d in spec["policy"]["decisions"]:
+        feature = d["group_by"][0]
+        combos = list(itertools.product(d["labels"][feature].values(), ("falling", "flat", "rising"),
+                                        ("in force", "not in force")))
+        step = max(1, len(combos) // n_per_decision)
+        for level, trend, order in combos[::step][:n_per_decision]:
+            prompt = d["prompt"].format(**{feature: level, "case_trend": trend, "pause_order": order,
+                                           "options": " or ".join(d["options"])})
+            out.append(ScoreRequest(prompt, tuple(" " + o for o in d["options"])))
+    return out
+
+
+@pytest.mark.llm
+@needs_llama
+def test_llamacpp_batched_equals_one_at_a_time_and_ignores_batch_company():
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    reqs = _covid_nyc_prompts(6) + [ScoreRequest(FEW_SHOT, YN), ScoreRequest(FEW_SHOT, (" definitely yes", " no"))]
+    alone = LlamaCppBackend(n_ctx=1024, n_threads=1, reuse_prefix=False)  # every request from position 0
+    batched = LlamaCppBackend(n_ctx=1024, n_threads=1, n_slots=2)
+    try:
+        one_at_a_time = [alone.score([r])[0] for r in reqs]
+        together = batched.score(reqs)
+        # the same requests again, in another order and split into other batches (other company)
+        target = reqs[3]
+        with_others = batched.score([reqs[-1], target, reqs[9]])[1]
+        reversed_batch = batched.score(reqs[::-1])[::-1]
+        assert batched.stats["reused_tokens"] > 0 and len(batched._slots) == 2
+    finally:
+        alone.close()
+        batched.close()
+    for a, b, c in zip(one_at_a_time, together, reversed_batch):
+        assert a.ok and b.ok and c.ok
+        assert a.logprobs == b.logprobs == c.logprobs  # bit for bit (spec: probabilities within 1e-3)
+    assert with_others.logprobs == one_at_a_time[3].logprobs
+
+
+@pytest.mark.llm
+@needs_llama
+def test_llamacpp_16_token_blocks_give_the_32_token_blocks_probabilities():
+    """The shipped covid_nyc prompts score the same with the 16-token blocks as with the former 32 (within 1e-3)."""
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    reqs = _covid_nyc_prompts(9)
+    res = {}
+    for block in (16, 32):
+        b = LlamaCppBackend(n_ctx=1024, n_threads=1, prefix_block=block)
+        try:
+            res[block] = b.score(reqs)
+        finally:
+            b.close()
+    for r16, r32 in zip(res[16], res[32]):
+        assert r16.ok and r32.ok
+        assert max(abs(p - q) for p, q in zip(r16.probs, r32.probs)) <= 1e-3
+
+
+@pytest.mark.llm
+@needs_llama
+def test_llamacpp_slots_keep_each_decisions_prefix(llama_backend):
+    """Alternating between two decisions' prompts re-uses each one's few-shot preamble from its own slot."""
+    reqs = _covid_nyc_prompts(3)
+    isolate, work = reqs[:3], reqs[3:]
+    llama_backend.score(isolate[:1] + work[:1])
+    before = dict(llama_backend.stats)
+    for a, b in zip(isolate[1:], work[1:]):
+        llama_backend.score([a])
+        llama_backend.score([b])
+    decoded = llama_backend.stats["evaluated_tokens"] - before["evaluated_tokens"]
+    prompt = llama_backend.stats["prompt_tokens"] - before["prompt_tokens"]
+    # each prompt decodes only its last line and the partial block before it, never its preamble again
+    assert decoded < 0.25 * prompt, (decoded, prompt)
 
 
 @pytest.mark.llm

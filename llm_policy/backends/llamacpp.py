@@ -15,12 +15,18 @@ single token ``" yes"``).  Every option is then scored on the same context
 which compares P+o_i strings on an equal footing (the re-tokenised prompt
 tail, if any, is included in every option's sum).
 
-The context is evaluated once; its KV state is kept and re-used across the
-request's options (and across requests: the longest common token prefix with
-whatever is in the KV cache is kept, so few-shot preambles shared by many
-archetypes are evaluated once).  Single-token options cost nothing beyond the
-context; a multi-token option costs one extra decode per token after its
-first, and options sharing leading tokens share those decodes.
+The context is evaluated once, in blocks of ``prefix_block`` (16) tokens aligned
+to position 0, one decode call per block; only whole blocks decoded that way are
+re-used (llama.cpp's numbers depend on how tokens are grouped into decode calls:
+see ``_eval_context``).  Scoring contexts live in up to ``n_slots`` (4) llama.cpp
+contexts ("slots") on the one set of weights, each with its own KV cache, so the
+few-shot preambles of several decisions stay cached side by side; a request goes
+to the slot that shares the most whole blocks with it.  ``score`` evaluates a
+batch in the lexicographic order of its token sequences, so neighbours share the
+longest prefix; results are returned in request order and are the same, bit for
+bit, as scoring each request alone on a fresh backend.  Single-token options cost
+nothing beyond the context; a multi-token option costs one extra decode per token
+after its first, and options sharing leading tokens share those decodes.
 
 Logits are read only for the last position of each decode (``logits_all`` is
 off), so memory stays small despite Gemma 3's 262k-token vocabulary.
@@ -86,6 +92,65 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
+class _Slot:
+    """One scoring context (its own KV cache) on the shared model weights.
+
+    ``tokens`` are the KV positions held; ``canon_end`` bounds the ones that were
+    decoded in calls starting at multiples of the backend's ``prefix_block`` and may be
+    re-used by another context (see ``LlamaCppBackend._eval_context``)."""
+
+    def __init__(self, lc: Any, ctx: Any, n_batch: int, n_vocab: int) -> None:
+        self._lc = lc
+        self.ctx = ctx
+        self.mem = lc.llama_get_memory(ctx)
+        self.n_batch = n_batch
+        self.n_vocab = n_vocab
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        self.tokens: list[int] = []
+        self.canon_end = 0
+        self.used = 0
+
+    def rollback(self, n: int) -> None:
+        """Drop KV positions >= n."""
+        if n < len(self.tokens):
+            if not self._lc.llama_memory_seq_rm(self.mem, 0, n, -1):
+                self._lc.llama_memory_clear(self.mem, True)
+                n = 0
+            del self.tokens[n:]
+        self.canon_end = min(self.canon_end, n)
+
+    def decode(self, toks: Sequence[int], start: int) -> np.ndarray:
+        """Decode ``toks`` at positions ``start``.. (``start == len(tokens)``) in calls of
+        at most ``n_batch`` rows; return the logits after the last one (a view)."""
+        if start != len(self.tokens) or not toks:
+            raise BackendError(f"internal: decode at {start} with {len(self.tokens)} positions held")
+        b = self.batch
+        for i in range(0, len(toks), self.n_batch):
+            chunk = toks[i : i + self.n_batch]
+            n = len(chunk)
+            b.n_tokens = n
+            for r, t in enumerate(chunk):
+                b.token[r] = t
+                b.pos[r] = start + i + r
+                b.n_seq_id[r] = 1
+                b.seq_id[r][0] = 0
+                b.logits[r] = 0
+            b.logits[n - 1] = 1
+            rc = self._lc.llama_decode(self.ctx, b)
+            if rc != 0:
+                self.rollback(start + i)
+                raise BackendError(f"llama_decode failed with code {rc}")
+            self.tokens.extend(chunk)
+        ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self._lc.llama_batch_free(self.batch)
+            self._lc.llama_free(self.ctx)
+            self.ctx = None
+
+
 class LlamaCppBackend:
     """Embedded GGUF model on CPU.
 
@@ -102,8 +167,9 @@ class LlamaCppBackend:
         seed: int = 0,
         *,
         n_batch: int = 512,
-        prefix_block: int = 32,
+        prefix_block: int = 16,
         reuse_prefix: bool = True,
+        n_slots: int = 4,
         verbose: bool = False,
     ) -> None:
         try:
@@ -152,14 +218,18 @@ class LlamaCppBackend:
             raise BackendUnavailable(f"llama.cpp could not load {path}: {exc}") from exc
         self._n_vocab = int(self._llm.n_vocab())
         self.prefix_block = max(1, min(int(prefix_block), n_batch, self.n_ctx))
+        self._n_batch = self.prefix_block  # one decode call per block (see _eval_context)
         self.reuse_prefix = bool(reuse_prefix)
-        self._canon_end = 0  # KV positions < this were decoded in aligned full blocks
+        self.n_slots = max(1, int(n_slots))
+        self._slots: list[_Slot] = []
+        self._clock = 0
         self._lock = threading.RLock()
         # counters (cumulative)
         self.stats: dict[str, float] = {
             "requests": 0,
             "evaluated_tokens": 0,  # tokens actually decoded (after KV prefix re-use)
             "reused_tokens": 0,  # context tokens served from the KV cache
+            "decode_calls": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "boundary_merges": 0,
@@ -170,50 +240,61 @@ class LlamaCppBackend:
     def _tokenize(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _rollback(self, n: int) -> None:
-        """Drop KV positions >= n."""
-        llm = self._llm
-        if n < llm.n_tokens:
-            mem = self._llama_cpp.llama_get_memory(llm.ctx)
-            if not self._llama_cpp.llama_memory_seq_rm(mem, 0, n, -1):
-                self._llama_cpp.llama_memory_clear(mem, True)
-                n = 0
-            llm.n_tokens = n
-        self._canon_end = min(self._canon_end, n)
+    def _new_slot(self) -> "_Slot":
+        lc = self._llama_cpp
+        ctx = lc.llama_init_from_model(self._llm.model, self._llm.context_params)
+        if ctx is None:
+            raise BackendUnavailable("llama.cpp could not create a scoring context")
+        return _Slot(lc, ctx, self._n_batch, self._n_vocab)
 
-    def _last_logprobs(self) -> np.ndarray:
-        ptr = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        return _log_softmax(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)))
+    def _pick_slot(self, ctx: Sequence[int]) -> tuple["_Slot", int]:
+        """The slot whose canonical KV prefix serves ``ctx`` best (ties: least recently used), and how much."""
+        B = self.prefix_block
+        if not self._slots:
+            self._slots.append(self._new_slot())
+        best: tuple[int, int] | None = None
+        for i, slot in enumerate(self._slots):
+            keep = 0
+            if self.reuse_prefix:
+                keep = (min(_lcp(slot.tokens, ctx), len(ctx) - 1, slot.canon_end) // B) * B
+            if best is None or keep > best[0] or (keep == best[0] and slot.used < self._slots[best[1]].used):
+                best = (keep, i)
+        assert best is not None
+        if best[0] == 0 and len(self._slots) < self.n_slots:
+            self._slots.append(self._new_slot())
+            best = (0, len(self._slots) - 1)
+        self._clock += 1
+        slot = self._slots[best[1]]
+        slot.used = self._clock
+        return slot, best[0]
 
-    def _eval_context(self, ctx: Sequence[int]) -> np.ndarray:
-        """Put exactly ``ctx`` in the KV cache, decoded in blocks of
-        ``prefix_block`` tokens aligned to position 0, and return the
-        next-token log-softmax.
+    def _eval_context(self, ctx: Sequence[int]) -> tuple["_Slot", np.ndarray]:
+        """Put exactly ``ctx`` in a slot's KV cache, decoded in blocks of
+        ``prefix_block`` tokens aligned to position 0 (one decode call per block), and
+        return (slot, next-token log-softmax).
 
-        llama.cpp's numbers depend (slightly, ~1e-2 nats on this quantised
-        model) on how tokens were grouped into decode batches.  Decoding every
-        context in the same aligned blocks -- and re-using only whole blocks
-        that were decoded that way -- makes a request's answer independent of
-        what was evaluated before it (cache-order independence), while still
-        re-using shared few-shot preambles."""
-        llm = self._llm
+        llama.cpp's numbers depend on how tokens were grouped into decode calls (up to
+        6e-2 in P on this quantised model, measured: the repacked Q4_K kernels take a
+        call's rows four at a time and the remainder through another kernel, and the
+        attention sums depend on the call's extent).  Decoding every context in the
+        same aligned blocks -- and re-using only whole blocks that were decoded that
+        way -- makes a request's answer a function of its own tokens: independent of
+        what was evaluated before it, of the slot it lands in and of the other requests
+        of its batch (tested bit for bit against a fresh backend per request)."""
         if len(ctx) > self.n_ctx:
             raise BackendError(f"prompt of {len(ctx)} tokens exceeds n_ctx={self.n_ctx}")
         B = self.prefix_block
-        keep = 0
-        if self.reuse_prefix:
-            lcp = _lcp(llm.input_ids[: llm.n_tokens].tolist(), ctx)
-            keep = (min(lcp, len(ctx) - 1, self._canon_end) // B) * B
-        self._rollback(keep)
+        slot, keep = self._pick_slot(ctx)
+        slot.rollback(keep)
         for i in range(keep, len(ctx), B):
-            llm.eval(list(ctx[i : i + B]))
+            logits = slot.decode(ctx[i : i + B], i)
+            self.stats["decode_calls"] += 1
         self.stats["evaluated_tokens"] += len(ctx) - keep
         self.stats["reused_tokens"] += keep
-        self._canon_end = (len(ctx) // B) * B
-        return self._last_logprobs()
+        slot.canon_end = (len(ctx) // B) * B
+        return slot, _log_softmax(logits)
 
-    def _score_one(self, req: ScoreRequest) -> ScoreResult:
-        t0 = time.perf_counter()
+    def _prepare(self, req: ScoreRequest) -> tuple[list[int], list[list[int]], int]:
         p_tok = self._tokenize(req.prompt)
         joint = [self._tokenize(req.prompt + o) for o in req.options]
         k = min(_lcp(p_tok, j) for j in joint)
@@ -225,13 +306,18 @@ class LlamaCppBackend:
                 raise BackendError(f"option {o!r} adds no tokens to the prompt")
             if len(j) > self.n_ctx:
                 raise BackendError(f"prompt+option of {len(j)} tokens exceeds n_ctx={self.n_ctx}")
+        return p_tok, joint, k
+
+    def _score_one(self, req: ScoreRequest, prepared: tuple[list[int], list[list[int]], int]) -> ScoreResult:
+        t0 = time.perf_counter()
+        p_tok, joint, k = prepared
         ctx = joint[0][:k]
         # next-token distributions after ctx + option prefix; option tokens are
         # always decoded one at a time (canonical), prefixes shared across options
-        dists: dict[tuple[int, ...], np.ndarray] = {(): self._eval_context(ctx)}
+        slot, first = self._eval_context(ctx)
+        dists: dict[tuple[int, ...], np.ndarray] = {(): first}
         logprobs = []
         n_completion = 0
-        llm = self._llm
         for j in joint:
             opt = j[k:]
             total = 0.0
@@ -239,13 +325,13 @@ class LlamaCppBackend:
                 pre = tuple(opt[:pos])
                 dist = dists.get(pre)
                 if dist is None:
-                    state = llm.input_ids[k : llm.n_tokens].tolist()
-                    have = _lcp(state, pre) if llm.n_tokens >= k else 0
-                    self._rollback(k + have)
+                    have = _lcp(slot.tokens[k:], pre)
+                    slot.rollback(k + have)
                     for t in pre[have:]:
-                        llm.eval([t])
+                        logits = slot.decode([t], len(slot.tokens))
                         self.stats["evaluated_tokens"] += 1
-                    dist = self._last_logprobs()
+                        self.stats["decode_calls"] += 1
+                    dist = _log_softmax(logits)
                     dists[pre] = dist
                 total += float(dist[opt[pos]])
             logprobs.append(total)
@@ -263,17 +349,27 @@ class LlamaCppBackend:
 
     # -- Backend protocol -------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        out = []
+        """Score a batch.  Requests are evaluated in the lexicographic order of their
+        token sequences (neighbours then share the longest KV prefix); results come
+        back in request order and do not depend on that order (see _eval_context)."""
+        out: list[ScoreResult | None] = [None] * len(requests)
         with self._lock:
             t0 = time.perf_counter()
-            for req in requests:
+            prepared: list[tuple[int, Any]] = []
+            for i, req in enumerate(requests):
                 self.stats["requests"] += 1
                 try:
-                    out.append(self._score_one(req))
+                    prepared.append((i, self._prepare(req)))
                 except Exception as exc:  # noqa: BLE001 - per-request failure
-                    out.append(ScoreResult.failure(len(req.options), f"{type(exc).__name__}: {exc}"))
+                    out[i] = ScoreResult.failure(len(req.options), f"{type(exc).__name__}: {exc}")
+            prepared.sort(key=lambda item: item[1][1][0][: item[1][2]])
+            for i, prep in prepared:
+                try:
+                    out[i] = self._score_one(requests[i], prep)
+                except Exception as exc:  # noqa: BLE001 - per-request failure
+                    out[i] = ScoreResult.failure(len(requests[i].options), f"{type(exc).__name__}: {exc}")
             self.stats["seconds"] += time.perf_counter() - t0
-        return out
+        return out  # type: ignore[return-value]
 
     def generate_json(self, prompt: str, schema: dict, *, max_tokens: int = 64, temperature: float = 0.0) -> dict:
         import json
@@ -283,8 +379,7 @@ class LlamaCppBackend:
                 grammar = self._llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"cannot turn schema into a llama.cpp grammar: {exc}") from exc
-            self._rollback(0)  # fresh, canonical evaluation (and leaves no non-canonical KV behind)
-            self._llm.reset()
+            self._llm.reset()  # the Llama's own context serves generation only; scoring uses the slots
             out: Any = self._llm.create_completion(
                 prompt,
                 max_tokens=max_tokens,
@@ -296,7 +391,6 @@ class LlamaCppBackend:
                 grammar=grammar,
                 seed=self.seed,
             )
-            self._canon_end = 0
         text = out["choices"][0]["text"]
         if out["choices"][0].get("finish_reason") == "length":
             try:
@@ -307,6 +401,9 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         with self._lock:
+            for slot in getattr(self, "_slots", ()):
+                slot.close()
+            self._slots = []
             llm = getattr(self, "_llm", None)
             if llm is not None:
                 try:
