@@ -3,7 +3,10 @@
 ``simcore calibrate SCENARIO --observed nyc --window START:END --fit PARAM,...``
 
 - **Parameters** (``--fit``): any numeric leaf of ``model.params`` by dotted path (``beta.community``,
-  ``ifr.5``, ``observation.death_delay.mean``, ``initial_infected``; the ``model.params.`` prefix is optional).
+  ``ifr.5``, ``observation.death_delay.mean``, ``initial_infected``; the ``model.params.`` prefix is optional),
+  and the value of any scheduled intervention, ``interventions.<name or index>.value`` (a pause multiplier).
+  Interventions are applied to the step-indexed schedule on device (:func:`schedule_rows`), so a fitted value
+  is a tracer like any parameter: differentiable on the gradient path, vmapped in CMA-ES batches.
   They are optimised in an unconstrained space: logit for fields bounded to [0, 1], log for fields bounded
   below by 0, identity otherwise (bounds are read from the scenario schema by validating probe values).
   Every numeric parameter that :func:`simcore.models.epidemic.numeric_params` reads is a device array
@@ -68,6 +71,7 @@ class FitParam:
     start: float
     transform: str  # "logit", "log" or "identity"
     upper: float | None = None  # an upper bound other than 1 (clipped to in natural units)
+    intervention: int | None = None  # an intervention's value: its index in scenario.interventions
 
     def to_free(self, v):
         xp = jnp if isinstance(v, jax.Array) else np
@@ -131,6 +135,9 @@ def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam
     tree = scenario.model.params.model_dump()
     out = []
     for name in items:
+        if name.startswith(IV_PREFIX):
+            out.append(_resolve_intervention(scenario, name))
+            continue
         path = name[len(PREFIX):] if name.startswith(PREFIX) else name
         value = _leaf(tree, path.split("."), name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -156,13 +163,88 @@ def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam
         if transform == "log" and start <= 0:
             start = 1e-4
         out.append(FitParam(path, start, transform, upper))
+    ivs = [f.intervention for f in out if f.intervention is not None]
+    if len(set(ivs)) != len(ivs):
+        raise ScenarioError("--fit", f"an intervention's value is listed twice in {names!r}")
     return out
+
+
+IV_PREFIX = "interventions."
+
+
+def _resolve_intervention(scenario: Scenario, name: str) -> FitParam:
+    """``interventions.<name or index>.value``: the value a scheduled intervention sets, multiplies or adds.
+
+    Transforms: ``multiply`` -> log (a multiplier is >= 0), ``set`` -> logit when the value is in [0, 1] (the
+    epidemic's scales and ``lockdown``), log when above 1, identity otherwise; ``add`` -> identity."""
+    ivs = scenario.interventions
+    parts = name[len(IV_PREFIX):].split(".")
+    if len(parts) != 2:
+        raise ScenarioError("--fit", f"{name}: expected interventions.<name or index>.value")
+    key, attr = parts
+    names = [iv.name for iv in ivs]
+    if key.isdigit():
+        if int(key) >= len(ivs):
+            raise ScenarioError("--fit", f"{name}: intervention index {key} out of range (the scenario has "
+                                         f"{len(ivs)})")
+        idx = int(key)
+    else:
+        hits = [i for i, n in enumerate(names) if n == key]
+        if not hits:
+            known = ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "none"
+            raise ScenarioError("--fit", f"{name}: unknown intervention {key!r} (known: {known})")
+        if len(hits) > 1:
+            raise ScenarioError("--fit", f"{name}: {len(hits)} interventions are named {key!r}; use an index "
+                                         f"({', '.join(map(str, hits))})")
+        idx = hits[0]
+    iv = ivs[idx]
+    if attr in ("start", "end"):
+        raise ScenarioError("--fit", f"{name}: an integer step cannot be fitted continuously; fit .value")
+    if attr != "value":
+        raise ScenarioError("--fit", f"{name}: only an intervention's value can be fitted, not {attr!r}")
+    v = float(iv.value)
+    if iv.mode == "multiply":
+        transform = "log"
+    elif iv.mode == "set":
+        transform = "logit" if 0.0 <= v <= 1.0 else ("log" if v > 0 else "identity")
+    else:
+        transform = "identity"
+    if transform == "logit":
+        v = min(max(v, 1e-4), 1 - 1e-4)
+    if transform == "log":
+        v = max(v, 1e-4)
+    label = iv.name if iv.name and names.count(iv.name) == 1 else str(idx)
+    return FitParam(f"{IV_PREFIX}{label}.value", v, transform, None, idx)
+
+
+def schedule_rows(base: dict, interventions, values: dict, steps: int) -> dict:
+    """The schedule on device: ``base`` tables [steps, ...] edited by every intervention in order, as
+    :func:`simcore.engine.build_schedule` does on the host, with ``values[i]`` (a float or a tracer) in place
+    of intervention ``i``'s value where given; so a fitted value is differentiable and vmappable."""
+    rows = dict(base)
+    t = np.arange(steps)
+    for i, iv in enumerate(interventions):
+        table = rows[iv.param]
+        v = values.get(i, float(iv.value))
+        mask = ((t >= max(iv.start, 0)) & (t < min(iv.end, steps))).reshape((steps,) + (1,) * (table.ndim - 1))
+        if iv.mode == "multiply":
+            new = table * v
+        elif iv.mode == "set":
+            new = jnp.zeros_like(table) + v
+        elif iv.mode == "add":
+            new = table + v
+        else:
+            raise ScenarioError("interventions", f"{iv.name or iv.param}: unknown mode {iv.mode!r}")
+        rows[iv.param] = jnp.where(jnp.asarray(mask), new.astype(table.dtype), table)
+    return rows
 
 
 def with_values(tree: dict, fits: Sequence[FitParam], values) -> dict:
     """A copy of the ``model.params`` dump with the fitted leaves replaced by ``values`` (floats or tracers)."""
     out = copy.deepcopy(tree) if not isinstance(values, jax.Array) else _copy_containers(tree)
     for f, v in zip(fits, values):
+        if f.intervention is not None:
+            continue
         *head, last = f.path.split(".")
         node = out
         for part in head:
@@ -266,9 +348,17 @@ class Problem:
         self.scenario, self.target, self.fits = scenario, target, list(fits)
         self.relaxed = relaxed
         steps = target.days
+        # built without interventions: the host schedule is then the base, and every intervention is applied
+        # on device by schedule_rows (the same float32 arithmetic as build_schedule), so values can be fitted
+        self.interventions = list(scenario.interventions)
         sc = scenario.model_copy(update={"run": scenario.run.model_copy(update={"steps": steps}),
-                                         "output": scenario.output.model_copy(update={"sample_agents": 0})})
+                                         "output": scenario.output.model_copy(update={"sample_agents": 0}),
+                                         "interventions": []})
         built = build(sc)
+        for i, iv in enumerate(self.interventions):
+            if iv.param not in built.schedule:
+                raise ScenarioError(f"interventions[{i}].param", f"unknown parameter {iv.param!r} (scheduled: "
+                                                                 f"{', '.join(sorted(built.schedule))})")
         self.built = built
         pop = built.population
         prm = sc.model.params
@@ -278,8 +368,7 @@ class Problem:
         self.n = built.n_agents
         self.steps = steps
         self.chunk = max(d for d in range(1, min(steps, 32) + 1) if steps % d == 0)
-        self.rows = {k: jnp.asarray(np.asarray(v[:steps], np.float32).reshape(-1, self.chunk))
-                     for k, v in built.schedule.items()}
+        self.base_rows = {k: jnp.asarray(np.asarray(v[:steps], np.float32)) for k, v in built.schedule.items()}
         b = pop.attributes["borough"]
         counts = np.bincount(b, minlength=len(target.boroughs)).astype(np.float64)
         self.scale = jnp.asarray(pop.tables.borough_population / np.maximum(counts, 1), jnp.float32)  # [B]
@@ -317,6 +406,9 @@ class Problem:
         """Daily expected observables [T, B, 3] and (unemployed, labour force) [T, B, 2] for free params ``z``."""
         values = self.natural(z)
         tree = with_values(self.tree, self.fits, values)
+        iv_values = {f.intervention: v for f, v in zip(self.fits, values) if f.intervention is not None}
+        rows = schedule_rows(self.base_rows, self.interventions, iv_values, self.steps)
+        rows = {k: v.reshape((-1, self.chunk) + v.shape[1:]) for k, v in rows.items()}
         params = {**self.built.params, **ep.numeric_params(tree)}
         f0 = tree["initial_infected"]
         root = root_key(seed)
@@ -337,7 +429,7 @@ class Problem:
             return jax.lax.scan(step, state, xs)
 
         ts = jnp.arange(self.steps, dtype=jnp.int32).reshape(-1, self.chunk)
-        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, self.rows))
+        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, rows))
         return obs.reshape(self.steps, nb, 3), labor.reshape(self.steps, nb, 2).astype(jnp.float32)
 
     def weekly_sim(self, daily):
@@ -604,7 +696,13 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
         *head, last = f.path.split(".")
         lo, hi = np.quantile(posterior[:, i], 0.1), np.quantile(posterior[:, i], 0.9)
         value = float(f"{float(v):.6g}")
-        if head:
+        if f.intervention is not None:
+            # the whole list, in order (the schedule applies them in order): the run sees what the fit saw
+            key = "interventions"
+            if key not in entries:
+                entries[key] = [iv.model_dump(mode="json") for iv in scenario.interventions]
+            entries[key][f.intervention]["value"] = value
+        elif head:
             key = f"{PREFIX}{'.'.join(head)}"
             if key not in entries:
                 entries[key] = copy.deepcopy(_leaf(tree, head, f.path))

@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", required=True, metavar="START:END", help="fitted dates, YYYY-MM-DD:YYYY-MM-DD; "
                                                                           "START is the scenario's step 0")
     sp.add_argument("--fit", required=True, metavar="PARAM,...", help="numeric model parameters by dotted path, "
-                                                                     "e.g. beta.community,initial_infected,ifr.5")
+                                                                     "e.g. beta.community,initial_infected,ifr.5, "
+                                                                     "and intervention values as interventions."
+                                                                     "<name or index>.value")
     sp.add_argument("--forecast-to", metavar="DATE", help="simulate and score held-out weeks up to this date")
     sp.add_argument("--method", default="both", help="gradient, cmaes or both (gradient, then CMA-ES + ABC)")
     sp.add_argument("--size", type=int, default=100_000, help="reduced population for fitting (default 100000)")
