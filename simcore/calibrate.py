@@ -3,7 +3,10 @@
 ``simcore calibrate SCENARIO --observed nyc --window START:END --fit PARAM,...``
 
 - **Parameters** (``--fit``): any numeric leaf of ``model.params`` by dotted path (``beta.community``,
-  ``ifr.5``, ``observation.death_delay.mean``, ``initial_infected``; the ``model.params.`` prefix is optional).
+  ``ifr.5``, ``observation.death_delay.mean``, ``initial_infected``; the ``model.params.`` prefix is optional),
+  and the value of any scheduled intervention, ``interventions.<name or index>.value`` (a pause multiplier).
+  Interventions are applied to the step-indexed schedule on device (:func:`schedule_rows`), so a fitted value
+  is a tracer like any parameter: differentiable on the gradient path, vmapped in CMA-ES batches.
   They are optimised in an unconstrained space: logit for fields bounded to [0, 1], log for fields bounded
   below by 0, identity otherwise (bounds are read from the scenario schema by validating probe values).
   Every numeric parameter that :func:`simcore.models.epidemic.numeric_params` reads is a device array
@@ -68,6 +71,7 @@ class FitParam:
     start: float
     transform: str  # "logit", "log" or "identity"
     upper: float | None = None  # an upper bound other than 1 (clipped to in natural units)
+    intervention: int | None = None  # an intervention's value: its index in scenario.interventions
 
     def to_free(self, v):
         xp = jnp if isinstance(v, jax.Array) else np
@@ -131,6 +135,9 @@ def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam
     tree = scenario.model.params.model_dump()
     out = []
     for name in items:
+        if name.startswith(IV_PREFIX):
+            out.append(_resolve_intervention(scenario, name))
+            continue
         path = name[len(PREFIX):] if name.startswith(PREFIX) else name
         value = _leaf(tree, path.split("."), name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -156,13 +163,88 @@ def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam
         if transform == "log" and start <= 0:
             start = 1e-4
         out.append(FitParam(path, start, transform, upper))
+    ivs = [f.intervention for f in out if f.intervention is not None]
+    if len(set(ivs)) != len(ivs):
+        raise ScenarioError("--fit", f"an intervention's value is listed twice in {names!r}")
     return out
+
+
+IV_PREFIX = "interventions."
+
+
+def _resolve_intervention(scenario: Scenario, name: str) -> FitParam:
+    """``interventions.<name or index>.value``: the value a scheduled intervention sets, multiplies or adds.
+
+    Transforms: ``multiply`` -> log (a multiplier is >= 0), ``set`` -> logit when the value is in [0, 1] (the
+    epidemic's scales and ``lockdown``), log when above 1, identity otherwise; ``add`` -> identity."""
+    ivs = scenario.interventions
+    parts = name[len(IV_PREFIX):].split(".")
+    if len(parts) != 2:
+        raise ScenarioError("--fit", f"{name}: expected interventions.<name or index>.value")
+    key, attr = parts
+    names = [iv.name for iv in ivs]
+    if key.isdigit():
+        if int(key) >= len(ivs):
+            raise ScenarioError("--fit", f"{name}: intervention index {key} out of range (the scenario has "
+                                         f"{len(ivs)})")
+        idx = int(key)
+    else:
+        hits = [i for i, n in enumerate(names) if n == key]
+        if not hits:
+            known = ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "none"
+            raise ScenarioError("--fit", f"{name}: unknown intervention {key!r} (known: {known})")
+        if len(hits) > 1:
+            raise ScenarioError("--fit", f"{name}: {len(hits)} interventions are named {key!r}; use an index "
+                                         f"({', '.join(map(str, hits))})")
+        idx = hits[0]
+    iv = ivs[idx]
+    if attr in ("start", "end"):
+        raise ScenarioError("--fit", f"{name}: an integer step cannot be fitted continuously; fit .value")
+    if attr != "value":
+        raise ScenarioError("--fit", f"{name}: only an intervention's value can be fitted, not {attr!r}")
+    v = float(iv.value)
+    if iv.mode == "multiply":
+        transform = "log"
+    elif iv.mode == "set":
+        transform = "logit" if 0.0 <= v <= 1.0 else ("log" if v > 0 else "identity")
+    else:
+        transform = "identity"
+    if transform == "logit":
+        v = min(max(v, 1e-4), 1 - 1e-4)
+    if transform == "log":
+        v = max(v, 1e-4)
+    label = iv.name if iv.name and names.count(iv.name) == 1 else str(idx)
+    return FitParam(f"{IV_PREFIX}{label}.value", v, transform, None, idx)
+
+
+def schedule_rows(base: dict, interventions, values: dict, steps: int) -> dict:
+    """The schedule on device: ``base`` tables [steps, ...] edited by every intervention in order, as
+    :func:`simcore.engine.build_schedule` does on the host, with ``values[i]`` (a float or a tracer) in place
+    of intervention ``i``'s value where given; so a fitted value is differentiable and vmappable."""
+    rows = dict(base)
+    t = np.arange(steps)
+    for i, iv in enumerate(interventions):
+        table = rows[iv.param]
+        v = values.get(i, float(iv.value))
+        mask = ((t >= max(iv.start, 0)) & (t < min(iv.end, steps))).reshape((steps,) + (1,) * (table.ndim - 1))
+        if iv.mode == "multiply":
+            new = table * v
+        elif iv.mode == "set":
+            new = jnp.zeros_like(table) + v
+        elif iv.mode == "add":
+            new = table + v
+        else:
+            raise ScenarioError("interventions", f"{iv.name or iv.param}: unknown mode {iv.mode!r}")
+        rows[iv.param] = jnp.where(jnp.asarray(mask), new.astype(table.dtype), table)
+    return rows
 
 
 def with_values(tree: dict, fits: Sequence[FitParam], values) -> dict:
     """A copy of the ``model.params`` dump with the fitted leaves replaced by ``values`` (floats or tracers)."""
     out = copy.deepcopy(tree) if not isinstance(values, jax.Array) else _copy_containers(tree)
     for f, v in zip(fits, values):
+        if f.intervention is not None:
+            continue
         *head, last = f.path.split(".")
         node = out
         for part in head:
@@ -266,9 +348,17 @@ class Problem:
         self.scenario, self.target, self.fits = scenario, target, list(fits)
         self.relaxed = relaxed
         steps = target.days
+        # built without interventions: the host schedule is then the base, and every intervention is applied
+        # on device by schedule_rows (the same float32 arithmetic as build_schedule), so values can be fitted
+        self.interventions = list(scenario.interventions)
         sc = scenario.model_copy(update={"run": scenario.run.model_copy(update={"steps": steps}),
-                                         "output": scenario.output.model_copy(update={"sample_agents": 0})})
+                                         "output": scenario.output.model_copy(update={"sample_agents": 0}),
+                                         "interventions": []})
         built = build(sc)
+        for i, iv in enumerate(self.interventions):
+            if iv.param not in built.schedule:
+                raise ScenarioError(f"interventions[{i}].param", f"unknown parameter {iv.param!r} (scheduled: "
+                                                                 f"{', '.join(sorted(built.schedule))})")
         self.built = built
         pop = built.population
         prm = sc.model.params
@@ -278,8 +368,7 @@ class Problem:
         self.n = built.n_agents
         self.steps = steps
         self.chunk = max(d for d in range(1, min(steps, 32) + 1) if steps % d == 0)
-        self.rows = {k: jnp.asarray(np.asarray(v[:steps], np.float32).reshape(-1, self.chunk))
-                     for k, v in built.schedule.items()}
+        self.base_rows = {k: jnp.asarray(np.asarray(v[:steps], np.float32)) for k, v in built.schedule.items()}
         b = pop.attributes["borough"]
         counts = np.bincount(b, minlength=len(target.boroughs)).astype(np.float64)
         self.scale = jnp.asarray(pop.tables.borough_population / np.maximum(counts, 1), jnp.float32)  # [B]
@@ -317,6 +406,9 @@ class Problem:
         """Daily expected observables [T, B, 3] and (unemployed, labour force) [T, B, 2] for free params ``z``."""
         values = self.natural(z)
         tree = with_values(self.tree, self.fits, values)
+        iv_values = {f.intervention: v for f, v in zip(self.fits, values) if f.intervention is not None}
+        rows = schedule_rows(self.base_rows, self.interventions, iv_values, self.steps)
+        rows = {k: v.reshape((-1, self.chunk) + v.shape[1:]) for k, v in rows.items()}
         params = {**self.built.params, **ep.numeric_params(tree)}
         f0 = tree["initial_infected"]
         root = root_key(seed)
@@ -337,7 +429,7 @@ class Problem:
             return jax.lax.scan(step, state, xs)
 
         ts = jnp.arange(self.steps, dtype=jnp.int32).reshape(-1, self.chunk)
-        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, self.rows))
+        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, rows))
         return obs.reshape(self.steps, nb, 3), labor.reshape(self.steps, nb, 2).astype(jnp.float32)
 
     def weekly_sim(self, daily):
@@ -402,6 +494,8 @@ class Fit:
     history: list[dict]
     posterior: np.ndarray | None = None  # [K, P] free parameters accepted by ABC
     seconds: float = 0.0
+    points: np.ndarray | None = None  # [E, P] every evaluated free point, in order (CMA-ES)
+    popsize: int = 0
 
 
 def fit_gradient(problem: Problem, *, iterations: int = 60, lr: float = 0.1, seeds: Sequence[int] = (0,),
@@ -449,10 +543,105 @@ def fit_cmaes(problem: Problem, *, generations: int = 15, popsize: int = 8, sigm
             it += 1
         if log:
             log(min(history[-len(zs):], key=lambda r: r["loss"]))
+    evaluated = np.stack([p[1] for p in points])
     points.sort(key=lambda p: p[0])
     k = max(2, int(round(accept * len(points))))
     post = np.stack([p[1] for p in points[:k]])
-    return Fit("cmaes", points[0][1], history, post, seconds=time.perf_counter() - t0)
+    return Fit("cmaes", points[0][1], history, post, seconds=time.perf_counter() - t0, points=evaluated,
+               popsize=popsize)
+
+
+# -- posterior and predictive bands ------------------------------------------------------------------------
+def effective_points(residuals: np.ndarray) -> float:
+    """AR(1) effective sample size of weekly residuals [W, ...]: N (1 - rho) / (1 + rho), rho the lag-1
+    autocorrelation pooled over the trailing axes (clipped to [0, 0.95]); N = all residuals."""
+    r = np.asarray(residuals, np.float64)
+    n = r.size
+    if r.shape[0] < 3:
+        return float(n)
+    a, b = r[1:].ravel(), r[:-1].ravel()
+    rho = float(np.sum(a * b) / max(np.sqrt(np.sum(a * a) * np.sum(b * b)), 1e-300))
+    rho = min(max(rho, 0.0), 0.95)
+    return n * (1 - rho) / (1 + rho)
+
+
+def importance_weights(losses, zs, mean, cov, loss_min: float, n_eff: float) -> np.ndarray:
+    """Self-normalised importance weights of proposals ``zs`` ~ N(mean, cov) for the posterior
+    p(z) ∝ exp(-n_eff (L(z) - L_min) / (2 L_min)) (flat prior in the free space).
+
+    That is the Gaussian likelihood of normalised residuals with their variance profiled at the best fit
+    (the loss is a weighted mean of squared NRMSEs, so L_min estimates it) and ``n_eff`` independent points."""
+    zs, mean = np.asarray(zs, np.float64), np.asarray(mean, np.float64)
+    d = zs - mean
+    prec = np.linalg.inv(np.asarray(cov, np.float64))
+    log_q = -0.5 * np.einsum("ki,ij,kj->k", d, prec, d)
+    log_p = -n_eff * (np.asarray(losses, np.float64) - loss_min) / (2 * max(loss_min, 1e-12))
+    lw = np.where(np.isfinite(log_p), log_p - log_q, -np.inf)
+    lw -= lw.max()
+    w = np.exp(lw)
+    return w / w.sum()
+
+
+def systematic_resample(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` indices drawn in proportion to ``weights`` (systematic resampling: low variance)."""
+    c = np.cumsum(weights)
+    c[-1] = 1.0
+    return np.searchsorted(c, (rng.random() + np.arange(k)) / k)
+
+
+def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, proposals: int, draws: int,
+                     sim_seed: int, rng: np.random.Generator, inflate: float = 2.0, batch: int = 8) -> dict:
+    """An importance-sampled posterior around the best point.
+
+    Proposal: N(best, inflate² x the covariance of CMA-ES's last two generations: its search distribution,
+    estimated from its own draws). Target: :func:`importance_weights` with ``n_eff`` from the best fit's residual
+    autocorrelation. Returns ``draws`` resampled free points and the diagnostics (ESS, n_eff)."""
+    best_z = np.asarray(best_z, np.float64)
+    if cmaes_fit is None or cmaes_fit.points is None or len(cmaes_fit.points) < 2 * cmaes_fit.popsize:
+        return {"z": np.repeat(best_z[None], draws, 0), "ess": 1.0, "n_eff": None, "proposals": 0}
+    last = cmaes_fit.points[-2 * cmaes_fit.popsize:]
+    cov = np.atleast_2d(np.cov(last, rowvar=False)) + 1e-6 * np.eye(len(best_z))
+    cov = inflate ** 2 * cov
+    zs = rng.multivariate_normal(best_z, cov, size=proposals)
+    zs = np.concatenate([best_z[None], zs])
+    losses = _padded_losses(problem, zs, sim_seed, batch)
+    d, _ = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
+    sim = problem.weekly_sim(np.asarray(d))[: problem.target.fit_weeks]
+    obs = np.asarray(problem.obs_fit)
+    n_eff = effective_points((sim - obs) / np.asarray(problem.obs_max)[None])
+    w = importance_weights(losses, zs, best_z, cov, float(losses[0]), n_eff)
+    idx = systematic_resample(w, draws, rng)
+    return {"z": zs[idx], "ess": float(1.0 / np.sum(w ** 2)), "n_eff": float(n_eff), "proposals": len(zs),
+            "loss_min": float(losses[0]), "all_z": zs, "losses": losses, "weights": w}
+
+
+def _padded_losses(problem: "Problem", zs: np.ndarray, sim_seed: int, batch: int) -> np.ndarray:
+    """batch_loss in batches of exactly ``batch`` (the last padded with its first row): one compiled shape,
+    and never a vmap of size 1 (the engine's sparse-pull switch mis-shapes one)."""
+    out = []
+    for i in range(0, len(zs), batch):
+        chunk = zs[i:i + batch]
+        pad = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), 0)])
+        out.append(problem.batch_loss(pad, sim_seed)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def log_residual_sd(weekly: np.ndarray, observed: np.ndarray, fit_weeks: int) -> np.ndarray:
+    """Per series: RMS of log(1 + observed) - log(1 + median simulated) over the fitted weeks and boroughs
+    (bias included). ``weekly`` [K, W, B, S], ``observed`` [W, B, S] -> [S]."""
+    med = np.median(weekly[:, :fit_weeks], axis=0)
+    r = np.log1p(observed[:fit_weeks]) - np.log1p(med)
+    return np.sqrt(np.mean(r ** 2, axis=(0, 1)))
+
+
+def predictive_draws(weekly: np.ndarray, sd: np.ndarray, per_run: int, rng: np.random.Generator) -> np.ndarray:
+    """Posterior-predictive weekly series [K x per_run, W, B, S]: every run times exp(sd_s x eps), one eps per
+    draw, week and series, shared by the boroughs (the model's errors are the city's: one transmission, one
+    pause), so the citywide band keeps the residual spread instead of averaging it away."""
+    k, w, _, s = weekly.shape
+    eps = rng.standard_normal((k, per_run, w, 1, s))
+    out = weekly[:, None] * np.exp(eps * np.asarray(sd)[None, None, None, None, :])
+    return out.reshape(k * per_run, *weekly.shape[1:])
 
 
 def _record(method, it, loss, problem, z, **extra) -> dict:
@@ -475,26 +664,30 @@ def ensemble(problem: Problem, zs: np.ndarray, seeds: Sequence[int], batch: int 
     return np.stack(weekly), np.stack(unemp)
 
 
-def forecast_frame(problem: Problem, weekly: np.ndarray, unemp: np.ndarray):
-    """Long table: week/month rows per series and borough (plus citywide), observed, median and 80 % band."""
+def forecast_frame(problem: Problem, weekly: np.ndarray, unemp: np.ndarray, band: np.ndarray | None = None):
+    """Long table: week/month rows per series and borough (plus citywide), observed, median of ``weekly`` and the
+    80 % band of ``band`` (posterior-predictive draws; default ``weekly`` itself)."""
     import polars as pl
 
     tg = problem.target
     rows = []
+    band = weekly if band is None else band
     city = weekly.sum(axis=2, keepdims=True)
     obs_city = tg.weekly.sum(axis=1, keepdims=True)
     allw = np.concatenate([weekly, city], axis=2)
+    allb = np.concatenate([band, band.sum(axis=2, keepdims=True)], axis=2)
     allobs = np.concatenate([tg.weekly, obs_city], axis=1)
     names = list(tg.boroughs) + ["citywide"]
     starts = tg.week_starts()
     for w in range(tg.weeks):
         for bi, b in enumerate(names):
             for si, s in enumerate(SERIES):
-                v = allw[:, w, bi, si]
+                v, vb = allw[:, w, bi, si], allb[:, w, bi, si]
+                med = float(np.median(v))
                 rows.append({"series": s, "borough": b, "period": starts[w].isoformat(), "index": w,
                              "held_out": w >= tg.fit_weeks, "observed": float(allobs[w, bi, si]),
-                             "simulated": float(np.median(v)), "lo": float(np.quantile(v, 0.1)),
-                             "hi": float(np.quantile(v, 0.9))})
+                             "simulated": med, "lo": min(float(np.quantile(vb, 0.1)), med),
+                             "hi": max(float(np.quantile(vb, 0.9)), med)})
     for mi, (y, m) in enumerate(tg.months):
         for bi, b in enumerate(tg.boroughs):
             v = unemp[:, mi, bi]
@@ -508,7 +701,8 @@ def forecast_frame(problem: Problem, weekly: np.ndarray, unemp: np.ndarray):
 def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequence[str], out: str | Path,
               method: str = "both", size: int | None = 100_000, forecast_to: str | None = None,
               iterations: int = 40, lr: float = 0.1, generations: int = 12, popsize: int = 8,
-              band_runs: int = 16, seed: int | None = None, weights: dict | None = None, progress: bool = True) -> Path:
+              band_runs: int = 16, posterior_runs: int = 32, seed: int | None = None, weights: dict | None = None,
+              progress: bool = True) -> Path:
     """Fit, forecast and write the calibration directory; returns its path."""
     import polars as pl
 
@@ -517,7 +711,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     if method not in ("gradient", "cmaes", "both"):
         raise ScenarioError("--method", f"must be gradient, cmaes or both, got {method!r}")
     for flag, v in (("--iterations", iterations), ("--generations", generations), ("--popsize", popsize),
-                    ("--band-runs", band_runs)):
+                    ("--band-runs", band_runs), ("--posterior-runs", posterior_runs)):
         if v < 1 or (flag == "--popsize" and v < 2):
             raise ScenarioError(flag, f"must be >= {2 if flag == '--popsize' else 1}, got {v}")
     fits = resolve_fit(scenario, fit)
@@ -556,29 +750,40 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         rows += c.history
         fits_done.append(c)
     best = min(fits_done, key=lambda f: min(r["loss"] for r in f.history))
-    # 80 % bands: accepted ABC points (or the point estimate) re-run with fresh seeds
-    pts = fits_done[-1].posterior if fits_done[-1].posterior is not None else best.z[None, :]
-    picks = np.asarray([pts[i % len(pts)] for i in range(band_runs)])
+    # 80 % bands: the posterior (importance-sampled around the best point), each draw re-run with a fresh seed,
+    # times the observation error measured on the fitted weeks (posterior predictive)
+    rng = np.random.default_rng(scenario.run.seed + 7)
+    cma = next((f for f in fits_done if f.method == "cmaes"), None)
+    post = posterior_sample(search, best.z, cma, proposals=posterior_runs, draws=band_runs,
+                            sim_seed=scenario.run.seed, rng=rng)
+    picks = post["z"]
     seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
     weekly, unemp = ensemble(search, picks, seeds)
+    resid_sd = log_residual_sd(weekly, target.weekly, target.fit_weeks)
+    band = predictive_draws(weekly, resid_sd, 32, rng)
     out.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(rows).write_parquet(out / "calibration.parquet")
-    post_nat = np.asarray([search.natural(p) for p in pts], np.float64)
-    pl.DataFrame({f.path: post_nat[:, i] for i, f in enumerate(fits)}).write_parquet(out / "posterior.parquet")
-    frame = forecast_frame(search, weekly, unemp)
+    all_z = post.get("all_z", picks)
+    all_w = post.get("weights", np.full(len(all_z), 1.0 / len(all_z)))
+    post_nat = np.asarray([search.natural(p) for p in all_z], np.float64)
+    pl.DataFrame({**{f.path: post_nat[:, i] for i, f in enumerate(fits)}, "weight": all_w,
+                  **({"loss": post["losses"]} if "losses" in post else {})}).write_parquet(out / "posterior.parquet")
+    frame = forecast_frame(search, weekly, unemp, band)
     frame.write_parquet(out / "forecast.parquet")
     table = validation.validation_table(frame)
     table.write_parquet(out / "validation.parquet")
     values = search.natural(np.asarray(best.z, np.float64))
-    write_overlay(out / "overlay.yaml", scenario, fits, values, post_nat, window, observed, best.method)
+    write_overlay(out / "overlay.yaml", scenario, fits, values, post_nat, window, observed, best.method, all_w)
     from analysis.validation import plot_forecast
     plot_forecast(frame, out / "fit.png", title=f"{scenario.name}: fitted {target.start}..{target.fit_end}")
     summary = {
         "scenario": scenario.name, "observed": observed, "window": window, "forecast_to": str(target.end),
         "population": scenario.population.size, "method": method, "best_method": best.method,
         "fit": {f.path: float(v) for f, v in zip(fits, values)},
-        "interval_80": {f.path: [float(np.quantile(post_nat[:, i], 0.1)), float(np.quantile(post_nat[:, i], 0.9))]
-                        for i, f in enumerate(fits)},
+        "interval_80": {f.path: [weighted_quantile(post_nat[:, i], all_w, 0.1),
+                                 weighted_quantile(post_nat[:, i], all_w, 0.9)] for i, f in enumerate(fits)},
+        "posterior": {"proposals": post["proposals"], "ess": post["ess"], "n_eff": post["n_eff"],
+                      "log_residual_sd": dict(zip(SERIES, map(float, resid_sd)))},
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
         "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
         "validation": validation.headline(table),
@@ -587,14 +792,23 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     return out
 
 
-def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, window, observed, method) -> None:
+def weighted_quantile(x, w, q: float) -> float:
+    """The ``q`` quantile of ``x`` under weights ``w`` (the inverse of the weighted empirical CDF)."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    order = np.argsort(x)
+    c = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(c, q * c[-1]), len(x) - 1)])
+
+
+def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, window, observed, method,
+                  weights=None) -> None:
     """A scenario overlay: the fitted values as ``dotted.path: value`` lines, with how they were obtained."""
     import yaml
 
     lines = [f"# simcore calibrate {scenario.name} --observed {observed} --window {window} "
              f"--fit {','.join(f.path for f in fits)}",
              f"# {scenario.population.size:,} agents, seed {scenario.run.seed}; best point from {method};",
-             "# 80 % ABC intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
+             "# 80 % posterior intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
     # a nested leaf is written with its whole parent (the ifr list, the beta or death_delay mapping) so the
     # overlay applies to any base scenario, even one that leaves that block at its defaults
     tree = scenario.model.params.model_dump()
@@ -602,9 +816,16 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
     notes: dict[str, list[str]] = {}
     for i, (f, v) in enumerate(zip(fits, values)):
         *head, last = f.path.split(".")
-        lo, hi = np.quantile(posterior[:, i], 0.1), np.quantile(posterior[:, i], 0.9)
+        w = np.full(len(posterior), 1.0) if weights is None else weights
+        lo, hi = weighted_quantile(posterior[:, i], w, 0.1), weighted_quantile(posterior[:, i], w, 0.9)
         value = float(f"{float(v):.6g}")
-        if head:
+        if f.intervention is not None:
+            # the whole list, in order (the schedule applies them in order): the run sees what the fit saw
+            key = "interventions"
+            if key not in entries:
+                entries[key] = [iv.model_dump(mode="json") for iv in scenario.interventions]
+            entries[key][f.intervention]["value"] = value
+        elif head:
             key = f"{PREFIX}{'.'.join(head)}"
             if key not in entries:
                 entries[key] = copy.deepcopy(_leaf(tree, head, f.path))

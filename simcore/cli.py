@@ -124,6 +124,7 @@ def cmd_calibrate(args) -> int:
     path = calibrate(sc, observed=args.observed, window=args.window, fit=args.fit, out=out, method=args.method,
                      size=args.size, forecast_to=args.forecast_to, iterations=args.iterations, lr=args.lr,
                      generations=args.generations, popsize=args.popsize, band_runs=args.band_runs,
+                     posterior_runs=args.posterior_runs,
                      weights=weights, progress=not args.quiet)
     print(f"calibration directory: {path}")
     return 0
@@ -274,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", required=True, metavar="START:END", help="fitted dates, YYYY-MM-DD:YYYY-MM-DD; "
                                                                           "START is the scenario's step 0")
     sp.add_argument("--fit", required=True, metavar="PARAM,...", help="numeric model parameters by dotted path, "
-                                                                     "e.g. beta.community,initial_infected,ifr.5")
+                                                                     "e.g. beta.community,initial_infected,ifr.5, "
+                                                                     "and intervention values as interventions."
+                                                                     "<name or index>.value")
     sp.add_argument("--forecast-to", metavar="DATE", help="simulate and score held-out weeks up to this date")
     sp.add_argument("--method", default="both", help="gradient, cmaes or both (gradient, then CMA-ES + ABC)")
     sp.add_argument("--size", type=int, default=100_000, help="reduced population for fitting (default 100000)")
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--generations", type=int, default=12, help="CMA-ES generations")
     sp.add_argument("--popsize", type=int, default=8, help="CMA-ES population (one vmapped batch)")
     sp.add_argument("--band-runs", type=int, default=16, help="forward runs for the 80%% prediction bands")
+    sp.add_argument("--posterior-runs", type=int, default=32, help="importance-sampling proposals for the "
+                                                                     "posterior (after CMA-ES)")
     sp.add_argument("--weight", action="append", metavar="SERIES=W", help="loss weight (defaults: deaths 1, "
                                                                           "hospitalizations 1, cases 0.25, unemployment 1)")
     sp.add_argument("--out", help="calibration directory (default: <output.dir>/calibrate-<name>-<time>)")

@@ -238,6 +238,12 @@ BAD = [
     (["--fit", "isolation.quarantine_days"], "--fit: isolation.quarantine_days: an integer parameter"),
     (["--fit", "ifr"], "--fit: ifr: not a number (list)"),
     (["--fit", "ifr.9"], "--fit: ifr.9: list index '9' out of range"),
+    (["--fit", "interventions.nope.value"], "--fit: interventions.nope.value: unknown intervention 'nope' "
+                                             "(known: schools_closed, pause_community, pause_workplaces, pause_order)"),
+    (["--fit", "interventions.7.value"], "--fit: interventions.7.value: intervention index 7 out of range"),
+    (["--fit", "interventions.pause_order.start"], "--fit: interventions.pause_order.start: an integer step"),
+    (["--fit", "interventions.pause_order.param"], "--fit: interventions.pause_order.param: only an intervention's value"),
+    (["--fit", "interventions.pause_order"], "--fit: interventions.pause_order: expected interventions.<name or index>"),
     (["--size", "10"], "--size: must be >= 1000"),
     (["--method", "magic"], "--method: must be gradient, cmaes or both"),
 ]
@@ -293,3 +299,141 @@ def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     assert head["deaths_citywide_nrmse"] == pytest.approx(0.206, abs=0.01)
     assert head["deaths_peak_error_weeks"] == 0
     assert head["deaths_borough_nrmse_max"] == pytest.approx(0.261, abs=0.015)
+
+
+# -- intervention values ----------------------------------------------------------------------------------
+def test_intervention_values_resolve_by_name_or_index_with_their_transforms():
+    sc = load_scenario("covid_small")
+    fits = C.resolve_fit(sc, "interventions.pause_community.value,interventions.0.value,beta.community")
+    assert [f.path for f in fits] == ["interventions.pause_community.value", "interventions.schools_closed.value",
+                                      "beta.community"]
+    assert [f.intervention for f in fits] == [1, 0, None]
+    assert [f.transform for f in fits] == ["log", "logit", "log"]  # multiply 0.3; set 0.0 (a scale in [0, 1])
+    assert fits[0].start == pytest.approx(0.3) and fits[1].start == pytest.approx(1e-4)
+    with pytest.raises(C.ScenarioError, match="listed twice"):
+        C.resolve_fit(sc, "interventions.1.value,interventions.pause_community.value")
+
+
+def test_schedule_rows_on_device_equal_the_host_schedule():
+    """The device schedule (every intervention in order, values as given) is the engine's, bit for bit; a
+    value given in place of an intervention's own changes exactly that intervention's rows."""
+    from simcore.engine import Intervention, build_schedule
+
+    sc = load_scenario("covid_small", ["interventions.2.param=community_scale",
+                                       "interventions.2.mode=add", "interventions.2.value=0.05"])
+    base = {"community_scale": 1.0, "school_scale": 1.0, "lockdown": 0.0, "workplace_scale": 1.0}
+    ivs = [Intervention(param=i.param, start=i.start, end=i.end, value=i.value, mode=i.mode) for i in sc.interventions]
+    host = build_schedule(base, 120, ivs)
+    rows0 = {k: jnp.asarray(v) for k, v in build_schedule(base, 120, []).items()}
+    dev = C.schedule_rows(rows0, sc.interventions, {}, 120)
+    for k in host:
+        np.testing.assert_array_equal(np.asarray(dev[k]), host[k])
+    dev = C.schedule_rows(rows0, sc.interventions, {1: jnp.float32(0.5)}, 120)
+    cs = np.asarray(dev["community_scale"])
+    np.testing.assert_allclose(cs[21:99], 0.5 + 0.05, rtol=1e-6)  # the fitted multiply, then the add after it
+    np.testing.assert_array_equal(cs[:21], host["community_scale"][:21])
+    np.testing.assert_array_equal(np.asarray(dev["school_scale"]), host["school_scale"])
+
+
+@pytest.fixture(scope="module")
+def pause():
+    """56 days (the pause starts on day 21): synthetic data from pause_community x 0.3."""
+    sc = load_scenario("covid_small", ["population.size=6000", "model.params.initial_infected=0.004",
+                                       "model.params.beta.community=0.12"])
+    fits = C.resolve_fit(sc, "interventions.pause_community.value")
+    hard = C.Problem(sc, _target(np.ones((8, 5, 3)), days=56), fits, relaxed=False)
+    d, _ = hard.rollout(np.array([fits[0].to_free(0.3)], np.float32), 0)
+    tg = _target(np.asarray(hard.weekly_sim(np.asarray(d))), days=56)
+    return sc, fits, tg
+
+
+def test_intervention_value_recovery_cmaes_and_gradient(pause):
+    """Both paths recover the pause multiplier (0.3) from 0.9, same population and seed: CMA-ES within 15 %,
+    the relaxed gradient (biased low for transmission, see above) within 30 %."""
+    sc, fits, tg = pause
+    z0 = np.array([fits[0].to_free(0.9)], np.float32)
+    search = C.Problem(sc, tg, fits, relaxed=False)
+    c = C.fit_cmaes(search, generations=8, popsize=6, sigma=0.5, z0=z0, seed=1)
+    got = search.natural(np.asarray(c.z, np.float64))[0]
+    assert got == pytest.approx(0.3, rel=0.15)
+    assert c.history[0]["loss"] > 5 * min(r["loss"] for r in c.history)
+    rel = C.Problem(sc, tg, fits, relaxed=True)
+    g = C.fit_gradient(rel, iterations=25, lr=0.1, seeds=(0,), z0=z0)
+    assert g.history[0]["grad_norm"] > 0  # community_scale carries a derivative along realised infections
+    got = rel.natural(np.asarray(g.z, np.float64))[0]
+    assert got == pytest.approx(0.3, rel=0.3)
+
+
+def test_overlay_carries_fitted_interventions_and_run_reproduces_the_fit(pause, tmp_path):
+    """The overlay writes the whole interventions list (in order) with the fitted value; simcore run's build of
+    the overlaid scenario gives the same trajectory as the calibration's forward run at that value."""
+    from simcore.engine import Simulation
+    from simcore.models import build
+
+    sc, _, tg = pause
+    fits = C.resolve_fit(sc, "interventions.pause_community.value,beta.community")
+    z = np.array([fits[0].to_free(0.25), fits[1].to_free(0.1)], np.float32)
+    vals = [float(v) for v in C.Problem(sc, tg, fits, relaxed=False).natural(z)]
+    post = np.array([vals] * 3)
+    C.write_overlay(tmp_path / "o.yaml", sc, fits, vals, post, "w", "nyc", "cmaes")
+    text = (tmp_path / "o.yaml").read_text()
+    assert "interventions.pause_community.value 80%" in text
+    over = load_scenario("covid_small", [*C.read_overlay(tmp_path / "o.yaml"), "population.size=6000",
+                                         "model.params.initial_infected=0.004"])
+    assert [iv.value for iv in over.interventions] == [0.0, pytest.approx(0.25, rel=1e-6), 0.4, 1.0]
+    assert [iv.name for iv in over.interventions] == [iv.name for iv in sc.interventions]
+    assert over.model.params.beta.community == pytest.approx(0.1, rel=1e-6)
+    d, _ = C.Problem(sc, tg, fits, relaxed=False).rollout(z, 0)
+    built = build(over.model_copy(update={"run": over.run.model_copy(update={"steps": 56})}))
+    m = Simulation(built.model, built.state, built.params, built.schedule, seed=0, chunk_size=56).advance(56).metrics
+    for j, name in enumerate(ep.OBSERVED):
+        np.testing.assert_allclose(np.asarray(d)[:, 2, j], m[f"{name}__borough_manhattan"], rtol=1e-5, atol=1e-6)
+
+
+# -- posterior and predictive bands --------------------------------------------------------------------------
+def test_importance_weights_recover_the_gaussian_posterior_of_a_quadratic_loss():
+    """L(z) = L0 (1 + a (z - mu)^2) -> posterior N(mu, 1 / (n_eff a)); proposals from a wider Gaussian."""
+    rng = np.random.default_rng(0)
+    l0, a, n_eff, mu = 0.02, 3.0, 40.0, np.array([0.5, -1.0])
+    cov = np.diag([0.09, 0.25])
+    zs = rng.multivariate_normal(mu + 0.05, cov, size=20_000)
+    loss = l0 * (1 + a * ((zs - mu) ** 2).sum(1))
+    w = C.importance_weights(loss, zs, mu + 0.05, cov, l0, n_eff)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    mean = (w[:, None] * zs).sum(0)
+    var = (w[:, None] * (zs - mean) ** 2).sum(0)
+    np.testing.assert_allclose(mean, mu, atol=0.01)
+    np.testing.assert_allclose(var, 1 / (n_eff * a), rtol=0.08)
+    idx = C.systematic_resample(w, 1000, rng)
+    assert idx.min() >= 0 and idx.max() < len(zs)
+    np.testing.assert_allclose(zs[idx].mean(0), mu, atol=0.02)
+    assert C.weighted_quantile(np.arange(10.0), np.ones(10), 0.5) == 4.0
+    assert C.weighted_quantile(np.arange(10.0), np.r_[np.zeros(9), 1.0], 0.1) == 9.0
+
+
+def test_effective_points_follow_the_lag_one_autocorrelation():
+    rng = np.random.default_rng(1)
+    white = rng.standard_normal((2000, 3))
+    assert C.effective_points(white) == pytest.approx(6000, rel=0.1)
+    ar = np.zeros((2000, 3))
+    for t in range(1, 2000):
+        ar[t] = 0.6 * ar[t - 1] + white[t]
+    assert C.effective_points(ar) == pytest.approx(6000 * 0.4 / 1.6, rel=0.15)
+
+
+def test_predictive_draws_carry_the_fitted_log_residual_spread():
+    """Observed = simulated x exp(0.3 eps) on the fitted weeks: the residual sd comes back as 0.3, and the
+    predictive 80 % band then covers about 80 % of fresh observations drawn the same way."""
+    rng = np.random.default_rng(2)
+    sim = np.full((4, 40, 5, 3), 1000.0)
+    obs = 1000.0 * np.exp(0.3 * rng.standard_normal((40, 5, 3)))
+    sd = C.log_residual_sd(sim, obs, 40)
+    np.testing.assert_allclose(sd, 0.3, rtol=0.12)
+    draws = C.predictive_draws(sim, sd, 250, rng)
+    assert draws.shape == (1000, 40, 5, 3)
+    lo, hi = np.quantile(draws, 0.1, axis=0), np.quantile(draws, 0.9, axis=0)
+    fresh = 1000.0 * np.exp(0.3 * rng.standard_normal((40, 5, 3)))
+    assert 0.72 <= ((fresh >= lo) & (fresh <= hi)).mean() <= 0.88
+    # shared by the boroughs: the citywide sum keeps the relative spread
+    city = draws.sum(axis=2)
+    assert np.std(np.log(city[:, 0, 0])) == pytest.approx(sd[0], rel=0.15)
