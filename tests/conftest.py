@@ -25,3 +25,22 @@ def run_script_on_devices(script: str, cli_env: dict, n_devices: int = 4, timeou
                          timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def kill_when(proc, ready, *, timeout: float, what: str, settle: float = 0.0, poll: float = 0.02) -> None:
+    """SIGKILL ``proc`` once ``ready()`` holds (then ``settle`` seconds later); fail if it exits or ``timeout``
+    passes first. Returns after the process has died."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, what
+            time.sleep(poll)
+        time.sleep(settle)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL

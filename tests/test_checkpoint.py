@@ -1,10 +1,6 @@
 """Checkpoints: deterministic rebuild, exact restore, atomic files, resume after a real SIGKILL."""
-from simcore.session import drive
 import json
-import os
-import signal
 import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import SIMCORE
+from conftest import SIMCORE, kill_when
 from scenarios import load_scenario
 from simcore.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
     save_simulation, restore_simulation, truncate_outputs,
 )
 from simcore.models import build
+from simcore.session import drive
 from simcore.runs import make_simulation, resume_run, run_scenario
 
 SEIR = {"name": "ck", "population": {"kind": "homogeneous", "size": 3000},
@@ -182,16 +179,7 @@ def test_resume_after_sigkill_is_bit_identical(cli_env, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(SIMCORE + ["run", *args, "--checkpoint-every", "10", "--out", str(killed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 300
-        while not list_checkpoints(killed):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, lambda: bool(list_checkpoints(killed)), timeout=300, what="no checkpoint within 300 s")
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["steps_done"] < 120  # really killed partway
 
@@ -218,6 +206,7 @@ from scenarios import load_scenario
 from simcore.checkpoint import load_checkpoint, latest_checkpoint
 from simcore.session import resume_run
 from simcore.models import build
+from simcore.session import drive
 from simcore.runs import make_simulation, resume_run, run_scenario
 out = sys.argv[1]
 sc = load_scenario("covid_small", ["population.size=8000", "run.steps=30", "run.chunk_size=10"])

@@ -1,12 +1,9 @@
 """The run directory (simcore.rundir): tables round-trip, appends are part files, a SIGKILL leaves every
 table readable, resume truncates and appends, one manifest error policy, and no JAX on the reading side."""
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import polars as pl
@@ -15,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kill_when
 from simcore import rundir
 
 
@@ -249,17 +246,9 @@ def test_sigkill_leaves_tables_readable_and_resume_equals_an_uninterrupted_run(c
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     _finish(_script("plain", ref, env))  # also fills the compilation cache
     proc = _script("checkpointed", killed, env, pause=0.4)
-    try:
-        deadline = time.monotonic() + 300
-        while len(rundir.list_checkpoints(killed)) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no second checkpoint within 300 s"
-            time.sleep(0.02)
-        time.sleep(0.5)  # somewhere after the checkpoint at step 24, mid-flush or not
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    # settle: somewhere after the checkpoint at step 24, mid-flush or not
+    kill_when(proc, lambda: len(rundir.list_checkpoints(killed)) >= 2, timeout=300,
+              what="no second checkpoint within 300 s", settle=0.5)
     manifest = rundir.read_manifest(killed)
     assert manifest["status"] == "running" and manifest["steps_done"] < 60
 

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kill_when
 from scenarios import load_scenario
 
 NYC = ["population.size=2000", "run.chunk_size=7", "output.sample_agents=50"]
@@ -151,16 +147,7 @@ def test_llm_run_resumed_after_sigkill_has_the_full_log_and_the_same_metrics(cli
     code = CHILD.format(tests=str(ROOT / "tests"), marker=str(marker), out=str(killed))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=cli_env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 400
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the child never reached step 15"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, marker.exists, timeout=400, what="the child never reached step 15", poll=0.2)
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["steps_done"] < 28  # really killed partway
     assert "llm_totals" not in manifest  # nothing closed it
