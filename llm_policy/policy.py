@@ -366,10 +366,9 @@ class ArchetypePolicy:
             raise ScenarioError("checkpoint", f"the checkpoint counts {n} logged LLM calls but the run has no "
                                               "llm_calls table")
         run_dir = self._log.dir
-        have = rundir.read_table(run_dir, "llm_calls").num_rows
+        have = rundir.keep_rows(run_dir, "llm_calls", n)  # cuts nothing when it has fewer than n
         if have < n:
             raise ScenarioError("checkpoint", f"llm_calls has {have} rows, the checkpoint counts {n}")
-        rundir.keep_rows(run_dir, "llm_calls", n)
         self._log = TableAppender(run_dir, "llm_calls")  # reopens after the cut
         self.rows = rundir.read_table(run_dir, "llm_calls").to_pylist()
         self._logged = len(self.rows)

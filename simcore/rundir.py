@@ -449,20 +449,13 @@ def keep_rows(run_dir: str | Path, name: str, n: int) -> int:
     A resumed LLM run uses this rather than :func:`truncate_table`: a checkpoint counts the call-log
     rows it covers, and a pipelined round's rows carry the later step they apply at.
     """
-    _check_appended(name)
-    keep, _ = _select(_pieces(run_dir, name))
-    if not keep:
+    root = compact_table(run_dir, name)
+    if root is None:
         return 0
-    table = read_table(run_dir, name)
-    kept = table.slice(0, min(int(n), table.num_rows))
-    root = table_path(run_dir, name)
-    if len(keep) == 1 and keep[0][2] == root and kept.num_rows == table.num_rows:
-        return kept.num_rows  # already one file of exactly these rows
-    atomic_write_table(kept, root, {PARTS_THROUGH: str(max(last for _, last, _ in keep)).encode()})
-    d = parts_dir(run_dir, name)
-    if d.is_dir():  # all held by the root file now (a kill here leaves files the readers skip)
-        shutil.rmtree(d)
-    return kept.num_rows
+    table = pq.read_table(root)
+    if table.num_rows > n:  # the compacted file keeps its record of the parts it holds
+        atomic_write_table(table.slice(0, int(n)).replace_schema_metadata(None), root, pq.read_schema(root).metadata)
+    return min(int(n), table.num_rows)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
