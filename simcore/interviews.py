@@ -110,11 +110,11 @@ def parse_archetype(key: str, manifest: Mapping[str, Any]) -> dict[str, str]:
         if not sep or not name or not level:
             raise ScenarioError("archetype", f"expected feature=level[,feature=level...], got {key!r} ({valid})")
         if name in out:
-            raise ScenarioError("archetype", f"feature {name!r} given twice in {key!r}")
+            raise ScenarioError("archetype", f"feature {name!r} given twice in {key!r} ({valid})")
         if name not in labels:
             raise ScenarioError("archetype", f"unknown feature {name!r} ({valid})")
         if level not in labels[name]:
-            raise ScenarioError("archetype", f"unknown level {level!r} of {name} (levels: {', '.join(labels[name])})")
+            raise ScenarioError("archetype", f"unknown level {level!r} of {name} ({valid})")
         out[name] = level
     if groupings and set(out) not in [set(g) for g in groupings]:
         raise ScenarioError("archetype", f"{key!r} is not an archetype of this run ({valid})")
