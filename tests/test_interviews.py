@@ -242,7 +242,7 @@ def server(social_run, covid_run):
 
     shutil.copytree(covid_run, social_run / "covid")
     (social_run / "covid" / "interviews.parquet").unlink(missing_ok=True)
-    cfg = ServerConfig(runs_dir=social_run, max_runs=1, interview_backend=scripted)
+    cfg = ServerConfig(runs_dir=social_run, max_runs=1, interview_backend=scripted, checkpoint_every=5)
     with ServerThread(create_app(cfg)) as srv:
         yield srv
 
@@ -270,6 +270,30 @@ def test_server_interviews_a_past_run(server, run_id, body):
         assert bad.status_code == 422 and bad.json()["field"] == "step"
         assert len(c.get(f"/api/runs/{run_id}/interviews").json()) == len(listed)
         assert c.post("/api/runs/nope/interviews", json=body).status_code == 404
+
+
+def test_server_interviews_a_live_run_without_disturbing_it(server):
+    """A paused live run: the interview reads its checkpoints on disk; the run stays where it was and goes on."""
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        r = c.post("/api/runs", json={"scenario": "covid_small", "start_paused": True, "overrides": [
+            "population.size=2000", "output.sample_agents=50", "run.chunk_size=5", "run.steps=40"]})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+        from server.testing import wait_until
+
+        wait_until(lambda: c.get(f"/api/runs/{run_id}").json()["status"] == "paused", what="paused")
+        assert c.post(f"/api/runs/{run_id}/step", json={"n": 12}).json()["run"]["step"] == 12
+        r = c.post(f"/api/runs/{run_id}/interviews", json={"step": 3, "agent": 1, "question": "q", "options": ["a", "b"]})
+        assert r.status_code == 422 and r.json()["field"] == "step"  # no checkpoint at or before 3 yet
+        r = c.post(f"/api/runs/{run_id}/interviews",
+                   json={"step": 12, "agent": 1, "question": "Are you well?", "options": ["yes", "no"]})
+        assert r.status_code == 201, r.text
+        assert r.json()["checkpoint_step"] == 10 and r.json()["step"] == 12
+        d = c.get(f"/api/runs/{run_id}").json()
+        assert d["status"] == "paused" and d["step"] == 12 and d["live"] is True
+        assert c.post(f"/api/runs/{run_id}/step", json={"n": 3}).json()["run"]["step"] == 15  # goes on
+        assert len(c.get(f"/api/runs/{run_id}/interviews").json()) == 1
+        c.post(f"/api/runs/{run_id}/stop")
 
 
 def test_server_refuses_a_backend_over_http(server):
