@@ -285,7 +285,8 @@ def _memories(run_dir: Path, agent: int, step: int) -> list[str]:
     if rows.height == 0:
         return []
     rank = pl.when(pl.col("kind") == "reflection").then(0).otherwise(1)
-    rows = rows.with_columns(rank.alias("_rank")).sort(["_rank", "step"], descending=[False, True]).head(MAX_MEMORIES)
+    rows = (rows.with_columns(rank.alias("_rank"))
+            .sort(["_rank", "step"], descending=[False, True], maintain_order=True).head(MAX_MEMORIES))
     return [f"day {r['step']} ({r['kind']}): {r['text']}" for r in rows.iter_rows(named=True)]
 
 

@@ -194,7 +194,6 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(covid_run, tmp_pa
 
     run = tmp_path / "run"
     shutil.copytree(covid_run, run)
-    shutil.rmtree(run / "interviews.parquet", ignore_errors=True)
     (run / "interviews.parquet").unlink(missing_ok=True)
     files = sorted(p.relative_to(run) for p in run.rglob("*"))
     args = [a.format(run=run, missing=tmp_path / "nope") for a in argv]
@@ -314,3 +313,32 @@ def test_interviews_survive_a_resume(covid_run, tmp_path):
     resume_run(run, checkpoint=run / "checkpoints" / "step=14", backend=Counting())
     assert read_interviews(run) == rows
     assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_deep_agent_memories_enter_the_context_up_to_n(covid_run, tmp_path):
+    """A run with a deep_agents table (the contract in docs/interviews.md): the agent's rows with step <= N,
+    reflections first; no other agent's, nothing later."""
+    import pyarrow as pa
+
+    from simcore.interviews import interview
+
+    run = tmp_path / "run"
+    shutil.copytree(covid_run, run)
+    rows = [  # step, agent, kind, text, importance, target, p
+        (7, 3, "observation", "my neighbour coughed all day", 4.0, "", math.nan),
+        (7, 3, "decision", "I will keep working", 6.0, "work", 0.8),
+        (14, 3, "reflection", "the borough is getting worse", 8.0, "", math.nan),
+        (21, 3, "observation", "schools closed last week", 5.0, "", math.nan),
+        (14, 4, "reflection", "someone else's thought", 9.0, "", math.nan),
+    ]
+    cols = list(zip(*rows))
+    pq.write_table(pa.table({"step": pa.array(cols[0], pa.int64()), "agent_id": pa.array(cols[1], pa.int64()),
+                             "kind": cols[2], "text": cols[3], "importance": pa.array(cols[4], pa.float32()),
+                             "target": cols[5], "p": pa.array(cols[6], pa.float32())}), run / "deep_agents.parquet")
+    prompt = interview(run, 14, "How are you?", agent=3, options="fine|not fine", backend=scripted)["prompt"]
+    memories = prompt.split("Your memories:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert memories == ["- day 14 (reflection): the borough is getting worse",
+                        "- day 7 (observation): my neighbour coughed all day",
+                        "- day 7 (decision): I will keep working"]
+    plain = interview(run, 14, "How are you?", agent=5, options="fine|not fine", backend=scripted)["prompt"]
+    assert "Your memories:" not in plain
