@@ -290,7 +290,8 @@ def _memories(run_dir: Path, agent: int, step: int) -> list[str]:
     return [f"day {r['step']} ({r['kind']}): {r['text']}" for r in rows.iter_rows(named=True)]
 
 
-def _in_force(scenario, schedule: Mapping[str, np.ndarray], step: int, live: Sequence[Mapping]) -> str:
+def _in_force(scenario, step: int, live: Sequence[Mapping]) -> str:
+    """The scenario's interventions and the live ones in force at ``step``."""
     names = [iv.name or iv.param for iv in scenario.interventions if iv.start <= step < iv.end]
     names += [f"{r['param']} {r.get('mode', 'set')} {r['value']}" for r in live if r["start"] <= step < r["end"]]
     return ", ".join(dict.fromkeys(names)) or "none"
@@ -335,9 +336,8 @@ def build_context(r: Restored, run_dir: str | Path, *, agent: int | None = None,
             raise ScenarioError("archetype", f"no agent has {','.join(f'{k}={v}' for k, v in levels.items())} "
                                              f"at step {r.step}")
         codes = dict(levels)
-    persona_codes = codes if sc.personas is None else {f: codes[f] for f in codes}
     try:
-        persona = render_persona(sc.personas, sc.run.seed, persona_codes)
+        persona = render_persona(sc.personas, sc.run.seed, codes)
     except KeyError as exc:  # an archetype key that leaves out a field the persona templates name
         raise ScenarioError("archetype", f"the persona templates name {exc}: include it in the key") from None
     date = ""
@@ -362,7 +362,7 @@ def build_context(r: Restored, run_dir: str | Path, *, agent: int | None = None,
         lines += [f"- mean {s.replace('_', ' ')}: {_fmt(v[members].mean())}" for s, v in stats.items()]
     env = _environment(r, run_dir, members)
     lines += [f"- {e}" for e in env]
-    lines.append(f"- interventions in force: {_in_force(sc, r.schedule, r.step, live)}")
+    lines.append(f"- interventions in force: {_in_force(sc, r.step, live)}")
     if agent is not None:
         hist = _history(run_dir, int(agent), r.step, model.labels)
         if hist:

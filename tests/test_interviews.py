@@ -342,3 +342,39 @@ def test_deep_agent_memories_enter_the_context_up_to_n(covid_run, tmp_path):
                         "- day 7 (decision): I will keep working"]
     plain = interview(run, 14, "How are you?", agent=5, options="fine|not fine", backend=scripted)["prompt"]
     assert "Your memories:" not in plain
+
+
+@pytest.mark.browser
+def test_dashboard_form_asks_and_lists_the_answer(server):
+    from test_server_browser import CHROMIUM, FLAGS, _requirements
+
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/#covid")
+            page.wait_for_selector("#interview-form", state="visible")
+            page.fill("#ivw-step", "14")
+            page.fill("#ivw-agent", "6")
+            page.fill("#ivw-question", "Do you go to work?")
+            page.fill("#ivw-options", "yes | no")
+            page.click("#interview-btn")
+            page.wait_for_function("document.querySelector('#interview-list li') && "
+                                   "document.querySelector('#interview-list li').textContent.includes('agent 6')",
+                                   timeout=240_000)
+            text = page.text_content("#interview-list li")
+            assert "step 14, agent 6: “Do you go to work?”" in text and "yes " in text and "%" in text
+            assert "answered in" in page.text_content("#interview-msg")
+            assert not errors, errors
+        finally:
+            browser.close()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        rows = c.get("/api/runs/covid/interviews").json()
+        assert rows[-1]["options"] == ["yes", "no"] and rows[-1]["agent_id"] == 6
