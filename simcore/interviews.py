@@ -412,7 +412,7 @@ def open_answer_backend(run_dir: Path, manifest: Mapping[str, Any], backend: Any
 
 def _ask(backend, prompt: str, options: Sequence[str], max_tokens: int):
     """(answer, probabilities, tokens, retries, error)."""
-    from llm_policy.types import BackendError, ScoreRequest
+    from llm_policy.types import BackendError, ScoreRequest, validate_json
 
     if options:
         req = ScoreRequest(prompt, tuple(" " + o for o in options), 1.0)
@@ -433,6 +433,9 @@ def _ask(backend, prompt: str, options: Sequence[str], max_tokens: int):
         except BackendError as exc:
             err = str(exc)
             continue
+        errors = validate_json(value, schema)  # the bound holds whatever the backend checks itself
+        if errors:  # not retried: a greedy generation (and the response cache) would give it again
+            return "", [], None, attempt, f"answer outside its bound: {'; '.join(errors)}"
         return str(value["answer"]).strip(), [], None, attempt, None
     return "", [], None, RETRIES, err
 

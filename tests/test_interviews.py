@@ -378,3 +378,57 @@ def test_dashboard_form_asks_and_lists_the_answer(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         rows = c.get("/api/runs/covid/interviews").json()
         assert rows[-1]["options"] == ["yes", "no"] and rows[-1]["agent_id"] == 6
+
+
+def test_a_backend_that_ignores_the_bound_gives_no_answer(covid_run, tmp_path, capsys, monkeypatch):
+    """A free answer past max_tokens' bound is refused: recorded with its error and no answer (not retried: a
+    greedy generation, and the response cache, would give it again)."""
+    import llm_policy.backends as backends
+    from simcore.cli import main
+
+    class Ignoring(FreeText):
+        def generate_json(self, prompt, schema, *, max_tokens=64, temperature=0.0):
+            self.asked.append((prompt, schema, max_tokens))
+            return {"answer": "words " * 200}
+
+    backend = Ignoring()
+    monkeypatch.setattr(backends, "make_backend", lambda spec: backend)
+    run = tmp_path / "run"
+    shutil.copytree(covid_run, run)
+    assert main(["interview", str(run), "--step", "14", "--agent", "1", "--max-tokens", "4", "--backend", "llamacpp",
+                 "How are you?"]) == 1
+    assert "error: the backend gave no answer: answer outside its bound" in capsys.readouterr().err
+    from simcore.interviews import read_interviews
+
+    row = read_interviews(run)[-1]
+    assert row["answer"] == "" and row["error"].startswith("answer outside its bound: $.answer: longer than 16")
+    assert row["retries"] == 0 and len(backend.asked) == 1
+
+
+def test_cli_answer_and_the_runs_response_cache(covid_run, tmp_path, capsys, monkeypatch):
+    """`--backend KIND` through the CLI; the same interview again is answered from the run's cache."""
+    import llm_policy.backends as backends
+    from simcore.cli import main
+
+    made = []
+
+    def make(spec):
+        made.append((spec, scripted()))
+        return made[-1][1]
+
+    monkeypatch.setattr(backends, "make_backend", make)
+    run = tmp_path / "run"
+    shutil.copytree(covid_run, run)
+    argv = ["interview", str(run), "--step", "9", "--agent", "11", "--options", "stay|go", "--backend", "llamacpp",
+            "Will you go out tomorrow?"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "agent 11 at step 9 (restored from checkpoint 7" in out and "answer: " in out
+    assert "  stay: " in out and "  go: " in out
+    from simcore.interviews import read_interviews
+
+    assert main(argv) == 0
+    first, second = read_interviews(run)[-2:]
+    assert [spec for spec, _ in made] == [{"kind": "llamacpp"}] * 2 and first["probs"] == second["probs"]
+    assert len(made[0][1].calls) == 1 and made[1][1].calls == []  # the second answer came from the cache
+    assert second["prompt"] == first["prompt"]  # the same restore, the same context
