@@ -150,7 +150,13 @@ def cmd_interview(args) -> int:
 
     backend = None
     if args.backend:
-        backend = json.loads(args.backend) if args.backend.lstrip().startswith("{") else args.backend
+        backend = args.backend
+        if backend.lstrip().startswith("{"):
+            try:
+                backend = json.loads(backend)
+            except ValueError as exc:
+                from scenarios import ScenarioError
+                raise ScenarioError("backend", f"not a JSON object: {exc}") from None
     row = interview(args.run_dir, args.step, args.question, agent=args.agent, archetype=args.archetype,
                     options=args.options, max_tokens=args.max_tokens, backend=backend)
     who = f"agent {row['agent_id']}" if row["agent_id"] is not None else f"archetype {row['archetype']}"

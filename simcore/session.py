@@ -683,7 +683,8 @@ def read_interviews(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "MODES", "RunSession", "interview", "read_interviews", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
+    "MODES", "RunSession", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
     "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_run", "run_metrics", "run_scenario",
     "versions",
 ]
+__all__ += ["interview", "read_interviews"]  # simcore.interviews, for the server

@@ -185,6 +185,8 @@ BAD = [
     (["{run}", "--step", "7", "--agent", "1", "  "], "question"),
     (["{run}", "--step", "7", "--agent", "1", "--options", "yes", "q"], "options"),
     (["{run}", "--step", "7", "--agent", "1", "--max-tokens", "0", "q"], "max_tokens"),
+    (["{run}", "--step", "7", "--agent", "1", "--backend", "{kind: llamacpp", "q"], "backend"),
+    (["{run}", "--step", "7", "--agent", "1", "--backend", "carrier-pigeon", "q"], "backend"),
 ]
 
 
@@ -196,7 +198,7 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(covid_run, tmp_pa
     shutil.copytree(covid_run, run)
     (run / "interviews.parquet").unlink(missing_ok=True)
     files = sorted(p.relative_to(run) for p in run.rglob("*"))
-    args = [a.format(run=run, missing=tmp_path / "nope") for a in argv]
+    args = [a.replace("{run}", str(run)).replace("{missing}", str(tmp_path / "nope")) for a in argv]
     assert main(["interview", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
