@@ -10,7 +10,10 @@ An entry holds what the rest of the house needs to know about a model:
 - ``metric_groups``: the dashboard's charts, ``scenario -> {title: [column, ...]}``, known without building;
 - ``graph``: what the dashboard's network view shows (``"contact"``, ``"follow"`` or None);
 - ``series_colors``: optional colours of named series and node states on the dashboard;
-- ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none).
+- ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none);
+- ``interview_context``: ``"module:function"`` giving an interviewed agent's local environment in words
+  (``fn(built, state, params, members, metrics, step) -> [line, ...]``, see :mod:`simcore.interviews`;
+  None: the features and statistics alone).
 
 The built-in entries are the tuple :data:`BUILTIN`; :data:`REGISTRY` is an immutable :class:`Registry` over
 them. Adding a model means one module (its substeps and builder) and one entry. A registry with extra
@@ -61,6 +64,7 @@ class ModelEntry:
     series_colors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     agent_state: str | None = None
     description: str = ""
+    interview_context: str | None = None
 
     def __post_init__(self):
         kinds = get_args(self.spec.model_fields["kind"].annotation)
@@ -214,7 +218,8 @@ BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("epidemic", EpidemicModel, f"{_B}:build_epidemic", _epidemic_groups, graphs=("multilayer",),
                scheduled="simcore.models.epidemic:SCHEDULED", interface=f"{_B}:epidemic_interface",
                graph="contact", graph_view=f"{_B}:contact_view", series_colors=COMPARTMENT_COLORS,
-               agent_state="disease", description="SEIRM on a household/work/school/community contact graph"),
+               agent_state="disease", description="SEIRM on a household/work/school/community contact graph",
+               interview_context="simcore.models.epidemic:interview_context"),
     ModelEntry("seir", SEIRModel, f"{_B}:build_seir", _seir_groups, graphs=FOLLOW_GRAPHS,
                scheduled=("contact_scale",), graph="contact", graph_view=f"{_B}:contact_view",
                series_colors=COMPARTMENT_COLORS, agent_state="disease",

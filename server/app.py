@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class ServerConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     compile_cache: str | None = None  # persistent XLA cache directory (None: leave JAX's setting alone)
     trust_policy_backends: bool = False  # accept any policy.backend / policy.cache from HTTP (trusted users only)
+    # what answers interviews (a backend object or factory; tests: a scripted one); None: the run's own policy
+    # backend with its response cache, or, with trust_policy_backends, a request's ``backend``
+    interview_backend: Any = None
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -120,6 +124,18 @@ class InterventionRequest(BaseModel):
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+
+class InterviewRequest(BaseModel):
+    """``simcore interview`` over HTTP: one of ``agent`` and ``archetype``; ``options`` for a choice."""
+
+    step: int = Field(ge=0, description="the run step whose state the agent answers from")
+    question: str = Field(max_length=2000)
+    agent: int | None = Field(None, ge=0, description="agent id")
+    archetype: str | None = Field(None, max_length=500, description="feature=level[,feature=level...]")
+    options: list[str] | None = Field(None, max_length=20, description="a choice scored from log-probs")
+    max_tokens: int = Field(64, ge=1, le=512, description="bound of a free answer")
+    backend: str | None = Field(None, max_length=50, description="a backend kind (only with trusted backends)")
 
 
 class RunSummary(BaseModel):
@@ -285,6 +301,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
+    interview_lock = threading.Lock()
     bearer = HTTPBearer(auto_error=False, description="required when the server is not bound to loopback")
     api = APIRouter(prefix="/api")
     control = APIRouter(prefix="/api", dependencies=[Depends(bearer)])  # the Guard enforces; this documents
@@ -452,6 +469,33 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
     @api.get("/runs/{run_id}/interventions", summary="Live interventions applied to a run", responses=ERR_404)
     def list_interventions(run_id: str) -> list[dict[str, Any]]:
         return run_detail(run_id)["live_interventions"]
+
+    @control.post("/runs/{run_id}/interviews", summary="Ask an agent or archetype of a run a question at a step "
+                  "(restored from the run's checkpoints on disk; a live run is not disturbed)",
+                  status_code=201, responses={**ERR_404, **ERR_422})
+    def interview(run_id: str, req: InterviewRequest) -> dict[str, Any]:
+        d = run_dir_or_404(run_id)
+        if d is None:
+            raise ApiError(409, "the run is still building: no checkpoint yet")
+        backend = cfg.interview_backend
+        if req.backend is not None:
+            if not cfg.trust_policy_backends:
+                raise ScenarioError("backend", "not accepted over HTTP (the run's own policy backend answers)")
+            backend = req.backend
+        from simcore.session import interview as session_interview  # JAX: imported when first asked
+
+        with interview_lock:  # one interview at a time: each appends to the run's interviews table
+            return session_interview(d, req.step, req.question, agent=req.agent, archetype=req.archetype,
+                                     options=req.options, max_tokens=req.max_tokens, backend=backend)
+
+    @api.get("/runs/{run_id}/interviews", summary="A run's interviews, oldest first", responses=ERR_404)
+    def list_interviews_(run_id: str) -> list[dict[str, Any]]:
+        from simcore import rundir
+
+        d = run_dir_or_404(run_id)
+        if d is None or not rundir.has_table(d, "interviews"):
+            return []
+        return rundir.read_table(d, "interviews").to_pylist()
 
     @api.get("/runs/{run_id}/metrics", summary="Per-step metrics from metrics.parquet",
              responses={200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}},

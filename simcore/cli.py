@@ -143,6 +143,34 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def cmd_interview(args) -> int:
+    import json
+
+    from simcore.session import interview
+
+    backend = None
+    if args.backend:
+        backend = args.backend
+        if backend.lstrip().startswith("{"):
+            try:
+                backend = json.loads(backend)
+            except ValueError as exc:
+                from scenarios import ScenarioError
+                raise ScenarioError("backend", f"not a JSON object: {exc}") from None
+    row = interview(args.run_dir, args.step, args.question, agent=args.agent, archetype=args.archetype,
+                    options=args.options, max_tokens=args.max_tokens, backend=backend)
+    who = f"agent {row['agent_id']}" if row["agent_id"] is not None else f"archetype {row['archetype']}"
+    print(f"{who} at step {row['step']} (restored from checkpoint {row['checkpoint_step']} "
+          f"in {row['restore_seconds']:.1f} s, answered in {row['seconds']:.1f} s by {row['backend']}):")
+    if row["error"]:
+        print(f"error: the backend gave no answer: {row['error']}", file=sys.stderr)
+        return 1
+    print(f"answer: {row['answer']}")
+    for option, p in zip(row["options"], row["probs"]):
+        print(f"  {option}: {p:.3f}")
+    return 0
+
+
 def cmd_experiment(args) -> int:
     from simcore.experiments import run_experiment_file
 
@@ -302,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-every", type=int, metavar="N", help="default: the run's own setting")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_resume)
+
+    sp = sub.add_parser("interview", help="ask one agent or archetype of a run a question at a step")
+    sp.add_argument("run_dir", help="a run directory with checkpoints (--checkpoint-every)")
+    sp.add_argument("question")
+    sp.add_argument("--step", type=int, required=True, help="the run step whose state the agent answers from")
+    sp.add_argument("--agent", type=int, help="the agent id")
+    sp.add_argument("--archetype", help="feature=level[,feature=level...]: one archetype of a policy decision")
+    sp.add_argument("--options", help='"a|b|c": a choice scored from log-probs (default: a free answer)')
+    sp.add_argument("--max-tokens", type=int, default=64, help="bound of a free answer (default 64)")
+    sp.add_argument("--backend", help='a backend kind (llamacpp, openai, vllm, replay) or a JSON spec '
+                                      '(default: the run\'s policy backend and its response cache)')
+    sp.set_defaults(func=cmd_interview)
 
     sp = sub.add_parser("experiment", help="run an experiment file (arms x seeds, paired summaries)")
     sp.add_argument("experiment", help="path to an experiment YAML")

@@ -15,11 +15,12 @@ Layout::
     agents/step=N/part-P.parquet   sampled agent rows every K steps (hive partitions)
     surveys.parquet                survey answers, rewritten whole at each survey round
     personas.parquet               the population's distinct personas, written once
-    interviews.parquet             (reserved for interviews)
+    interviews.parquet             questions asked of the run's agents (``simcore interview``), appended;
+                                   kept on resume (:data:`KEPT_ON_RESUME`)
     checkpoints/step=N/            see :mod:`simcore.checkpoint`
     hosts/host-P.json              (multi-process runs) what process P wrote
 
-**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``). A flush writes only the new
+**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``interviews``). A flush writes only the new
 rows, as one part file ``NAME.parts/part-A.parquet`` (``A``: the part's sequence number), so a
 flush costs O(new rows), not O(run length). Every :data:`COMPACT_EVERY` parts are merged into
 one ``part-A-B.parquet`` (parts ``A..B``). Closing the table (the end of a run, stopped or
@@ -67,10 +68,12 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 HOSTS = "hosts"
-APPENDED = ("metrics", "llm_calls")  # part files per flush, compacted into NAME.parquet at close
+APPENDED = ("metrics", "llm_calls", "interviews")  # part files per flush, compacted into NAME.parquet at close
 PARTITIONED = ("events", "agents")  # folders of part files, never compacted
-SINGLE = ("surveys", "personas", "interviews")  # one file, written whole
+SINGLE = ("surveys", "personas")  # one file, written whole
 TABLES = APPENDED + PARTITIONED + SINGLE
+# asked of the run after the fact, not written by it: a resume (truncate_run) leaves their rows alone
+KEPT_ON_RESUME = ("interviews",)
 COMPACT_EVERY = 64  # parts merged into one file every this many flushes
 PARTS_THROUGH = b"simcore.parts_through"
 
@@ -474,9 +477,13 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def truncate_run(run_dir: str | Path, step: int, tables: Iterable[str] = APPENDED + PARTITIONED) -> None:
-    """Drop everything a run wrote for steps >= ``step``: rows of every table, agent samples, later checkpoints."""
+    """Drop everything a run wrote for steps >= ``step``: rows of every table, agent samples, later checkpoints.
+
+    The tables of :data:`KEPT_ON_RESUME` (interviews) are never cut: they are not the run's output.
+    """
     for name in tables:
-        truncate_table(run_dir, name, step)
+        if name not in KEPT_ON_RESUME:
+            truncate_table(run_dir, name, step)
     for s, path in list_checkpoints(run_dir):
         if s > step:
             shutil.rmtree(path)
@@ -484,7 +491,7 @@ def truncate_run(run_dir: str | Path, step: int, tables: Iterable[str] = APPENDE
 
 # -- single-file and partitioned tables ---------------------------------------------------------
 def write_table(run_dir: str | Path, name: str, table: pa.Table) -> Path:
-    """Write a single-file table (``surveys``, ``personas``, ``interviews``) whole, atomically."""
+    """Write a single-file table (``surveys``, ``personas``) whole, atomically."""
     if name not in SINGLE:
         raise ValueError(f"{name!r} is not a single-file table (those are {', '.join(SINGLE)})")
     path = table_path(run_dir, name)
@@ -528,7 +535,7 @@ def column_table(columns: Mapping[str, Any]) -> pa.Table:
 
 
 __all__ = [
-    "APPENDED", "CHECKPOINTS", "COMPACT_EVERY", "HOSTS", "MANIFEST", "ManifestError", "MissingTable", "PARTITIONED",
+    "APPENDED", "CHECKPOINTS", "COMPACT_EVERY", "HOSTS", "KEPT_ON_RESUME", "MANIFEST", "ManifestError", "MissingTable", "PARTITIONED",
     "RunDirError", "SINGLE", "TABLES", "TableAppender", "agent_steps", "atomic_write_json", "atomic_write_table",
     "column_table", "compact_table", "event_suffix", "has_table", "is_run_dir", "list_checkpoints", "manifest_path", "manifest_summary",
     "next_event_part", "partition_files", "parts_dir", "read_hosts", "read_manifest", "read_table", "scan_table",

@@ -667,8 +667,24 @@ def resume_run(run_dir: str | Path, *, steps: int | None = None, checkpoint: str
     return _run_to_end(session, on_chunk, should_stop)
 
 
+# -- interviews (simcore.interviews), re-exported for the server, which imports only this module -----
+def interview(run_dir: str | Path, step: int, question: str, **kwargs) -> dict[str, Any]:
+    """Ask an agent or archetype of a run a question at ``step``: :func:`simcore.interviews.interview`."""
+    from .interviews import interview as _interview
+
+    return _interview(run_dir, step, question, **kwargs)
+
+
+def read_interviews(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's interviews, oldest first: :func:`simcore.interviews.read_interviews`."""
+    from .interviews import read_interviews as _read
+
+    return _read(run_dir)
+
+
 __all__ = [
     "MODES", "RunSession", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
     "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_run", "run_metrics", "run_scenario",
     "versions",
 ]
+__all__ += ["interview", "read_interviews"]  # simcore.interviews, for the server

@@ -175,6 +175,7 @@ async function selectRun(id) {
   resetCharts();
   openStream(id);
   refreshAgents(); refreshNetwork(true); refreshFiles();
+  $("#interview-list").textContent = ""; show($("#interview-msg"), "", ""); refreshInterviews();
 }
 
 function openStream(id) {
@@ -268,6 +269,46 @@ $("#iv-param").onchange = renderControls;
 $("#intervene-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   control("interventions", { param: $("#iv-param").value, mode: $("#iv-mode").value, value: parseFloat($("#iv-value").value) });
+});
+
+// -- interviews: ask an agent or archetype at a step (restored from the run's checkpoints) -------
+function renderInterviews(rows) {
+  const ul = $("#interview-list"); ul.textContent = "";
+  for (const r of rows.slice(-10).reverse()) {
+    const li = document.createElement("li");
+    const who = r.agent_id !== null && r.agent_id !== undefined ? `agent ${r.agent_id}` : `archetype ${r.archetype}`;
+    const probs = (r.options || []).map((o, i) => `${o} ${(100 * r.probs[i]).toFixed(1)}%`).join(", ");
+    li.textContent = `step ${r.step}, ${who}: “${r.question}” → ${r.error ? "(no answer: " + r.error + ")" : r.answer}` + (probs ? ` [${probs}]` : "");
+    ul.appendChild(li);
+  }
+}
+
+async function refreshInterviews() {
+  const id = state.runId; if (!id) return;
+  try {
+    const { data } = await api("GET", `/api/runs/${encodeURIComponent(id)}/interviews`);
+    if (state.runId === id) renderInterviews(data);
+  } catch (e) { show($("#interview-msg"), e.message, "error"); }
+}
+
+$("#interview-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const id = state.runId; if (!id) return;
+  const body = { step: parseInt($("#ivw-step").value || "0", 10), question: $("#ivw-question").value,
+                 max_tokens: parseInt($("#ivw-max").value || "64", 10) };
+  const agent = $("#ivw-agent").value.trim(), archetype = $("#ivw-archetype").value.trim();
+  if (agent !== "") body.agent = parseInt(agent, 10);
+  if (archetype !== "") body.archetype = archetype;
+  const opts = $("#ivw-options").value.split("|").map((o) => o.trim()).filter((o) => o);
+  if (opts.length) body.options = opts;
+  show($("#interview-msg"), "asking… (restoring the run at that step)", "");
+  $("#interview-btn").disabled = true;
+  try {
+    const { data } = await api("POST", `/api/runs/${encodeURIComponent(id)}/interviews`, body);
+    show($("#interview-msg"), `answered in ${(data.restore_seconds + data.seconds).toFixed(1)} s by ${data.backend}`, "ok");
+    refreshInterviews();
+  } catch (e) { show($("#interview-msg"), e.message, "error"); }
+  finally { $("#interview-btn").disabled = false; }
 });
 
 // -- charts: rows arrive on the stream, drawn at most a few times a second ----------------------

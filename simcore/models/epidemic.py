@@ -477,3 +477,45 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
     base = {name: 1.0 for name in SCHEDULED}
     base["lockdown"] = 0.0
     return cfg, state, arrays, base
+
+
+def interview_context(built, state, params, members, metrics, step: int) -> list[str]:
+    """An interviewed agent's (or archetype's) surroundings at ``step``, in words (:mod:`simcore.interviews`).
+
+    Its household (one agent: who lives with it and how they are) and its borough's reported cases over the
+    last two weeks from the run's metrics, with the trend the model itself sees.
+    """
+    import numpy as np
+
+    cfg_b = list(built.model.labels["borough"])
+    borough = np.asarray(params["borough"])
+    disease = np.asarray(state.disease)
+    isolating = np.asarray(state.iso_days) > 0
+    lines = []
+    if len(members) == 1 and built.population is not None and "household" in built.population.attributes:
+        hh = np.asarray(built.population.attributes["household"])
+        agent = int(members[0])
+        mates = np.flatnonzero(hh == hh[agent])
+        mates = mates[mates != agent]
+        if len(mates):
+            counts = np.bincount(disease[mates], minlength=len(STATES))
+            states = ", ".join(f"{n} {name}" for name, n in zip(("susceptible", "exposed", "infectious",
+                                                                 "recovered", "dead"), counts) if n)
+            lines.append(f"household: you live with {len(mates)} others ({states}; "
+                         f"{int(isolating[mates].sum())} isolating)")
+        else:
+            lines.append("household: you live alone")
+    shown = np.unique(borough[np.asarray(members)])
+    trend = np.asarray(trend_bin(state.growth))
+    for b in shown[:3]:
+        name = cfg_b[int(b)]
+        col = f"reported_cases__borough_{_slug(name)}"
+        line = f"{name}: cases {TRENDS[int(trend[int(b)])]}"
+        if metrics.height and col in metrics.columns:
+            daily = metrics[col].to_numpy()
+            last, prev = float(daily[-7:].sum()), float(daily[-14:-7].sum()) if len(daily) > 7 else float("nan")
+            line += f", {last:.0f} reported cases in the last 7 days"
+            if np.isfinite(prev):
+                line += f" ({prev:.0f} the week before)"
+        lines.append(line)
+    return lines
