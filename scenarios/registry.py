@@ -10,7 +10,10 @@ An entry holds what the rest of the house needs to know about a model:
 - ``metric_groups``: the dashboard's charts, ``scenario -> {title: [column, ...]}``, known without building;
 - ``graph``: what the dashboard's network view shows (``"contact"``, ``"follow"`` or None);
 - ``series_colors``: optional colours of named series and node states on the dashboard;
-- ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none).
+- ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none);
+- ``floor_bytes``: ``scenario -> {field: bytes}``, the device bytes the model's own arrays need at the
+  least, beyond the 1 B of state and 4 B of row pointer per agent every model has (``simcore plan``'s
+  floor, :func:`simcore.plan.floor_bytes`); each figure under the scenario field that sets it.
 
 The built-in entries are the tuple :data:`BUILTIN`; :data:`REGISTRY` is an immutable :class:`Registry` over
 them. Adding a model means one module (its substeps and builder) and one entry. A registry with extra
@@ -60,6 +63,7 @@ class ModelEntry:
     graph_view: str | None = None
     series_colors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     agent_state: str | None = None
+    floor_bytes: Callable[[Scenario], Mapping[str, float]] | None = None
     description: str = ""
 
     def __post_init__(self):
@@ -91,6 +95,10 @@ class ModelEntry:
         """What the dashboard needs to draw a run of this model (JSON-able)."""
         return {"kind": self.kind, "metric_groups": self.groups(scenario), "graph": self.graph,
                 "series_colors": dict(self.series_colors), "agent_state": self.agent_state}
+
+    def floor(self, scenario: Scenario) -> dict[str, float]:
+        """The model's own least device bytes, by the scenario field that sets each (see ``floor_bytes``)."""
+        return {} if self.floor_bytes is None else {k: float(v) for k, v in self.floor_bytes(scenario).items()}
 
     def check_scenario(self, scenario: Scenario) -> None:
         """The model's semantic checks (graph kind, interventions, its own), without building anything."""
@@ -209,12 +217,24 @@ def _economy_groups(scenario: Scenario) -> Groups:
     }
 
 
+def _epidemic_floor(scenario: Scenario) -> dict[str, float]:
+    # int8 disease state and attributes (7 B in all) and 4 contact layers' row pointers, beyond the common 1 + 4 B
+    return {"population.size": scenario.population.size * (7.0 + 4 * 4 - 1.0)}
+
+
+def _social_floor(scenario: Scenario) -> dict[str, float]:
+    # the follow slots (int32 per followee) and the post ring's float32 embeddings
+    prm = scenario.model.params
+    return {"population.size": scenario.population.size * 4.0 * prm.max_followees,
+            "model.params.post_capacity": prm.post_capacity * 4.0 * prm.embedding_dim}
+
+
 _B = "simcore.models.build"
 BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("epidemic", EpidemicModel, f"{_B}:build_epidemic", _epidemic_groups, graphs=("multilayer",),
                scheduled="simcore.models.epidemic:SCHEDULED", interface=f"{_B}:epidemic_interface",
                graph="contact", graph_view=f"{_B}:contact_view", series_colors=COMPARTMENT_COLORS,
-               agent_state="disease", description="SEIRM on a household/work/school/community contact graph"),
+               agent_state="disease", floor_bytes=_epidemic_floor, description="SEIRM on a household/work/school/community contact graph"),
     ModelEntry("seir", SEIRModel, f"{_B}:build_seir", _seir_groups, graphs=FOLLOW_GRAPHS,
                scheduled=("contact_scale",), graph="contact", graph_view=f"{_B}:contact_view",
                series_colors=COMPARTMENT_COLORS, agent_state="disease",
@@ -222,7 +242,8 @@ BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("social", SocialModel, f"{_B}:build_social", _social_groups, graphs=FOLLOW_GRAPHS,
                scheduled="simcore.models.social:SCHEDULED", interface=f"{_B}:social_interface",
                check=f"{_B}:check_social", graph="follow", graph_view=f"{_B}:follow_view",
-               series_colors=STANCE_COLORS, agent_state="persona", description="OASIS-like social platform: posts, feeds, follows, stances"),
+               series_colors=STANCE_COLORS, agent_state="persona", floor_bytes=_social_floor,
+               description="OASIS-like social platform: posts, feeds, follows, stances"),
     ModelEntry("economy", EconomyModel, f"{_B}:build_economy", _economy_groups, graphs=("none",),
                scheduled="simcore.models.economy:SCHEDULED", interface=f"{_B}:economy_interface",
                check=f"{_B}:check_economy", agent_state="persona",

@@ -2,7 +2,7 @@
 
 ``create_app(ServerConfig(...))`` builds an app around one :class:`RunManager`.
 Every scenario that comes in over HTTP goes through exactly the CLI's path:
-``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``simcore.validation.check_scenario``;
+``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``check_scenario`` (through ``simcore.session``);
 only built-in names or uploaded text are accepted, never a path on the server.
 """
 from __future__ import annotations
@@ -173,7 +173,7 @@ def not_found(what: str = "run") -> ApiError:
 def load_request(req: ScenarioRequest, cfg: ServerConfig) -> tuple[Scenario, str]:
     """The CLI's path for uploaded text or a built-in name: the strict YAML loader (depth, node and
     size limits; no aliases from HTTP), overrides, the schema, then ``check_scenario``."""
-    from simcore.validation import check_scenario
+    from simcore.session import check_scenario
 
     if (req.scenario is None) == (req.yaml is None):
         raise ScenarioError("scenario", "give exactly one of 'scenario' (a built-in name) or 'yaml' (scenario text)")

@@ -62,10 +62,11 @@ def valid_run_id(run_id: str) -> bool:
     return bool(_ID_RE.match(run_id)) and ".." not in run_id
 
 
-def _slug(name: str) -> str:
-    from simcore.naming import slug
+def _session():
+    """``simcore.session``, imported when a run starts (it imports JAX; listing past runs does not)."""
+    import simcore.session
 
-    return slug(name)
+    return simcore.session
 
 
 def _now() -> str:
@@ -596,7 +597,7 @@ class RunManager:
             if len(active) >= self.max_runs:
                 raise RunLimitError(f"{len(active)} runs already active (limit {self.max_runs}); stop one first")
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            run_id = f"{_slug(scenario.name)}-{stamp}"
+            run_id = f"{_session().slug(scenario.name)}-{stamp}"
             while (self.runs_dir / run_id).exists() or run_id in self.live:
                 run_id += "x"
             # the server decides where output goes; the manifest says so truthfully
@@ -611,8 +612,7 @@ class RunManager:
 
     def resume(self, run_id: str, *, start_paused: bool = False) -> RunController:
         """Continue a finished, stopped or killed run from its latest checkpoint, live, in its own directory."""
-        from simcore.checkpoint import CheckpointError, latest_checkpoint
-
+        session = _session()
         with self._lock:
             ctl = self.live.get(run_id)
             if ctl is not None and ctl.active:
@@ -621,8 +621,7 @@ class RunManager:
             m = self.manifest(run_id) if d is not None else None
             if d is None or m is None:
                 raise KeyError(run_id)
-            if latest_checkpoint(d) is None:
-                raise CheckpointError("run", f"run {run_id} has no checkpoint to resume from")
+            session.resume_point(d, field="run")  # CheckpointError (a ScenarioError): nothing to resume from
             if m.get("status") == "completed":
                 raise RunError(f"run {run_id} completed all its {m.get('steps')} steps")
             active = [c for c in self.live.values() if c.active]

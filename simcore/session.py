@@ -48,6 +48,7 @@ from .engine import Chunk, HostPolicy, Simulation
 from .io import RunWriter
 from .models import Built, build
 from .naming import child_dir, slug
+from .validation import check_scenario  # re-exported: the server checks uploads as the CLI does
 
 # -- what a run directory records about its run ----------------------------------------------------
 
@@ -316,14 +317,11 @@ class RunSession:
         after the checkpoint are recomputed, bit-identical to an uninterrupted run's on
         the same device (``wall_seconds`` and ``llm_seconds`` aside).
         """
-        from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_manifest
+        from .checkpoint import CheckpointError, load_checkpoint, read_manifest
 
         run_dir = Path(run_dir)
         manifest = read_manifest(run_dir)
-        path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-        if path is None:
-            raise CheckpointError("run_dir", f"no checkpoint in {run_dir / 'checkpoints'} "
-                                             "(run with --checkpoint-every N to write them)")
+        path = Path(checkpoint) if checkpoint is not None else resume_point(run_dir)
         ckpt = load_checkpoint(path)
         total = int(steps if steps is not None else manifest.get("steps") or ckpt.meta["steps"])
         if manifest.get("status") == "completed" and int(manifest.get("steps_done", 0)) >= total:
@@ -628,6 +626,18 @@ class RunSession:
         return status
 
 
+def resume_point(run_dir: str | Path, field: str = "run_dir") -> Path:
+    """The checkpoint :meth:`RunSession.resume` continues ``run_dir`` from (its latest);
+    :class:`~simcore.checkpoint.CheckpointError` (a ``ScenarioError`` on ``field``) when it has none."""
+    from .checkpoint import CheckpointError, latest_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(field, f"no checkpoint in {Path(run_dir) / 'checkpoints'} "
+                                     "(run with --checkpoint-every N to write them)")
+    return path
+
+
 # -- the CLI's entry points ------------------------------------------------------------------------
 def run_scenario(scenario: Scenario, run_dir: str | Path | None = None, *, steps: int | None = None,
                  seed: int | None = None, policies: Iterable[HostPolicy] = (), progress: bool = False,
@@ -668,7 +678,7 @@ def resume_run(run_dir: str | Path, *, steps: int | None = None, checkpoint: str
 
 
 __all__ = [
-    "MODES", "RunSession", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
-    "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_run", "run_metrics", "run_scenario",
-    "versions",
+    "MODES", "RunSession", "check_scenario", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
+    "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_point", "resume_run", "run_metrics",
+    "run_scenario", "slug", "versions",
 ]
