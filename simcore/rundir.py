@@ -13,13 +13,14 @@ Layout::
     events/part-NNNNNN[-pP].parquet   typed event trace, one file per chunk (P = process in a
                                    multi-process run); never compacted
     agents/step=N/part-P.parquet   sampled agent rows every K steps (hive partitions)
-    surveys.parquet                survey answers, rewritten whole at each survey round
+    surveys.parquet                survey answers, one row per (survey, step, item,  } appended
+    surveys.parts/...              archetype, option)                                }
     personas.parquet               the population's distinct personas, written once
     interviews.parquet             (reserved for interviews)
     checkpoints/step=N/            see :mod:`simcore.checkpoint`
     hosts/host-P.json              (multi-process runs) what process P wrote
 
-**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``). A flush writes only the new
+**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``surveys``). A flush writes only the new
 rows, as one part file ``NAME.parts/part-A.parquet`` (``A``: the part's sequence number), so a
 flush costs O(new rows), not O(run length). Every :data:`COMPACT_EVERY` parts are merged into
 one ``part-A-B.parquet`` (parts ``A..B``). Closing the table (the end of a run, stopped or
@@ -67,9 +68,9 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 HOSTS = "hosts"
-APPENDED = ("metrics", "llm_calls")  # part files per flush, compacted into NAME.parquet at close
+APPENDED = ("metrics", "llm_calls", "surveys")  # part files per flush, compacted into NAME.parquet at close
 PARTITIONED = ("events", "agents")  # folders of part files, never compacted
-SINGLE = ("surveys", "personas", "interviews")  # one file, written whole
+SINGLE = ("personas", "interviews")  # one file, written whole
 TABLES = APPENDED + PARTITIONED + SINGLE
 COMPACT_EVERY = 64  # parts merged into one file every this many flushes
 PARTS_THROUGH = b"simcore.parts_through"
@@ -319,7 +320,7 @@ def _normalize(table: pa.Table, schema: pa.Schema | None, name: str) -> pa.Table
 
 
 class TableAppender:
-    """Appends rows to an appended table (``metrics``, ``llm_calls``): one part file per :meth:`append`.
+    """Appends rows to an appended table (:data:`APPENDED`): one part file per :meth:`append`.
 
     Opened lazily at the first append (after any truncation of a resumed run). Not thread-safe:
     one writer per table. :meth:`close` compacts the table into ``NAME.parquet``.
@@ -484,7 +485,7 @@ def truncate_run(run_dir: str | Path, step: int, tables: Iterable[str] = APPENDE
 
 # -- single-file and partitioned tables ---------------------------------------------------------
 def write_table(run_dir: str | Path, name: str, table: pa.Table) -> Path:
-    """Write a single-file table (``surveys``, ``personas``, ``interviews``) whole, atomically."""
+    """Write a single-file table (:data:`SINGLE`: ``personas``, ``interviews``) whole, atomically."""
     if name not in SINGLE:
         raise ValueError(f"{name!r} is not a single-file table (those are {', '.join(SINGLE)})")
     path = table_path(run_dir, name)
