@@ -34,6 +34,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from scenarios import REGISTRY, Scenario, ScenarioError, apply_overrides, builtin_dir, builtin_names, parse_yaml, validate
 from scenarios.loader import read_yaml
+from simcore import rundir
 
 from . import data
 from .runs import FINISHED, MODES, RunController, RunError, RunLimitError, RunManager, summary_from_manifest
@@ -496,9 +497,13 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
              responses={**ERR_404, **ERR_409})
     def network(run_id: str):
         ctl = manager.get_live(run_id)
-        if ctl is None:
-            run_dir_or_404(run_id)
-            raise ApiError(409, "the network view is kept only for runs started by this server process")
+        if ctl is None:  # a past run: the view its session wrote to the run directory
+            d = run_dir_or_404(run_id)
+            view = rundir.read_network(d)
+            if view is None:
+                m = manager.manifest(run_id) or {}
+                raise ApiError(409, m.get("network_error") or "this run recorded no network view")
+            return view
         view = ctl.network_view()
         if view is None:
             raise ApiError(409, ctl.network_error or "the network view is not ready yet (run is building)")

@@ -306,6 +306,10 @@ class RunSession:
         self._last_submit = time.perf_counter()
         self._bar = None
         self._closed = False
+        self.network = None  # the dashboard's NetworkView (simcore.netview), written to the run directory
+        self.network_error: str | None = None
+        self._net_out = None
+        self._net_step = -1
 
     # -- resume ---------------------------------------------------------------------------------
     @classmethod
@@ -444,6 +448,8 @@ class RunSession:
                                     process_id=cluster.process_id, num_processes=cluster.num_processes,
                                     owned=owned_ranges(built.n_agents, sim.mesh) if cluster.multi else None)
             self.manifest = manifest
+            if not cluster.multi:
+                self._open_network(built, sim)
         else:
             self.manifest = extra
         if self.resume_from is not None:
@@ -466,6 +472,44 @@ class RunSession:
             self._bar.set_postfix(agents=f"{built.n_agents:,}")
         self.status = "running"
         return self
+
+    def _open_network(self, built: Built, sim: Simulation) -> None:
+        """Sample the network view (the registry entry's graph) and write it to the run directory, with the
+        nodes' states at the start. Optional: a model without a graph, or a view that fails, is recorded
+        in the manifest's ``network_error`` and the run goes on."""
+        from scenarios import REGISTRY
+
+        from . import rundir
+        from .netview import NetworkView
+
+        view = REGISTRY.entry_for(self.scenario).view(built)
+        if view is None or built.n_agents == 0:
+            self.network_error = f"model {self.scenario.model.kind!r} has no graph to show"
+        else:
+            try:
+                self.network = NetworkView.sample(view, built, self.seed)
+                rundir.write_network(self.run_dir, self.network.graph)
+            except Exception as exc:  # the view is optional: the reason is recorded, the run goes on
+                self.network = None
+                self.network_error = f"{type(exc).__name__}: {exc}"
+        if self.network is None:
+            self.writer.update_manifest(network_error=self.network_error)
+            return
+        self._net_out = rundir.TableAppender(self.run_dir, "network_states")
+        self.record_network(force=True)
+
+    def record_network(self, force: bool = False) -> None:
+        """Append the network view's node states at the current step (at most every 5% of the run, unless
+        ``force``)."""
+        if self._net_out is None or self.sim is None or self.sim.step == self._net_step:
+            return
+        if not force and self._net_step >= 0 and self.sim.step - self._net_step < max(1, self.steps // 20):
+            return
+        from . import rundir
+
+        self._net_out.append(rundir.network_states_table(self.sim.step, self.network.graph["nodes"],
+                                                         self.network.state(self.sim.state)))
+        self._net_step = self.sim.step
 
     # -- running ---------------------------------------------------------------------------------
     @property
@@ -523,6 +567,7 @@ class RunSession:
         if self._pending:
             self.writer.submit(*merge_chunks(self._pending))
             self._pending = []
+            self.record_network()
         self._last_submit = time.perf_counter()
         if sync:
             self.writer.flush()
@@ -594,6 +639,9 @@ class RunSession:
                 if hasattr(p, "finish"):
                     attempt(lambda p=p: p.finish(self.sim))
         attempt(self.flush)
+        if self._net_out is not None:
+            attempt(lambda: self.record_network(force=True))
+            attempt(self._net_out.close)
         if (self.checkpointer is not None and status == "stopped" and self.sim.step > self.start_step
                 and not errors):
             attempt(lambda: self.checkpointer.save(self.sim))  # a stopped run resumes where it stopped
