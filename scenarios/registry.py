@@ -11,6 +11,8 @@ An entry holds what the rest of the house needs to know about a model:
 - ``graph``: what the dashboard's network view shows (``"contact"``, ``"follow"`` or None);
 - ``series_colors``: optional colours of named series and node states on the dashboard;
 - ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none);
+- ``host_policies``: ``"module:function"``, ``scenario -> (() -> [HostPolicy, ...]) | None``: the model's
+  own host policies (the economy's LLM planner), a factory the run session calls once it runs;
 - ``floor_bytes``: ``scenario -> {field: bytes}``, the device bytes the model's own arrays need at the
   least, beyond the 1 B of state and 4 B of row pointer per agent every model has (``simcore plan``'s
   floor, :func:`simcore.plan.floor_bytes`); each figure under the scenario field that sets it.
@@ -64,6 +66,7 @@ class ModelEntry:
     series_colors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     agent_state: str | None = None
     floor_bytes: Callable[[Scenario], Mapping[str, float]] | None = None
+    host_policies: str | None = None
     description: str = ""
 
     def __post_init__(self):
@@ -95,6 +98,10 @@ class ModelEntry:
         """What the dashboard needs to draw a run of this model (JSON-able)."""
         return {"kind": self.kind, "metric_groups": self.groups(scenario), "graph": self.graph,
                 "series_colors": dict(self.series_colors), "agent_state": self.agent_state}
+
+    def host_policies_for(self, scenario: Scenario) -> Callable[[], list] | None:
+        """The factory of the model's own host policies for ``scenario``, or None where it has none."""
+        return None if self.host_policies is None else resolve(self.host_policies)(scenario)
 
     def floor(self, scenario: Scenario) -> dict[str, float]:
         """The model's own least device bytes, by the scenario field that sets each (see ``floor_bytes``)."""
@@ -246,7 +253,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
                description="OASIS-like social platform: posts, feeds, follows, stances"),
     ModelEntry("economy", EconomyModel, f"{_B}:build_economy", _economy_groups, graphs=("none",),
                scheduled="simcore.models.economy:SCHEDULED", interface=f"{_B}:economy_interface",
-               check=f"{_B}:check_economy", agent_state="persona",
+               check=f"{_B}:check_economy", agent_state="persona", host_policies="llm_policy.planner:host_policies",
                description="workers choose hours under a planner's tax schedule"),
 )
 
