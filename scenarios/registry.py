@@ -11,6 +11,7 @@ An entry holds what the rest of the house needs to know about a model:
 - ``graph``: what the dashboard's network view shows (``"contact"``, ``"follow"`` or None);
 - ``series_colors``: optional colours of named series and node states on the dashboard;
 - ``agent_state``: the categorical column of sampled agents the dashboard filters on (None: none);
+- ``calibrate``: whether ``simcore calibrate`` can fit the model (its metrics have the observed series);
 - ``host_policies``: ``"module:function"``, ``scenario -> (() -> [HostPolicy, ...]) | None``: the model's
   own host policies (the economy's LLM planner), a factory the run session calls once it runs;
 - ``floor_bytes``: ``scenario -> {field: bytes}``, the device bytes the model's own arrays need at the
@@ -67,6 +68,7 @@ class ModelEntry:
     agent_state: str | None = None
     floor_bytes: Callable[[Scenario], Mapping[str, float]] | None = None
     host_policies: str | None = None
+    calibrate: bool = False
     description: str = ""
 
     def __post_init__(self):
@@ -241,7 +243,7 @@ BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("epidemic", EpidemicModel, f"{_B}:build_epidemic", _epidemic_groups, graphs=("multilayer",),
                scheduled="simcore.models.epidemic:SCHEDULED", interface=f"{_B}:epidemic_interface",
                graph="contact", graph_view=f"{_B}:contact_view", series_colors=COMPARTMENT_COLORS,
-               agent_state="disease", floor_bytes=_epidemic_floor, description="SEIRM on a household/work/school/community contact graph"),
+               agent_state="disease", floor_bytes=_epidemic_floor, calibrate=True, description="SEIRM on a household/work/school/community contact graph"),
     ModelEntry("seir", SEIRModel, f"{_B}:build_seir", _seir_groups, graphs=FOLLOW_GRAPHS,
                scheduled=("contact_scale",), graph="contact", graph_view=f"{_B}:contact_view",
                series_colors=COMPARTMENT_COLORS, agent_state="disease",

@@ -448,6 +448,18 @@ def truncate_table(run_dir: str | Path, name: str, step: int) -> None:
             atomic_write_table(kept.replace_schema_metadata(None), path, meta)
 
 
+def replace_table(run_dir: str | Path, name: str, table: pa.Table) -> Path:
+    """Write appended table ``name`` whole, as ``NAME.parquet``, replacing every row it had (an experiment
+    arm's metrics, known at once)."""
+    _check_appended(name)
+    d = parts_dir(run_dir, name)
+    if d.is_dir():
+        shutil.rmtree(d)
+    path = table_path(run_dir, name)
+    atomic_write_table(table.replace_schema_metadata(None), path)
+    return path
+
+
 def keep_rows(run_dir: str | Path, name: str, n: int) -> int:
     """Cut appended table ``name`` to its first ``n`` rows (one compacted file); returns the rows kept.
 
@@ -583,7 +595,7 @@ __all__ = [
     "APPENDED", "CHECKPOINTS", "COMPACT_EVERY", "HOSTS", "MANIFEST", "ManifestError", "MissingTable", "PARTITIONED",
     "RunDirError", "SINGLE", "TABLES", "TableAppender", "agent_steps", "atomic_write_json", "atomic_write_table",
     "column_table", "compact_table", "event_suffix", "has_table", "is_run_dir", "list_checkpoints", "manifest_path", "manifest_summary",
-    "next_event_part", "partition_files", "parts_dir", "network_states_table", "read_hosts", "read_manifest", "read_network", "read_table", "scan_table",
+    "next_event_part", "partition_files", "parts_dir", "network_states_table", "read_hosts", "read_manifest", "read_network", "read_table", "replace_table", "scan_table",
     "table_files", "table_path", "table_schema", "truncate_run", "truncate_table", "write_agents", "write_events",
     "write_host", "write_manifest", "write_network", "write_table",
 ]
