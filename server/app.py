@@ -348,7 +348,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         out["agent_state"] = view["agent_state"]
         labels = ctl.labels if ctl is not None else (manager.manifest(run_id) or {}).get("labels") or {}
         out["agent_states"] = list(labels.get(view["agent_state"], [])) if view["agent_state"] else []
-        out["agent_steps"] = data.agent_steps(d) if d is not None else []
+        out["agent_steps"] = rundir.agent_steps(d) if d is not None else []
         return out
 
     # -- info & scenarios -----------------------------------------------------------------------
@@ -480,7 +480,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
                state: str | None = Query(None, max_length=64,
                                          description="only agents in this state (the model's agent_state column)")):
         d = run_dir_or_404(run_id)
-        steps = data.agent_steps(d) if d is not None else []
+        steps = rundir.agent_steps(d) if d is not None else []
         if not steps:
             return {"steps": [], "step": None, "total": 0, "offset": 0, "columns": {}}
         if step is None:
