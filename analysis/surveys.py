@@ -18,17 +18,18 @@ from typing import Sequence
 
 import polars as pl
 
+from simcore import rundir
+
 KEYS = ("survey", "step", "item", "kind", "option_index", "option")
 
 
 def read_surveys(run_dir: str | Path) -> pl.DataFrame:
     """The run's survey rows; an empty frame (with the key columns) where it ran no survey."""
-    path = Path(run_dir) / "surveys.parquet"
-    if not path.exists():
+    if not rundir.has_table(run_dir, "surveys"):
         return pl.DataFrame(schema={"survey": pl.Utf8, "step": pl.Int64, "item": pl.Utf8, "kind": pl.Utf8,
                                     "option_index": pl.Int64, "option": pl.Utf8, "group_size": pl.Int64,
                                     "prob": pl.Float64})
-    return pl.read_parquet(path)
+    return rundir.scan_table(run_dir, "surveys").collect()  # compacted file and parts of a running run
 
 
 def distributions(rows: pl.DataFrame, by: str | Sequence[str] | None = None) -> pl.DataFrame:

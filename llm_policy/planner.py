@@ -143,6 +143,15 @@ class TaxPlannerPolicy:
             close()
 
 
+def host_policies(scenario):
+    """The economy's host policies (its registry entry's ``host_policies``): a factory of the LLM planner
+    where ``model.params.planner.kind`` is ``llm``, else None."""
+    prm = scenario.model.params
+    if prm.planner.kind != "llm":
+        return None
+    return lambda: [make_planner_policy(prm, None)]
+
+
 def make_planner_policy(prm, cfg, backend=None) -> TaxPlannerPolicy:
     """The planner for economy params ``prm``; starts ``prm.planner.backend`` unless ``backend`` is given."""
     from scenarios.loader import ScenarioError

@@ -16,8 +16,12 @@ feature), ``prob`` (averaged over ``orders`` listed orders; ``prob_sd`` their sd
 ``fallback``). Population distributions are size-weighted means of ``prob``
 (:func:`analysis.surveys.distributions`), overall or by any grouping feature.
 
-Resume: the runner keeps the rows of an existing ``surveys.parquet`` for steps before the
-step it resumes at and recomputes the rest, so a resumed run has each round exactly once.
+The table is appended through :class:`simcore.rundir.TableAppender` (one part file per survey
+round, compacted into ``surveys.parquet`` when the run closes), so a round costs its own rows,
+not the run's. Every part has the same columns: the union of the surveys' ``group_by`` features
+(a level is null where its survey does not group by it). Resume truncates the table to the
+checkpoint's step with the run's other appended tables (:func:`simcore.rundir.truncate_run`) and
+recomputes the rounds from there, so a resumed run has each round exactly once.
 """
 from __future__ import annotations
 
@@ -28,11 +32,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from scenarios.loader import ScenarioError
 from scenarios.schema import DecisionSpec, SurveyItemSpec, SurveySpec
-from simcore.io import atomic_write_table
+from simcore import rundir
 
 from .personas import check_grouping
 from .policy import (ENV_FIELDS, ArchetypePolicy, check_features, check_template, intervention_fields,
@@ -100,25 +103,19 @@ class SurveyRunner:
         self.surveys = surveys
         self.policy = policy
         self.every = policy.every
-        self.rows: list[dict] = []
+        self.rows: list[dict] = []  # answers not yet appended
+        self.levels = list(dict.fromkeys(f for sv in surveys for f in sv.group_by))  # one column each, every row
         self.path: Path | None = None
-        self._kept: pa.Table | None = None  # an existing file's rows (resume); trimmed at the first round
-        self._started = False
+        self._out: rundir.TableAppender | None = None
 
     def attach(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "surveys.parquet"
-        if self.path.exists():
-            self._kept = pq.read_table(self.path)
+        self.path = rundir.table_path(run_dir, "surveys")
+        self._out = rundir.TableAppender(run_dir, "surveys")  # opened at the first round, after a resume's truncation
 
     def due(self, step: int) -> list[SurveySpec]:
         return [sv for sv in self.surveys if step in sv.steps]
 
     def update(self, sim) -> None:
-        if not self._started:
-            self._started = True
-            if self._kept is not None:  # a resumed run recomputes the rounds from its step on
-                import pyarrow.compute as pc
-                self._kept = self._kept.filter(pc.less(self._kept.column("step"), sim.step))
         for sv in self.due(sim.step):
             for item in sv.items:
                 self._ask(sim, sv, item)
@@ -145,7 +142,7 @@ class SurveyRunner:
             levels = {k: policy.model.labels[k][v] for k, v in groups.decode(code).items()}
             base = {"survey": sv.name, "step": int(sim.step), "item": item.name, "kind": item.kind,
                     "archetype": "|".join(f"{k}={v}" for k, v in levels.items()), "archetype_code": code,
-                    **levels, "group_size": int(groups.sizes[j]),
+                    **{k: levels.get(k) for k in self.levels}, "group_size": int(groups.sizes[j]),
                     "prompt_hash": hashlib.sha256(pending.prompts[j][0].encode()).hexdigest()[:16],
                     "orders": len(ok), "orders_asked": n_o, "fallback": len(ok) < len(res),
                     "error": next((r.error for r in res if r.error), None), "backend": identity,
@@ -155,16 +152,16 @@ class SurveyRunner:
                                   "prob_sd": float(sd[k])})
 
     def _flush(self) -> None:
-        if self.path is None or not (self.rows or self._kept is not None):
+        """Append the round's rows (one part file); nothing without rows or a run directory."""
+        if self._out is None or not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows) if self.rows else None
-        if self._kept is not None and self._kept.num_rows:
-            table = self._kept if table is None else pa.concat_tables([self._kept, table], promote_options="default")
-        if table is not None:
-            atomic_write_table(table, self.path)
+        self._out.append(pa.Table.from_pylist(self.rows))
+        self.rows = []
 
     def close(self) -> None:
         self._flush()
+        if self._out is not None:
+            self._out.close()
 
 
 def make_surveys(scenario, built, policy: ArchetypePolicy | None, steps: int) -> SurveyRunner | None:

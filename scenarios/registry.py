@@ -14,6 +14,12 @@ An entry holds what the rest of the house needs to know about a model:
 - ``interview_context``: ``"module:function"`` giving an interviewed agent's local environment in words
   (``fn(built, state, params, members, metrics, step) -> [line, ...]``, see :mod:`simcore.interviews`;
   None: the features and statistics alone).
+- ``calibrate``: whether ``simcore calibrate`` can fit the model (its metrics have the observed series);
+- ``host_policies``: ``"module:function"``, ``scenario -> (() -> [HostPolicy, ...]) | None``: the model's
+  own host policies (the economy's LLM planner), a factory the run session calls once it runs;
+- ``floor_bytes``: ``scenario -> {field: bytes}``, the device bytes the model's own arrays need at the
+  least, beyond the 1 B of state and 4 B of row pointer per agent every model has (``simcore plan``'s
+  floor, :func:`simcore.plan.floor_bytes`); each figure under the scenario field that sets it.
 
 The built-in entries are the tuple :data:`BUILTIN`; :data:`REGISTRY` is an immutable :class:`Registry` over
 them. Adding a model means one module (its substeps and builder) and one entry. A registry with extra
@@ -63,6 +69,9 @@ class ModelEntry:
     graph_view: str | None = None
     series_colors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     agent_state: str | None = None
+    floor_bytes: Callable[[Scenario], Mapping[str, float]] | None = None
+    host_policies: str | None = None
+    calibrate: bool = False
     description: str = ""
     interview_context: str | None = None
 
@@ -95,6 +104,14 @@ class ModelEntry:
         """What the dashboard needs to draw a run of this model (JSON-able)."""
         return {"kind": self.kind, "metric_groups": self.groups(scenario), "graph": self.graph,
                 "series_colors": dict(self.series_colors), "agent_state": self.agent_state}
+
+    def host_policies_for(self, scenario: Scenario) -> Callable[[], list] | None:
+        """The factory of the model's own host policies for ``scenario``, or None where it has none."""
+        return None if self.host_policies is None else resolve(self.host_policies)(scenario)
+
+    def floor(self, scenario: Scenario) -> dict[str, float]:
+        """The model's own least device bytes, by the scenario field that sets each (see ``floor_bytes``)."""
+        return {} if self.floor_bytes is None else {k: float(v) for k, v in self.floor_bytes(scenario).items()}
 
     def check_scenario(self, scenario: Scenario) -> None:
         """The model's semantic checks (graph kind, interventions, its own), without building anything."""
@@ -213,12 +230,25 @@ def _economy_groups(scenario: Scenario) -> Groups:
     }
 
 
+def _epidemic_floor(scenario: Scenario) -> dict[str, float]:
+    # int8 disease state and attributes (7 B in all) and 4 contact layers' row pointers, beyond the common 1 + 4 B
+    return {"population.size": scenario.population.size * (7.0 + 4 * 4 - 1.0)}
+
+
+def _social_floor(scenario: Scenario) -> dict[str, float]:
+    # the follow slots (int32 per followee) and the post ring's float32 embeddings
+    prm = scenario.model.params
+    return {"population.size": scenario.population.size * 4.0 * prm.max_followees,
+            "model.params.post_capacity": prm.post_capacity * 4.0 * prm.embedding_dim}
+
+
 _B = "simcore.models.build"
 BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("epidemic", EpidemicModel, f"{_B}:build_epidemic", _epidemic_groups, graphs=("multilayer",),
                scheduled="simcore.models.epidemic:SCHEDULED", interface=f"{_B}:epidemic_interface",
                graph="contact", graph_view=f"{_B}:contact_view", series_colors=COMPARTMENT_COLORS,
-               agent_state="disease", description="SEIRM on a household/work/school/community contact graph",
+               agent_state="disease", floor_bytes=_epidemic_floor, calibrate=True,
+               description="SEIRM on a household/work/school/community contact graph",
                interview_context="simcore.models.epidemic:interview_context"),
     ModelEntry("seir", SEIRModel, f"{_B}:build_seir", _seir_groups, graphs=FOLLOW_GRAPHS,
                scheduled=("contact_scale",), graph="contact", graph_view=f"{_B}:contact_view",
@@ -227,10 +257,11 @@ BUILTIN: tuple[ModelEntry, ...] = (
     ModelEntry("social", SocialModel, f"{_B}:build_social", _social_groups, graphs=FOLLOW_GRAPHS,
                scheduled="simcore.models.social:SCHEDULED", interface=f"{_B}:social_interface",
                check=f"{_B}:check_social", graph="follow", graph_view=f"{_B}:follow_view",
-               series_colors=STANCE_COLORS, agent_state="persona", description="OASIS-like social platform: posts, feeds, follows, stances"),
+               series_colors=STANCE_COLORS, agent_state="persona", floor_bytes=_social_floor,
+               description="OASIS-like social platform: posts, feeds, follows, stances"),
     ModelEntry("economy", EconomyModel, f"{_B}:build_economy", _economy_groups, graphs=("none",),
                scheduled="simcore.models.economy:SCHEDULED", interface=f"{_B}:economy_interface",
-               check=f"{_B}:check_economy", agent_state="persona",
+               check=f"{_B}:check_economy", agent_state="persona", host_policies="llm_policy.planner:host_policies",
                description="workers choose hours under a planner's tax schedule"),
 )
 

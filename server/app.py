@@ -2,7 +2,7 @@
 
 ``create_app(ServerConfig(...))`` builds an app around one :class:`RunManager`.
 Every scenario that comes in over HTTP goes through exactly the CLI's path:
-``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``simcore.validation.check_scenario``;
+``parse_yaml`` -> ``apply_overrides`` -> ``validate`` -> ``check_scenario`` (through ``simcore.session``);
 only built-in names or uploaded text are accepted, never a path on the server.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from scenarios import REGISTRY, Scenario, ScenarioError, apply_overrides, builtin_dir, builtin_names, parse_yaml, validate
 from scenarios.loader import read_yaml
+from simcore import rundir
 
 from . import data
 from .runs import FINISHED, MODES, RunController, RunError, RunLimitError, RunManager, summary_from_manifest
@@ -189,7 +190,7 @@ def not_found(what: str = "run") -> ApiError:
 def load_request(req: ScenarioRequest, cfg: ServerConfig) -> tuple[Scenario, str]:
     """The CLI's path for uploaded text or a built-in name: the strict YAML loader (depth, node and
     size limits; no aliases from HTTP), overrides, the schema, then ``check_scenario``."""
-    from simcore.validation import check_scenario
+    from simcore.session import check_scenario
 
     if (req.scenario is None) == (req.yaml is None):
         raise ScenarioError("scenario", "give exactly one of 'scenario' (a built-in name) or 'yaml' (scenario text)")
@@ -364,7 +365,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
         out["agent_state"] = view["agent_state"]
         labels = ctl.labels if ctl is not None else (manager.manifest(run_id) or {}).get("labels") or {}
         out["agent_states"] = list(labels.get(view["agent_state"], [])) if view["agent_state"] else []
-        out["agent_steps"] = data.agent_steps(d) if d is not None else []
+        out["agent_steps"] = rundir.agent_steps(d) if d is not None else []
         return out
 
     # -- info & scenarios -----------------------------------------------------------------------
@@ -523,7 +524,7 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
                state: str | None = Query(None, max_length=64,
                                          description="only agents in this state (the model's agent_state column)")):
         d = run_dir_or_404(run_id)
-        steps = data.agent_steps(d) if d is not None else []
+        steps = rundir.agent_steps(d) if d is not None else []
         if not steps:
             return {"steps": [], "step": None, "total": 0, "offset": 0, "columns": {}}
         if step is None:
@@ -540,9 +541,13 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
              responses={**ERR_404, **ERR_409})
     def network(run_id: str):
         ctl = manager.get_live(run_id)
-        if ctl is None:
-            run_dir_or_404(run_id)
-            raise ApiError(409, "the network view is kept only for runs started by this server process")
+        if ctl is None:  # a past run: the view its session wrote to the run directory
+            d = run_dir_or_404(run_id)
+            view = rundir.read_network(d)
+            if view is None:
+                m = manager.manifest(run_id) or {}
+                raise ApiError(409, m.get("network_error") or "this run recorded no network view")
+            return view
         view = ctl.network_view()
         if view is None:
             raise ApiError(409, ctl.network_error or "the network view is not ready yet (run is building)")

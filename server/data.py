@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from scenarios import ScenarioError
 from simcore import rundir
@@ -58,27 +57,15 @@ def table_to_columns(table: pa.Table) -> dict[str, list]:
     return {name: _json_column(table[name]) for name in table.column_names}
 
 
-def agent_steps(run_dir: Path) -> list[int]:
-    base = run_dir / "agents"
-    if not base.is_dir():
-        return []
-    steps = []
-    for p in base.iterdir():
-        name = p.name
-        if name.startswith("step=") and name[5:].isdigit() and any(p.glob("part-*.parquet")):
-            steps.append(int(name[5:]))
-    return sorted(steps)
-
-
 def read_agents(run_dir: Path, step: int, labels: dict[str, list[str]], *, offset: int = 0,
                 limit: int = 100, state: str | None = None, state_column: str | None = None) -> dict[str, Any]:
     """One sampled-agents partition, categorical codes decoded with the manifest's labels; ``state`` keeps
     the agents whose ``state_column`` (the model's categorical agent state, e.g. disease) has that label."""
     # one part per process in multi-process runs; ordered by agent id whatever the part count
-    parts = sorted((run_dir / "agents" / f"step={step}").glob("part-*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"no sampled agents at step {step}")
-    table = pa.concat_tables([pq.read_table(f) for f in parts]).sort_by("agent")
+    try:
+        table = rundir.read_table(run_dir, "agents", step=step).sort_by("agent")
+    except rundir.MissingTable:
+        raise FileNotFoundError(f"no sampled agents at step {step}") from None
     if state is not None:
         names = labels.get(state_column, []) if state_column else []
         if not names or state_column not in table.column_names:

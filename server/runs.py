@@ -62,10 +62,11 @@ def valid_run_id(run_id: str) -> bool:
     return bool(_ID_RE.match(run_id)) and ".." not in run_id
 
 
-def _slug(name: str) -> str:
-    from simcore.naming import slug
+def _session():
+    """``simcore.session``, imported when a run starts (it imports JAX; listing past runs does not)."""
+    import simcore.session
 
-    return slug(name)
+    return simcore.session
 
 
 def _now() -> str:
@@ -252,7 +253,7 @@ class RunController:
         self.network_error: str | None = None
         self._net_state: np.ndarray | None = None
         self._net_step = -1
-        self._net_view = None  # the model's GraphView (its registry entry's graph_view)
+        self._net_view = None  # the session's NetworkView (simcore.netview)
         self._paused = start_paused
         self._pending_steps = 0
         self._step_waiters: list[tuple[int, cf.Future]] = []
@@ -390,7 +391,7 @@ class RunController:
         self.step = sim.step
         if sim.step > 0:  # resumed: the stream starts with what the run directory already holds
             self._replay_history(sim.step)
-        self._init_network(built)
+        self._init_network(session)
         session.built = None  # the session needs no more of the build; the population can go
         del built
         self._refresh_schedule(sim)
@@ -509,33 +510,20 @@ class RunController:
         row = min(sim.step, self.steps - 1)
         self.schedule_now = {k: float(np.asarray(v[row]).reshape(-1)[0]) for k, v in sim.schedule.items()}
 
-    # -- the small network view ----------------------------------------------------------------
-    def _init_network(self, built) -> None:
-        from scenarios import REGISTRY
-
-        from .network import sample_subgraph
-
-        view = REGISTRY.entry_for(self.scenario).view(built)  # the model's graph, as its registry entry says
-        if view is None or built.n_agents == 0:
-            self.network_error = f"model {self.scenario.model.kind!r} has no graph to show"
+    # -- the small network view (the session's; on disk for past runs) ----------------------------
+    def _init_network(self, session) -> None:
+        if session.network is None:
+            self.network_error = session.network_error
             return
-        try:
-            seed_agent = int(built.sample_idx[0]) if len(built.sample_idx) else 0
-            self.network = {**sample_subgraph(view.layers, seed_agent, max_nodes=150, seed=self.seed),
-                            "graph": view.kind, "labels": list(view.labels), "colour": view.colour}
-            self._net_nodes = np.asarray(self.network["nodes"], np.int32)
-            self._net_view = view
-        except Exception as exc:  # the view is optional: the run goes on, the reason is reported by the API
-            self.network = None
-            self.network_error = f"{type(exc).__name__}: {exc}"
-            log.warning("run %s: no network view: %s", self.id, self.network_error)
+        self.network = session.network.graph
+        self._net_view = session.network
 
     def _capture_network(self, sim, force: bool = False) -> None:
         if self.network is None:
             return
         if not force and self._net_step >= 0 and sim.step - self._net_step < max(5, self.chunk):
             return
-        self._net_state = np.asarray(self._net_view.state(sim.state, self._net_nodes))
+        self._net_state = self._net_view.state(sim.state)
         self._net_step = sim.step
 
 
@@ -596,7 +584,7 @@ class RunManager:
             if len(active) >= self.max_runs:
                 raise RunLimitError(f"{len(active)} runs already active (limit {self.max_runs}); stop one first")
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            run_id = f"{_slug(scenario.name)}-{stamp}"
+            run_id = f"{_session().slug(scenario.name)}-{stamp}"
             while (self.runs_dir / run_id).exists() or run_id in self.live:
                 run_id += "x"
             # the server decides where output goes; the manifest says so truthfully
@@ -611,8 +599,7 @@ class RunManager:
 
     def resume(self, run_id: str, *, start_paused: bool = False) -> RunController:
         """Continue a finished, stopped or killed run from its latest checkpoint, live, in its own directory."""
-        from simcore.checkpoint import CheckpointError, latest_checkpoint
-
+        session = _session()
         with self._lock:
             ctl = self.live.get(run_id)
             if ctl is not None and ctl.active:
@@ -621,8 +608,7 @@ class RunManager:
             m = self.manifest(run_id) if d is not None else None
             if d is None or m is None:
                 raise KeyError(run_id)
-            if latest_checkpoint(d) is None:
-                raise CheckpointError("run", f"run {run_id} has no checkpoint to resume from")
+            session.resume_point(d, field="run")  # CheckpointError (a ScenarioError): nothing to resume from
             if m.get("status") == "completed":
                 raise RunError(f"run {run_id} completed all its {m.get('steps')} steps")
             active = [c for c in self.live.values() if c.active]

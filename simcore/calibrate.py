@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scenarios import REGISTRY
 from scenarios.loader import ScenarioError, apply_overrides
 from scenarios.schema import Scenario
 
@@ -125,8 +126,9 @@ NOT_ON_DEVICE = ("sparse_capacity",)  # numeric but not a model rate: changes co
 
 def resolve_fit(scenario: Scenario, names: str | Sequence[str]) -> list[FitParam]:
     """Check ``--fit`` names against the scenario and choose each one's transform."""
-    if scenario.model.kind != "epidemic":
-        raise ScenarioError("model.kind", f"calibrate needs model 'epidemic', got {scenario.model.kind!r}")
+    if not REGISTRY.entry_for(scenario).calibrate:  # the registry entry says which models can be fitted
+        fits = " or ".join(repr(e.kind) for e in REGISTRY if e.calibrate)
+        raise ScenarioError("model.kind", f"calibrate needs model {fits}, got {scenario.model.kind!r}")
     items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
     if not items or any(not n for n in items):
         raise ScenarioError("--fit", f"expected a comma-separated list of parameters, got {names!r}")

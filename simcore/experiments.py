@@ -456,8 +456,8 @@ class Experiment:
 
     def _write(self, out: Path, results: "ExperimentResults", arms, schedules, builds, prefix, pop_of, llm=None, *,
                ci: float, n_boot: int) -> None:
+        from . import rundir
         from .checkpoint import save_checkpoint
-        from .io import atomic_write_json
         from .session import device_description, versions
 
         out.mkdir(parents=True, exist_ok=True)
@@ -465,16 +465,16 @@ class Experiment:
         for (arm, seed), part in results.metrics.partition_by(["arm", "seed"], as_dict=True).items():
             d = child_dir(out, f"arm={arm}") / f"seed={int(seed)}"
             d.mkdir(parents=True, exist_ok=True)
-            part.drop("arm", "seed").write_parquet(d / "metrics.parquet")
+            rundir.replace_table(d, "metrics", part.drop("arm", "seed").to_arrow())
             a = by_arm[arm]
-            atomic_write_json({
+            rundir.write_manifest(d, {
                 "scenario": a.scenario.model_dump(mode="json"), "seed": int(seed),
                 "population_seed": pop_of[int(seed)], "steps": self.steps, "steps_done": self.steps,
                 "n_agents": results.info["n_agents"], "model": results.info["model"], "arm": arm,
                 "experiment": self.name, "branch_step": self.branch_step, "replicates": self.replicates,
                 "status": "completed", "versions": versions(), "device": device_description(),
                 **((llm or {}).get((arm, int(seed))) or {}),
-            }, d / "manifest.json")
+            })
         if self.branch_step:
             base = arms[0]
             for s, (state, _) in prefix.items():
@@ -578,7 +578,9 @@ def run_point(scenario: Mapping[str, Any], overrides: Sequence[str], seed: int, 
         from .session import run_scenario
 
         path = run_scenario(sc, run_dir, steps=steps, seed=seed)
-        df = pl.read_parquet(Path(path) / "metrics.parquet").sort("step")
+        from . import rundir
+
+        df = pl.from_arrow(rundir.read_table(path, "metrics")).sort("step")
         return {c: df[c].to_numpy() for c in df.columns if c not in ("step", "wall_seconds")}
     b = build(sc, seed=seed, steps=steps)
     ens = Ensemble(b.model, [b.state], b.params, b.schedule, [seed], chunk_size=sc.run.chunk_size)

@@ -119,18 +119,19 @@ def floor_bytes(scenario: Scenario) -> tuple[float, int, str]:
     """A lower bound of the device bytes ``scenario`` needs, its largest layer's stored contacts
     (lower bound too) and the field that dominates, from the scenario alone: nothing is built.
 
-    Only terms that cannot be smaller are counted: 4 B of row pointer per agent and layer, 4 B of
-    neighbour id per stored contact (of the documented 8), the int8 state and attributes, the
-    social follow slots and post embeddings, and the float32 schedule rows. The measured figure
+    Only terms that cannot be smaller are counted: 1 B of state and 4 B of row pointer per agent, 4 B
+    of neighbour id per stored contact (of the documented 8), what the model's registry entry says
+    its own arrays need at the least (``floor_bytes``: the epidemic's attributes and layers, the
+    social follow slots and post embeddings), and the float32 schedule rows. The measured figure
     is :func:`plan`'s; this one is what ``simcore validate`` can afford in milliseconds.
     """
+    from scenarios import REGISTRY
+
     from .models import scheduled_params
 
     n, g = scenario.population.size, scenario.graph
-    kind = scenario.model.kind
-    per_agent, entries, field = 1.0, [0.0], "population.size"
+    entries, field = [0.0], "population.size"
     if g.kind == "multilayer":
-        per_agent = 7.0 + 4 * 4  # epidemic int8 state + attributes, 4 layers' row pointers
         # the community layer: one partner per matching round, but the odd one out of each borough
         entries = [float(max(g.community_rounds_local, 0) * max(n - 5, 0) + g.community_rounds_city * max(n - 1, 0))]
     elif g.kind == "erdos_renyi":
@@ -139,13 +140,12 @@ def floor_bytes(scenario: Scenario) -> tuple[float, int, str]:
         entries = [0.9 * n * g.k]  # rewired edges lost to dedupe: a fraction ~ p k / n
     elif g.kind == "barabasi_albert":
         entries = [0.9 * 2 * g.m * max(n - g.m - 1, 0)]
-    total = n * (per_agent + 4) + 4 * sum(entries)
-    if kind == "social":  # the follow graph's CSR is built first; then follow slots and the post ring
-        prm = scenario.model.params
-        slots, posts = n * 4.0 * prm.max_followees, prm.post_capacity * 4.0 * prm.embedding_dim
-        total += slots + posts
-        if posts > slots + n * 5.0 + 4 * sum(entries):
-            field = "model.params.post_capacity"
+    total = n * 5.0 + 4 * sum(entries)
+    own = REGISTRY.entry_for(scenario).floor(scenario)
+    total += sum(own.values())
+    for name, nbytes in own.items():  # a model term larger than all the rest names its field
+        if name != "population.size" and nbytes > total - nbytes:
+            field = name
     schedule = 4.0 * scenario.run.steps * len(scheduled_params(scenario))
     if schedule > total:
         field = "run.steps"

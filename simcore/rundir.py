@@ -13,14 +13,19 @@ Layout::
     events/part-NNNNNN[-pP].parquet   typed event trace, one file per chunk (P = process in a
                                    multi-process run); never compacted
     agents/step=N/part-P.parquet   sampled agent rows every K steps (hive partitions)
-    surveys.parquet                survey answers, rewritten whole at each survey round
+    surveys.parquet                survey answers, one row per (survey, step, item,  } appended
+    surveys.parts/...              archetype, option)                                }
     personas.parquet               the population's distinct personas, written once
     interviews.parquet             questions asked of the run's agents (``simcore interview``), appended;
                                    kept on resume (:data:`KEPT_ON_RESUME`)
+    network_nodes.parquet          the dashboard's network view: <= 150 sampled agents with their layout
+                                   (``x``, ``y``); what the view shows in the Parquet metadata
+    network_edges.parquet          its edges (``i``, ``j``: node positions; ``layer``), written once
+    network_states.parquet         the nodes' states now and then (``step``, ``node``, ``state``); appended
     checkpoints/step=N/            see :mod:`simcore.checkpoint`
     hosts/host-P.json              (multi-process runs) what process P wrote
 
-**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``interviews``). A flush writes only the new
+**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``surveys``, ``network_states``, ``interviews``). A flush writes only the new
 rows, as one part file ``NAME.parts/part-A.parquet`` (``A``: the part's sequence number), so a
 flush costs O(new rows), not O(run length). Every :data:`COMPACT_EVERY` parts are merged into
 one ``part-A-B.parquet`` (parts ``A..B``). Closing the table (the end of a run, stopped or
@@ -68,9 +73,9 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 HOSTS = "hosts"
-APPENDED = ("metrics", "llm_calls", "interviews")  # part files per flush, compacted into NAME.parquet at close
+APPENDED = ("metrics", "llm_calls", "surveys", "network_states", "interviews")  # part files per flush, compacted into NAME.parquet at close
 PARTITIONED = ("events", "agents")  # folders of part files, never compacted
-SINGLE = ("surveys", "personas")  # one file, written whole
+SINGLE = ("personas", "network_nodes", "network_edges")  # one file, written whole
 TABLES = APPENDED + PARTITIONED + SINGLE
 # asked of the run after the fact, not written by it: a resume (truncate_run) leaves their rows alone
 KEPT_ON_RESUME = ("interviews",)
@@ -322,7 +327,7 @@ def _normalize(table: pa.Table, schema: pa.Schema | None, name: str) -> pa.Table
 
 
 class TableAppender:
-    """Appends rows to an appended table (``metrics``, ``llm_calls``): one part file per :meth:`append`.
+    """Appends rows to an appended table (:data:`APPENDED`): one part file per :meth:`append`.
 
     Opened lazily at the first append (after any truncation of a resumed run). Not thread-safe:
     one writer per table. :meth:`close` compacts the table into ``NAME.parquet``.
@@ -446,6 +451,18 @@ def truncate_table(run_dir: str | Path, name: str, step: int) -> None:
             atomic_write_table(kept.replace_schema_metadata(None), path, meta)
 
 
+def replace_table(run_dir: str | Path, name: str, table: pa.Table) -> Path:
+    """Write appended table ``name`` whole, as ``NAME.parquet``, replacing every row it had (an experiment
+    arm's metrics, known at once)."""
+    _check_appended(name)
+    d = parts_dir(run_dir, name)
+    if d.is_dir():
+        shutil.rmtree(d)
+    path = table_path(run_dir, name)
+    atomic_write_table(table.replace_schema_metadata(None), path)
+    return path
+
+
 def keep_rows(run_dir: str | Path, name: str, n: int) -> int:
     """Cut appended table ``name`` to its first ``n`` rows (one compacted file); returns the rows kept.
 
@@ -491,7 +508,7 @@ def truncate_run(run_dir: str | Path, step: int, tables: Iterable[str] = APPENDE
 
 # -- single-file and partitioned tables ---------------------------------------------------------
 def write_table(run_dir: str | Path, name: str, table: pa.Table) -> Path:
-    """Write a single-file table (``surveys``, ``personas``) whole, atomically."""
+    """Write a single-file table (:data:`SINGLE`: ``personas``, the network view) whole, atomically."""
     if name not in SINGLE:
         raise ValueError(f"{name!r} is not a single-file table (those are {', '.join(SINGLE)})")
     path = table_path(run_dir, name)
@@ -529,6 +546,53 @@ def write_events(run_dir: str | Path, part: int, table: pa.Table, suffix: str = 
     return rel
 
 
+NETWORK_META = b"simcore.network"
+
+
+def write_network(run_dir: str | Path, graph: Mapping[str, Any]) -> None:
+    """The network view's subgraph (``nodes``, ``x``, ``y``, ``edges`` [i, j, layer], ``layers``, ``graph``,
+    ``labels``, ``colour``): ``network_nodes`` (its metadata: what the view shows) and ``network_edges``."""
+    edges = np.asarray(graph["edges"], np.int64).reshape(-1, 3)
+    meta = {k: graph[k] for k in ("graph", "labels", "colour", "layers")}
+    write_table(run_dir, "network_edges", pa.table({"i": edges[:, 0], "j": edges[:, 1], "layer": edges[:, 2]}))
+    atomic_write_table(pa.table({"node": np.asarray(graph["nodes"], np.int64), "x": np.asarray(graph["x"], np.float64),
+                                 "y": np.asarray(graph["y"], np.float64)}),
+                       table_path(run_dir, "network_nodes"), {NETWORK_META: json.dumps(meta).encode()})
+
+
+def network_states_table(step: int, nodes: Any, states: Any) -> pa.Table:
+    """Rows of ``network_states``: each node's state code at ``step``."""
+    nodes = np.asarray(nodes, np.int64)
+    return pa.table({"step": np.full(len(nodes), int(step), np.int64), "node": nodes,
+                     "state": np.asarray(states, np.int32)})
+
+
+def read_network(run_dir: str | Path) -> dict[str, Any] | None:
+    """The network view as written (the same keys as :func:`write_network`'s), with ``step`` and ``state``:
+    the nodes' states at the last step recorded (``step`` -1, ``state`` None where none is yet).
+    None where the run recorded no view."""
+    nodes_path = table_path(run_dir, "network_nodes")
+    if not nodes_path.is_file() or not table_path(run_dir, "network_edges").is_file():
+        return None
+    raw = (pq.read_schema(nodes_path).metadata or {}).get(NETWORK_META)
+    if raw is None:
+        raise RunDirError("network_nodes", f"{nodes_path} has no {NETWORK_META.decode()} metadata")
+    nodes = pq.read_table(nodes_path)
+    edges = pq.read_table(table_path(run_dir, "network_edges"))
+    out = {"nodes": nodes.column("node").to_pylist(), "x": nodes.column("x").to_pylist(),
+           "y": nodes.column("y").to_pylist(),
+           "edges": np.stack([edges.column(c).to_numpy() for c in ("i", "j", "layer")], 1).tolist(),
+           **json.loads(raw), "step": -1, "state": None}
+    if has_table(run_dir, "network_states"):
+        states = read_table(run_dir, "network_states")
+        last = pc.max(states.column("step")).as_py()
+        if last is not None:
+            at = states.filter(pc.equal(states.column("step"), last))
+            by_node = dict(zip(at.column("node").to_pylist(), at.column("state").to_pylist()))
+            out["step"], out["state"] = int(last), [by_node.get(n) for n in out["nodes"]]
+    return out
+
+
 def column_table(columns: Mapping[str, Any]) -> pa.Table:
     """A pyarrow Table from numpy-like columns."""
     return pa.table({k: np.asarray(v) for k, v in columns.items()})
@@ -538,7 +602,7 @@ __all__ = [
     "APPENDED", "CHECKPOINTS", "COMPACT_EVERY", "HOSTS", "KEPT_ON_RESUME", "MANIFEST", "ManifestError", "MissingTable", "PARTITIONED",
     "RunDirError", "SINGLE", "TABLES", "TableAppender", "agent_steps", "atomic_write_json", "atomic_write_table",
     "column_table", "compact_table", "event_suffix", "has_table", "is_run_dir", "list_checkpoints", "manifest_path", "manifest_summary",
-    "next_event_part", "partition_files", "parts_dir", "read_hosts", "read_manifest", "read_table", "scan_table",
+    "next_event_part", "partition_files", "parts_dir", "network_states_table", "read_hosts", "read_manifest", "read_network", "read_table", "replace_table", "scan_table",
     "table_files", "table_path", "table_schema", "truncate_run", "truncate_table", "write_agents", "write_events",
-    "write_host", "write_manifest", "write_table",
+    "write_host", "write_manifest", "write_network", "write_table",
 ]

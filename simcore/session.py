@@ -48,6 +48,7 @@ from .engine import Chunk, HostPolicy, Simulation
 from .io import RunWriter
 from .models import Built, build
 from .naming import child_dir, slug
+from .validation import check_scenario  # re-exported: the server checks uploads as the CLI does
 
 # -- what a run directory records about its run ----------------------------------------------------
 
@@ -305,6 +306,10 @@ class RunSession:
         self._last_submit = time.perf_counter()
         self._bar = None
         self._closed = False
+        self.network = None  # the dashboard's NetworkView (simcore.netview), written to the run directory
+        self.network_error: str | None = None
+        self._net_out = None
+        self._net_step = -1
 
     # -- resume ---------------------------------------------------------------------------------
     @classmethod
@@ -316,14 +321,11 @@ class RunSession:
         after the checkpoint are recomputed, bit-identical to an uninterrupted run's on
         the same device (``wall_seconds`` and ``llm_seconds`` aside).
         """
-        from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_manifest
+        from .checkpoint import CheckpointError, load_checkpoint, read_manifest
 
         run_dir = Path(run_dir)
         manifest = read_manifest(run_dir)
-        path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-        if path is None:
-            raise CheckpointError("run_dir", f"no checkpoint in {run_dir / 'checkpoints'} "
-                                             "(run with --checkpoint-every N to write them)")
+        path = Path(checkpoint) if checkpoint is not None else resume_point(run_dir)
         ckpt = load_checkpoint(path)
         total = int(steps if steps is not None else manifest.get("steps") or ckpt.meta["steps"])
         if manifest.get("status") == "completed" and int(manifest.get("steps_done", 0)) >= total:
@@ -446,6 +448,8 @@ class RunSession:
                                     process_id=cluster.process_id, num_processes=cluster.num_processes,
                                     owned=owned_ranges(built.n_agents, sim.mesh) if cluster.multi else None)
             self.manifest = manifest
+            if not cluster.multi:
+                self._open_network(built, sim)
         else:
             self.manifest = extra
         if self.resume_from is not None:
@@ -468,6 +472,44 @@ class RunSession:
             self._bar.set_postfix(agents=f"{built.n_agents:,}")
         self.status = "running"
         return self
+
+    def _open_network(self, built: Built, sim: Simulation) -> None:
+        """Sample the network view (the registry entry's graph) and write it to the run directory, with the
+        nodes' states at the start. Optional: a model without a graph, or a view that fails, is recorded
+        in the manifest's ``network_error`` and the run goes on."""
+        from scenarios import REGISTRY
+
+        from . import rundir
+        from .netview import NetworkView
+
+        view = REGISTRY.entry_for(self.scenario).view(built)
+        if view is None or built.n_agents == 0:
+            self.network_error = f"model {self.scenario.model.kind!r} has no graph to show"
+        else:
+            try:
+                self.network = NetworkView.sample(view, built, self.seed)
+                rundir.write_network(self.run_dir, self.network.graph)
+            except Exception as exc:  # the view is optional: the reason is recorded, the run goes on
+                self.network = None
+                self.network_error = f"{type(exc).__name__}: {exc}"
+        if self.network is None:
+            self.writer.update_manifest(network_error=self.network_error)
+            return
+        self._net_out = rundir.TableAppender(self.run_dir, "network_states")
+        self.record_network(force=True)
+
+    def record_network(self, force: bool = False) -> None:
+        """Append the network view's node states at the current step (at most every 5% of the run, unless
+        ``force``)."""
+        if self._net_out is None or self.sim is None or self.sim.step == self._net_step:
+            return
+        if not force and self._net_step >= 0 and self.sim.step - self._net_step < max(1, self.steps // 20):
+            return
+        from . import rundir
+
+        self._net_out.append(rundir.network_states_table(self.sim.step, self.network.graph["nodes"],
+                                                         self.network.state(self.sim.state)))
+        self._net_step = self.sim.step
 
     # -- running ---------------------------------------------------------------------------------
     @property
@@ -525,6 +567,7 @@ class RunSession:
         if self._pending:
             self.writer.submit(*merge_chunks(self._pending))
             self._pending = []
+            self.record_network()
         self._last_submit = time.perf_counter()
         if sync:
             self.writer.flush()
@@ -596,6 +639,9 @@ class RunSession:
                 if hasattr(p, "finish"):
                     attempt(lambda p=p: p.finish(self.sim))
         attempt(self.flush)
+        if self._net_out is not None:
+            attempt(lambda: self.record_network(force=True))
+            attempt(self._net_out.close)
         if (self.checkpointer is not None and status == "stopped" and self.sim.step > self.start_step
                 and not errors):
             attempt(lambda: self.checkpointer.save(self.sim))  # a stopped run resumes where it stopped
@@ -626,6 +672,18 @@ class RunSession:
         if errors:
             raise errors[0]
         return status
+
+
+def resume_point(run_dir: str | Path, field: str = "run_dir") -> Path:
+    """The checkpoint :meth:`RunSession.resume` continues ``run_dir`` from (its latest);
+    :class:`~simcore.checkpoint.CheckpointError` (a ``ScenarioError`` on ``field``) when it has none."""
+    from .checkpoint import CheckpointError, latest_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(field, f"no checkpoint in {Path(run_dir) / 'checkpoints'} "
+                                     "(run with --checkpoint-every N to write them)")
+    return path
 
 
 # -- the CLI's entry points ------------------------------------------------------------------------
@@ -683,8 +741,8 @@ def read_interviews(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "MODES", "RunSession", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
-    "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_run", "run_metrics", "run_scenario",
-    "versions",
+    "MODES", "RunSession", "check_scenario", "default_run_dir", "device_description", "drive", "git_revision", "make_archetype_policy",
+    "make_simulation", "manifest_for", "merge_chunks", "next_length", "resume_point", "resume_run", "run_metrics",
+    "run_scenario", "slug", "versions",
+    "interview", "read_interviews",  # simcore.interviews, for the server
 ]
-__all__ += ["interview", "read_interviews"]  # simcore.interviews, for the server

@@ -162,3 +162,25 @@ def test_a_new_model_is_one_module_and_one_entry():
     drive(sim, 3, on_chunk=lambda s, chunk: rows.append(chunk.metrics["mean"]))
     # doubles on steps 0 and 2; the intervention sets boost to 0 on step 1
     np.testing.assert_allclose(np.concatenate(rows), [2.0, 2.0, 4.0])
+
+
+def test_what_plan_calibrate_and_the_session_ask_of_an_entry():
+    """The knowledge plan, calibrate and the session used to switch on model.kind for, from the entries."""
+    from simcore.calibrate import resolve_fit
+    from simcore.plan import floor_bytes
+
+    social = load_scenario("polarization_small", ["population.size=1000"])
+    own = REGISTRY.entry_for(social).floor(social)
+    prm = social.model.params
+    assert own == {"population.size": 1000 * 4.0 * prm.max_followees,
+                   "model.params.post_capacity": prm.post_capacity * 4.0 * prm.embedding_dim}
+    assert floor_bytes(social)[2] == "model.params.post_capacity"  # posts outweigh everything else here
+    assert REGISTRY.entry("seir").floor(social) == {}
+    assert [e.kind for e in REGISTRY if e.calibrate] == ["epidemic"]
+    with pytest.raises(ScenarioError, match="calibrate needs model 'epidemic', got 'social'"):
+        resolve_fit(social, "model.params.x")
+    fixed = load_scenario("tax_saez_small")
+    assert REGISTRY.entry_for(fixed).host_policies_for(fixed) is None
+    llm = load_scenario("tax_llm_planner_small")
+    factory = REGISTRY.entry_for(llm).host_policies_for(llm)
+    assert callable(factory) and REGISTRY.entry("social").host_policies_for(social) is None

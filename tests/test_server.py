@@ -382,6 +382,8 @@ def test_sse_last_event_id_resumes_and_past_runs_replay_from_parquet(client, ser
 def test_restart_lists_past_runs_from_disk(client, runs_dir, compile_cache):
     run_id = start(client, steps=15, paused=False)
     wait_status(client, run_id, "completed")
+    live_net = client.get(f"/api/runs/{run_id}/network").json()
+    assert live_net["step"] == 15 and len(live_net["state"]) == len(live_net["nodes"])
     before = {r["id"]: r for r in client.get("/api/runs").json()}
     cfg = ServerConfig(runs_dir=runs_dir, compile_cache=compile_cache)
     with ServerThread(create_app(cfg)) as again, httpx.Client(base_url=again.url, timeout=60) as c2:
@@ -395,7 +397,8 @@ def test_restart_lists_past_runs_from_disk(client, runs_dir, compile_cache):
             events = read_events(resp)
         assert [e[0] for e in events] == ["history", "status", "end"]
         assert [r["step"] for r in events[0][1]] == list(range(15))
-        assert c2.get(f"/api/runs/{run_id}/network").status_code == 409
+        net = c2.get(f"/api/runs/{run_id}/network").json()  # from the run directory: its last state
+        assert net == live_net
 
 
 def test_server_shutdown_stops_live_runs_with_files_flushed(runs_dir, compile_cache):
@@ -416,9 +419,10 @@ def test_server_shutdown_stops_live_runs_with_files_flushed(runs_dir, compile_ca
     assert m["steps_done"] == 0  # the paused run never stepped
 
 
-def test_a_social_run_has_its_own_columns_charts_and_follow_graph(client):
+def test_a_social_run_has_its_own_columns_charts_and_follow_graph(client, runs_dir, compile_cache):
     """What the page draws comes from the model's registry entry: a social run charts posts, actions,
-    stance and polarization, and its network view is a piece of its real follow graph."""
+    stance and polarization, and its network view is a piece of its real follow graph, the same from
+    the run directory after a restart."""
     from simcore.models import build
     from simcore.models.social.model import STANCE_BINS
 
@@ -454,3 +458,30 @@ def test_a_social_run_has_its_own_columns_charts_and_follow_graph(client):
     for i, j, _ in net["edges"]:  # every drawn edge is a follow, one way or the other
         a, b = nodes[i], nodes[j]
         assert b in follows[a] or a in follows[b]
+    assert net["step"] == 6
+    with ServerThread(create_app(ServerConfig(runs_dir=runs_dir, compile_cache=compile_cache))) as again, \
+            httpx.Client(base_url=again.url, timeout=60) as c2:
+        assert c2.get(f"/api/runs/{run_id}").json()["live"] is False
+        assert c2.get(f"/api/runs/{run_id}/network").json() == net  # served from the run directory
+
+
+def test_a_run_without_a_graph_says_why_live_and_from_disk(client, runs_dir, compile_cache):
+    """An economy run has no graph: 409 with the reason, live and (from its manifest) after a restart; a run
+    directory without the view's files (written before the view was kept) says it recorded none."""
+    r = client.post("/api/runs", json={"scenario": "tax_us_fixed_small",
+                                        "overrides": ["population.size=300", "run.steps=3", "output.sample_agents=50"]})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    wait_status(client, run_id, "completed")
+    live = client.get(f"/api/runs/{run_id}/network")
+    assert live.status_code == 409 and "has no graph to show" in live.json()["detail"]
+    covid = start(client, steps=3, paused=False)
+    wait_status(client, covid, "completed")
+    for name in ("network_nodes.parquet", "network_edges.parquet"):
+        (runs_dir / covid / name).unlink()
+    with ServerThread(create_app(ServerConfig(runs_dir=runs_dir, compile_cache=compile_cache))) as again, \
+            httpx.Client(base_url=again.url, timeout=60) as c2:
+        past = c2.get(f"/api/runs/{run_id}/network")
+        assert past.status_code == 409 and past.json()["detail"] == live.json()["detail"]
+        old = c2.get(f"/api/runs/{covid}/network")
+        assert old.status_code == 409 and old.json()["detail"] == "this run recorded no network view"

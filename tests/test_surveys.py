@@ -192,6 +192,28 @@ def test_resume_neither_duplicates_nor_loses_survey_rows(scripted, tmp_path):
     assert resumed.select(cols).sort(cols).equals(whole.select(cols).sort(cols))
 
 
+def test_survey_rounds_are_appended_as_parts_and_compacted_at_close(scripted, tmp_path):
+    """A round writes only its own rows (one part file); closing merges them into surveys.parquet."""
+    import pyarrow.parquet as pq
+
+    from simcore import rundir
+    from simcore.session import RunSession
+
+    sc = load_scenario("polarization_llm_small", ["population.size=600", "run.steps=24", "run.chunk_size=12",
+                                                  "surveys.0.steps=[0, 12]", "output.sample_agents=50"])
+    d = tmp_path / "run"
+    session = RunSession(sc, d).open()
+    session.run(13)  # both rounds asked (steps 0 and 12), the run not closed
+    parts = sorted((d / "surveys.parts").glob("part-*.parquet"))
+    assert [sorted(set(pq.read_table(p).column("step").to_pylist())) for p in parts] == [[0], [12]]
+    assert not (d / "surveys.parquet").exists()
+    during = read_surveys(d)
+    session.run()
+    session.close()
+    assert not (d / "surveys.parts").exists() and rundir.table_files(d, "surveys") == [d / "surveys.parquet"]
+    assert read_surveys(d).equals(during)  # the same rows, now in one file
+
+
 @pytest.mark.parametrize("bias", [0.0, BIAS])
 def test_probe_measures_order_and_temperature_sensitivity_per_item(bias, monkeypatch):
     from llm_policy.probe import probe_surveys

@@ -263,13 +263,7 @@ def build_economy(scenario: Scenario, seed: int) -> Built:
     prm = scenario.model.params
     cfg, state, params, base, info = economy.init(prm, n, seed)
     info["init_seconds"] = time.perf_counter() - t0
-    factory = None
-    if prm.planner.kind == "llm":
-        def factory():
-            from llm_policy.planner import make_planner_policy
-            return [make_planner_policy(prm, cfg)]
-    return Built(economy.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info,
-                 host_policies=factory)
+    return Built(economy.make_model(cfg), state, params, base, n, np.empty(0, np.int32), info)
 
 
 def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = None,
@@ -282,6 +276,7 @@ def build(scenario: Scenario, *, seed: int | None = None, steps: int | None = No
     steps = scenario.run.steps if steps is None else steps
     built = entry.build(scenario, seed)
     built.metric_groups = entry.groups(scenario)
+    built.host_policies = entry.host_policies_for(scenario)  # e.g. the economy's LLM planner (llm_policy)
     interventions = [Intervention(param=iv.param, start=iv.start, end=iv.end, value=iv.value, mode=iv.mode,
                                   name=iv.name) for iv in scenario.interventions]
     built.schedule = build_schedule(built.schedule, steps, interventions)

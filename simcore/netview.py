@@ -1,14 +1,22 @@
-"""A small, drawable piece of a run's graph (contact layers, follow rows: the model's registry entry says which).
+"""The network view: a small, drawable piece of a run's graph (contact layers, follow rows: the model's
+registry entry says which), owned by the run session.
 
-Breadth-first from one agent over every layer, a level at a time (vectorised per
-level; only the visited rows are read from the device), capped at ``max_nodes``;
-then the induced subgraph and a spring layout computed once with networkx.
+:func:`sample_subgraph`: breadth-first from one agent over every layer, a level at a time (vectorised
+per level; only the visited rows are read from the device), capped at ``max_nodes``; then the induced
+subgraph and a spring layout computed once with networkx.
+
+:class:`NetworkView` is what a :class:`~simcore.session.RunSession` keeps of it: the subgraph (written
+to the run directory at open, :func:`simcore.rundir.write_network`) and each node's state at a step
+(appended to the ``network_states`` table now and then, and at close), so a finished or past run
+serves the same view from disk (:func:`simcore.rundir.read_network`) as a live one from memory.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import numpy as np
+
+MAX_NODES = 150
 
 
 def _neighbours(layer, nodes: np.ndarray, per_node: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,3 +85,24 @@ def sample_subgraph(layers: Mapping[str, Any], start: int, *, max_nodes: int = 1
         "edges": edges_arr.tolist(),
         "layers": names,
     }
+
+
+class NetworkView:
+    """The sampled subgraph of one run and the means to read its nodes' states from a simulation state."""
+
+    def __init__(self, graph: dict[str, Any], view: Any):
+        self.graph = graph  # nodes, x, y, edges, layers, graph, labels, colour (JSON-able)
+        self._view = view  # the model's GraphView
+        self._nodes = np.asarray(graph["nodes"], np.int32)
+
+    @classmethod
+    def sample(cls, view: Any, built: Any, seed: int) -> "NetworkView":
+        """Sample ``view`` (the registry entry's ``GraphView`` of ``built``) from its first sampled agent."""
+        start = int(built.sample_idx[0]) if len(built.sample_idx) else 0
+        graph = {**sample_subgraph(view.layers, start, max_nodes=MAX_NODES, seed=seed),
+                 "graph": view.kind, "labels": list(view.labels), "colour": view.colour}
+        return cls(graph, view)
+
+    def state(self, sim_state: Any) -> np.ndarray:
+        """Each node's code into ``labels`` (host array, one per node)."""
+        return np.asarray(self._view.state(sim_state, self._nodes))
