@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -126,3 +127,25 @@ def test_bad_factory_blocks_are_refused_naming_the_field(override, field):
     with pytest.raises(ScenarioError) as err:
         check_scenario(load_scenario("polarization_llm_small", [override]), memory=False)
     assert field in str(err.value)
+
+
+def test_household_size_levels_equal_a_numpy_count_over_households():
+    import jax
+
+    from llm_policy.personas import check_personas, feature_levels
+    from simcore.models import build
+    from simcore.models.epidemic import HOUSEHOLD_SIZES
+
+    sc = load_scenario("covid_small", ["population.size=3000"])
+    built = build(sc)
+    hh = np.asarray(built.population.attributes["household"])
+    ids, inverse, counts = np.unique(hh, return_inverse=True, return_counts=True)  # members per household id
+    size = counts[inverse]
+    band = np.where(size == 1, 0, np.where(size == 2, 1, np.where(size <= 4, 2, 3)))
+    got = np.asarray(jax.device_get(built.model.features(built.state, built.params)["household_size"]))
+    assert got.dtype == np.int8 and got.shape == (3000,)  # one byte per agent
+    assert np.array_equal(got, band)
+    assert len(np.unique(got)) > 1
+    levels = feature_levels(built.model, built.state, built.params)
+    assert levels["household_size"] == HOUSEHOLD_SIZES
+    check_personas(PersonaSpec(templates=["someone from a household of {household_size}"]), levels)
