@@ -683,7 +683,7 @@ class SurveySpec(Strict):
     group_by: list[str] = Field(min_length=1)
     labels: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a feature's levels")
     orders: PositiveInt = Field(2, description="listed option orders averaged per archetype and item (rotations)")
-    prompt: str = Field("{persona}\nSurvey question: {question}\nAnswer with one of: {options}.\nAnswer:",
+    prompt: str = Field("Survey question: {question}\nAnswer with one of: {options}.\nRespondent: {persona}.\nAnswer:",
                         min_length=1)
     items: list[SurveyItemSpec] = Field(min_length=1)
 
