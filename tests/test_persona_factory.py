@@ -149,3 +149,21 @@ def test_household_size_levels_equal_a_numpy_count_over_households():
     levels = feature_levels(built.model, built.state, built.params)
     assert levels["household_size"] == HOUSEHOLD_SIZES
     check_personas(PersonaSpec(templates=["someone from a household of {household_size}"]), levels)
+
+
+@pytest.mark.llm
+def test_embedded_model_writes_bounded_greedy_backstories():
+    pytest.importorskip("llama_cpp")
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    b = LlamaCppBackend(n_ctx=1024, n_threads=1)
+    try:
+        spec = PersonaSpec(templates=["A {persona} user, {stance_bin}"], factory={"max_tokens": 32})
+        a, fallbacks, errors = generate_backstories(spec, 1, b, COMBOS[:2])
+        again, _, _ = generate_backstories(spec, 1, b, COMBOS[:2])
+        raw = b.complete(backstory_prompt(spec, 1, COMBOS[0]), max_tokens=5, stop=("\n",))
+    finally:
+        b.close()
+    assert fallbacks == 0 and errors == [] and a == again  # greedy: the same text again
+    assert all(10 <= len(t) <= spec.factory.max_chars and "\n" not in t for t in a)
+    assert 0 < len(raw.split()) <= 5  # the token bound holds (a token is at most a word here)
