@@ -56,6 +56,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     runner.update(sim)
     seconds = time.perf_counter() - t0
+    stats = dict(getattr(policy.backend, "stats", {}))
     policy.close()
     archetypes = len({r["archetype"] for r in runner.rows})
     calls = archetypes * len(items) * args.orders
@@ -64,6 +65,9 @@ def main(argv=None) -> None:
     print(f"backend {getattr(policy.backend, 'identity', '?')}: setup {setup:.1f} s; survey round {seconds:.1f} s "
           f"({seconds / calls:.3f} s per call); target <= 30 s for <= 64 archetypes: "
           f"{'met' if seconds <= 30 and archetypes <= 64 else 'NOT met' if archetypes <= 64 else 'n/a (> 64)'}")
+    if stats:  # where the time goes: context tokens decoded vs served from cached KV prefixes
+        print("backend stats: " + ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) and k != "seconds"
+                                            else f"{k} {v}" for k, v in stats.items()))
 
 
 if __name__ == "__main__":

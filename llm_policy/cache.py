@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from llm_policy.types import ScoreRequest, ScoreResult
 
-__all__ = ["CachedBackend", "ResponseCache", "json_key", "score_key"]
+__all__ = ["CachedBackend", "ResponseCache", "complete_key", "json_key", "score_key"]
 
 _SCHEMA_VERSION = 1
 
@@ -62,6 +62,21 @@ def json_key(identity: str, prompt: str, schema: dict, max_tokens: int, temperat
         "schema": schema,
         "max_tokens": int(max_tokens),
         "temperature": float(temperature),
+    }
+    return hashlib.sha256(_canon(payload).encode("utf-8")).hexdigest()
+
+
+def complete_key(identity: str, prompt: str, max_tokens: int, stop: Sequence[str], temperature: float,
+                 seed: int) -> str:
+    """Cache key of a ``complete`` call (hex sha256): the seed is part of it even for greedy decoding."""
+    payload = {
+        "kind": "complete",
+        "identity": identity,
+        "prompt": prompt,
+        "max_tokens": int(max_tokens),
+        "stop": list(stop),
+        "temperature": float(temperature),
+        "seed": int(seed),
     }
     return hashlib.sha256(_canon(payload).encode("utf-8")).hexdigest()
 
@@ -264,6 +279,28 @@ class ResponseCache:
                 (k, identity, prompt, json.dumps(value, ensure_ascii=False), time.time()),
             )
 
+    # -- text completions (same table as JSON generations, own key kind) --
+    def get_text(self, identity: str, prompt: str, max_tokens: int, stop: Sequence[str], temperature: float,
+                 seed: int) -> str | None:
+        """Stored completion, or None on a miss (counts towards hits/misses)."""
+        k = complete_key(identity, prompt, max_tokens, stop, temperature, seed)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM json_responses WHERE key=?", (k,)).fetchone()
+            if row is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+        return str(json.loads(row[0]))
+
+    def put_text(self, identity: str, prompt: str, max_tokens: int, stop: Sequence[str], temperature: float,
+                 seed: int, text: str) -> None:
+        k = complete_key(identity, prompt, max_tokens, stop, temperature, seed)
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO json_responses VALUES (?,?,?,?,?)",
+                (k, identity, prompt, json.dumps(text, ensure_ascii=False), time.time()),
+            )
+
     def close(self) -> None:
         with self._lock:
             try:
@@ -331,6 +368,16 @@ class CachedBackend:
         if self.cache_json:
             self.cache.put_json(self.identity, prompt, schema, max_tokens, temperature, value)
         return value
+
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop: Sequence[str] = (), temperature: float = 0.0,
+                 seed: int = 0) -> str:
+        """Plain bounded completion, cached like ``generate_json`` (always: a seeded sample is frozen)."""
+        hit = self.cache.get_text(self.identity, prompt, max_tokens, stop, temperature, seed)
+        if hit is not None:
+            return hit
+        text = self.backend.complete(prompt, max_tokens=max_tokens, stop=stop, temperature=temperature, seed=seed)
+        self.cache.put_text(self.identity, prompt, max_tokens, stop, temperature, seed, text)
+        return text
 
     def close(self) -> None:
         self.backend.close()

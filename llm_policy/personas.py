@@ -41,10 +41,22 @@ def persona_fields(spec: PersonaSpec | None) -> set[str]:
     return set().union(*(template_fields(t) for t in spec.templates))
 
 
-def check_personas(spec: PersonaSpec | None, features: Mapping[str, tuple] | Iterable[str]) -> None:
-    """Templates name only the model's features, render, and label only known levels; raises ScenarioError."""
+def check_personas(spec: PersonaSpec | None, features: Mapping[str, tuple] | Iterable[str],
+                   has_policy: bool = True) -> None:
+    """Templates name only the model's features, render, and label only known levels; a factory has a policy
+    backend to ask and a prompt over {examples} and {persona}; raises ScenarioError."""
     if spec is None:
         return
+    if spec.factory is not None:
+        if not has_policy:
+            raise ScenarioError("personas.factory", "needs a policy: block (its backend writes the backstories)")
+        try:
+            unknown = sorted(template_fields(spec.factory.prompt) - {"examples", "persona"})
+        except ValueError as exc:
+            raise ScenarioError("personas.factory.prompt", f"not a valid template: {exc}") from None
+        if unknown:
+            raise ScenarioError("personas.factory.prompt", f"unknown field {{{unknown[0]}}} (available: examples, "
+                                "persona)")
     levels = {f: tuple(v) for f, v in features.items()} if isinstance(features, Mapping) else \
         {f: () for f in features}
     for i, t in enumerate(spec.templates):
@@ -82,7 +94,9 @@ def feature_levels(model, state, params) -> dict[str, tuple[str, ...]]:
 
 def check_grouping(spec: PersonaSpec | None, prompt_fields: set[str], group_by: Iterable[str], where: str) -> None:
     """A prompt that uses ``{persona}`` must group on every field the persona templates name."""
-    if spec is None or "persona" not in prompt_fields:
+    if "backstory" in prompt_fields and (spec is None or spec.factory is None):
+        raise ScenarioError(f"{where}.prompt", "uses {backstory}, which needs a personas.factory block")
+    if spec is None or not {"persona", "backstory"} & prompt_fields:
         return
     missing = sorted(persona_fields(spec) - set(group_by))
     if missing:
@@ -142,8 +156,11 @@ def persona_table(spec: PersonaSpec, seed: int, features: Mapping[str, np.ndarra
     return cols
 
 
-def write_personas(run_dir, spec: PersonaSpec, seed: int, model, state, params) -> None:
-    """``personas.parquet``: the population's distinct personas at the start of the run (see :func:`persona_table`)."""
+def write_personas(run_dir, spec: PersonaSpec, seed: int, model, state, params, backend=None) -> dict:
+    """``personas.parquet``: the population's distinct personas at the start of the run (see :func:`persona_table`).
+
+    With ``personas.factory``, ``backend`` writes each persona's backstory (column ``backstory``). Returns
+    ``{"backstories": {combo_key(codes): text}, "backstory_fallbacks": n, "backstory_errors": [...]}``."""
     from pathlib import Path
 
     import jax
@@ -154,4 +171,76 @@ def write_personas(run_dir, spec: PersonaSpec, seed: int, model, state, params) 
     fields = sorted(persona_fields(spec))
     feats = jax.device_get({k: v for k, v in model.features(state, params).items() if k in fields or not fields})
     table = persona_table(spec, seed, feats, model.labels)
+    info: dict = {"backstories": {}, "backstory_fallbacks": 0, "backstory_errors": []}
+    if spec.factory is not None:
+        combos = [{f: table[f][i] for f in fields} for i in range(len(table["persona_text"]))]
+        texts, fallbacks, errors = generate_backstories(spec, seed, backend, combos)
+        table["backstory"] = texts
+        info = {"backstories": {combo_key(c): t for c, t in zip(combos, texts)}, "backstory_fallbacks": fallbacks,
+                "backstory_errors": errors}
     atomic_write_table(pa.table(table), Path(run_dir) / "personas.parquet")
+    return info
+
+
+# -- the persona factory: one LLM backstory per archetype (``personas.factory``) ------------------------------
+
+def backstory_seed(seed: int, codes: Mapping[str, str]) -> int:
+    """The sampler seed of an archetype's backstory: a SHA-256 of the run seed and its level codes."""
+    key = f"backstory|{seed}|" + "|".join(f"{k}={codes[k]}" for k in sorted(codes))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def backstory_prompt(spec: PersonaSpec, seed: int, codes: Mapping[str, str]) -> str:
+    """The few-shot completion prompt of an archetype: the examples, in an order chosen by the seed, then its
+    persona and an open ``Backstory:`` for a base model to continue."""
+    f = spec.factory
+    assert f is not None
+    order = np.random.default_rng(backstory_seed(seed, codes)).permutation(len(f.examples))
+    examples = "\n\n".join(f.examples[i] for i in order)
+    return f.prompt.format_map({"examples": examples, "persona": render_persona(spec, seed, codes).rstrip(".")})
+
+
+def clip_backstory(text: str, max_chars: int) -> str:
+    """Whitespace collapsed; cut to the last sentence end within ``max_chars`` (else at ``max_chars``)."""
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    return cut[: end + 1] if end > 0 else cut.rstrip()
+
+
+def generate_backstories(spec: PersonaSpec, seed: int, backend, combos: list[dict[str, str]]
+                         ) -> tuple[list[str], int, list[str]]:
+    """A backstory per combination of level codes, from ``backend.complete`` (cached where the backend is a
+    CachedBackend). Returns (backstories, fallbacks, errors): a generation that raises ``retries + 1`` times
+    or is shorter than ``min_chars`` falls back to the persona text."""
+    from .types import BackendError
+
+    f = spec.factory
+    assert f is not None
+    out, fallbacks, errors = [], 0, []
+    for codes in combos:
+        prompt = backstory_prompt(spec, seed, codes)
+        text = None
+        for _ in range(f.retries + 1):
+            try:
+                got = clip_backstory(backend.complete(prompt, max_tokens=f.max_tokens, stop=tuple(f.stop),
+                                                      temperature=f.temperature, seed=backstory_seed(seed, codes)),
+                                     f.max_chars)
+            except (BackendError, RuntimeError, OSError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if len(got) >= f.min_chars:
+                text = got
+                break
+            errors.append(f"too short ({len(got)} < {f.min_chars} chars): {got!r}")
+        if text is None:
+            fallbacks += 1
+            text = render_persona(spec, seed, codes)
+        out.append(text)
+    return out, fallbacks, errors
+
+
+def combo_key(codes: Mapping[str, str]) -> tuple:
+    return tuple(sorted(codes.items()))

@@ -49,7 +49,7 @@ from .archetypes import Groups, broadcast, group, per_agent
 from .personas import check_grouping, render_persona
 from .types import BackendUnavailable, ScoreRequest
 
-ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size", "interventions", "persona")
+ENV_FIELDS = ("date", "month", "year", "step", "options", "group_size", "interventions", "persona", "backstory")
 LLM_METRICS = ("llm_calls", "llm_cache_hits", "llm_fallbacks", "llm_prompt_tokens", "llm_completion_tokens",
                "llm_seconds")
 EPS = 1e-6  # per-step hazards are clipped to [EPS, 1 - EPS] before their logit
@@ -145,7 +145,7 @@ def trial_values(flags, stats_names, scheduled, levels: Mapping[str, tuple], gro
     return {**{name: Flag(True) for name in flags}, **{name: 1.0 for name in (*stats_names, *scheduled)},
             **{f: (levels[f][0] if levels[f] else "label") for f in group_by}, "date": "March 2020",
             "month": "March", "year": 2020, "step": 0, "options": options, "group_size": 1,
-            "interventions": "none", "persona": "a persona"}
+            "interventions": "none", "persona": "a persona", "backstory": "a backstory"}
 
 
 def check_policy_names(spec: PolicySpec, model_name: str, decision_targets, features, stats_names, *,
@@ -231,6 +231,7 @@ class ArchetypePolicy:
                  interventions: Iterable = (), personas=None, seed: int = 0):
         self.spec = spec
         self.personas = personas  # scenarios.schema.PersonaSpec or None: what {persona} reads
+        self.backstories: dict[tuple, str] = {}  # personas.factory's texts by combo_key (set by the session)
         self.seed = seed
         self.model = model
         self.every = spec.every
@@ -419,11 +420,27 @@ class ArchetypePolicy:
         if (self.personas is not None or "persona" not in groups.group_by) and "persona" in _fields(d.prompt):
             codes = {name: self.model.labels[name][lv] for name, lv in groups.decode(int(groups.codes[j])).items()}
             values["persona"] = self.persona(d, codes)
+        if "backstory" in _fields(d.prompt):
+            codes = {name: self.model.labels[name][lv] for name, lv in groups.decode(int(groups.codes[j])).items()}
+            values["backstory"] = self.backstory(codes)
         return values
 
     def persona(self, d: DecisionSpec, codes: Mapping[str, str]) -> str:
         """``{persona}`` for a group with these level codes (the scenario's ``personas:``, or a default listing)."""
-        return render_persona(self.personas, self.seed, codes, d.labels)
+        text = render_persona(self.personas, self.seed, codes, d.labels)
+        f = getattr(self.personas, "factory", None)
+        if f is not None and f.into_persona:
+            text = f"{text.rstrip('.')}. {self.backstory(codes)}"
+        return text
+
+    def backstory(self, codes: Mapping[str, str]) -> str:
+        """``{backstory}``: the persona factory's text for these levels (written with personas.parquet)."""
+        from .personas import combo_key, persona_fields
+
+        key = combo_key({f: codes[f] for f in persona_fields(self.personas)})
+        if key not in self.backstories:
+            raise KeyError(f"no backstory for {dict(key)} (personas.parquet was not written with a factory)")
+        return self.backstories[key]
 
     def label(self, d: DecisionSpec, feature: str, level: int) -> str:
         """How a feature's level reads in ``d``'s prompt: its words in ``d.labels``, else its code."""

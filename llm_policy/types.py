@@ -222,6 +222,20 @@ class Backend(Protocol):
         :class:`BackendError` if no schema-valid value could be produced."""
         ...
 
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 64,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> str:
+        """Plain free-text continuation of ``prompt``: at most ``max_tokens`` tokens, cut before
+        any ``stop`` string; greedy when ``temperature`` is 0, else sampled with ``seed``. Raises
+        :class:`BackendError` when no text could be produced."""
+        ...
+
     def close(self) -> None:
         ...
 

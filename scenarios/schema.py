@@ -589,6 +589,43 @@ IDENT = r"^[a-z][a-z0-9_]*$"
 LIKERT_5 = ["strongly disagree", "disagree", "neither agree nor disagree", "agree", "strongly agree"]
 
 
+class PersonaFactorySpec(Strict):
+    """``personas.factory``: a short narrative backstory per archetype (per distinct combination of the
+    persona templates' fields), generated once per run by the policy's backend from a few-shot completion
+    prompt (suited to a base model) and stored in ``personas.parquet`` (``backstory``); prompts read it as
+    ``{backstory}``, and ``{persona}`` ends with it when ``into_persona``. Greedy decoding when
+    ``temperature`` is 0 (the default); otherwise the backend's sampler seeded from ``run.seed`` and the
+    archetype. The seed is part of the cache key either way (it also picks the order of the examples).
+    A generation that fails ``retries + 1`` times, or comes back shorter than ``min_chars``, falls back to
+    the persona text (counted as ``backstory_fallbacks`` in the manifest)."""
+
+    examples: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: [
+            "Persona: a retired teacher in a small town.\nBackstory: She taught for thirty years and still "
+            "tutors the neighbours' children; she reads two newspapers a day and distrusts rumours.",
+            "Persona: a young delivery driver in a big city.\nBackstory: He works long shifts to support his "
+            "younger brothers and follows the news on his phone between drops.",
+            "Persona: a nurse with two children.\nBackstory: She works nights at the county hospital and "
+            "plans every week around school runs and her mother's appointments."],
+        min_length=1, description="few-shot examples, each 'Persona: ...\\nBackstory: ...'")
+    prompt: str = Field("{examples}\n\nPersona: {persona}.\nBackstory:", min_length=1,
+                        description="completion prompt over {examples} and {persona}")
+    max_tokens: int = Field(48, ge=4, le=256, description="length bound of a backstory, in tokens")
+    max_chars: int = Field(400, ge=20, le=4000, description="a backstory is cut at the last sentence end within this")
+    min_chars: int = Field(10, ge=0, le=1000, description="shorter generations count as failures")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["\n"], max_length=8,
+                                                            description="generation stops at any of these")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding")
+    retries: int = Field(1, ge=0, le=5)
+    into_persona: bool = Field(False, description="{persona} ends with the backstory")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"min_chars: {self.min_chars} must be below max_chars ({self.max_chars})")
+        return self
+
+
 class PersonaSpec(Strict):
     """How an agent's (or an archetype's) persona reads: ``{persona}`` in decision and survey prompts.
 
@@ -602,6 +639,7 @@ class PersonaSpec(Strict):
 
     templates: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     labels: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a feature's levels")
+    factory: PersonaFactorySpec | None = Field(None, description="LLM-generated backstories per archetype")
 
 
 class SurveyItemSpec(Strict):
@@ -645,7 +683,7 @@ class SurveySpec(Strict):
     group_by: list[str] = Field(min_length=1)
     labels: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a feature's levels")
     orders: PositiveInt = Field(2, description="listed option orders averaged per archetype and item (rotations)")
-    prompt: str = Field("{persona}\nSurvey question: {question}\nAnswer with one of: {options}.\nAnswer:",
+    prompt: str = Field("Survey question: {question}\nAnswer with one of: {options}.\nRespondent: {persona}.\nAnswer:",
                         min_length=1)
     items: list[SurveyItemSpec] = Field(min_length=1)
 

@@ -398,7 +398,8 @@ class RunSession:
         if scenario.personas is not None:  # unknown template fields exit 2 before any file
             from llm_policy.personas import check_personas, feature_levels
 
-            check_personas(scenario.personas, feature_levels(built.model, built.state, built.params))
+            check_personas(scenario.personas, feature_levels(built.model, built.state, built.params),
+                           has_policy=scenario.policy is not None)
         policy = make_archetype_policy(scenario, built, seed, backend=self.backend)  # a backend that cannot start
         surveys = None
         try:
@@ -433,7 +434,11 @@ class RunSession:
             from llm_policy.personas import write_personas
 
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_personas(run_dir, scenario.personas, seed, built.model, built.state, built.params)
+            info = write_personas(run_dir, scenario.personas, seed, built.model, built.state, built.params,
+                                  backend=policy.backend if policy is not None else None)
+            if scenario.personas.factory is not None:
+                policy.backstories = info["backstories"]
+                extra["backstory_fallbacks"] = info["backstory_fallbacks"]
         self.policies = (self.extra_policies + self.model_policies + ([policy] if policy is not None else [])
                          + ([surveys] if surveys is not None else []))
         if self.write:

@@ -62,7 +62,7 @@ def _check_people(scenario: Scenario) -> None:
     from .models import policy_interface, scheduled_params
 
     iface = policy_interface(scenario)
-    check_personas(scenario.personas, iface["features"])
+    check_personas(scenario.personas, iface["features"], has_policy=scenario.policy is not None)
     check_surveys(scenario.surveys, features=iface["features"], stats_names=iface["stats"], steps=scenario.run.steps,
                   every=scenario.policy.every if scenario.policy is not None else None,
                   scheduled=tuple(scheduled_params(scenario)), interventions=scenario.interventions,

@@ -26,7 +26,7 @@ STANCE = {"strongly against": -2, "against": -1, "undecided": 0, "in favour": 1,
 
 def _base(prompt: str, n: int) -> np.ndarray:
     """The archetype's own leaning: later options gain with the stance shown in the persona."""
-    first_line = prompt.split("\n", 1)[0]
+    first_line = prompt.rsplit("Respondent: ", 1)[-1]  # the persona (after the shared item text)
     stance = next(v for k, v in sorted(STANCE.items(), key=lambda kv: -len(kv[0])) if k in first_line)
     return 0.4 * stance * np.arange(n)
 

@@ -34,9 +34,12 @@ class ScriptedBackend:
         *,
         identity: str = "scripted:test",
         json_fn: Callable[[str, dict], Any] | None = None,
+        text_fn: Callable[[str, int], str] | None = None,
     ) -> None:
         self.fn = fn
         self.json_fn = json_fn
+        self.text_fn = text_fn
+        self.completions: list[tuple[str, int, int]] = []  # (prompt, max_tokens, seed) of each complete call
         self.identity = identity
         self.calls: list[list[ScoreRequest]] = []
         self.closed = False
@@ -76,6 +79,18 @@ class ScriptedBackend:
         if errs:
             raise BackendError("; ".join(errs))
         return value
+
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop: Sequence[str] = (), temperature: float = 0.0,
+                 seed: int = 0) -> str:
+        """``text_fn(prompt, seed)``, cut at the first ``stop`` string and to ``max_tokens`` words."""
+        with self._lock:
+            self.completions.append((prompt, max_tokens, seed))
+        if self.text_fn is None:
+            raise BackendError("ScriptedBackend has no text_fn")
+        text = str(self.text_fn(prompt, seed))
+        for s in stop:
+            text = text.split(s, 1)[0]
+        return " ".join(text.split(" ")[:max_tokens])
 
     def close(self) -> None:
         self.closed = True

@@ -399,6 +399,21 @@ class LlamaCppBackend:
                 raise BackendError(f"generation hit max_tokens={max_tokens} before the JSON closed: {exc}") from None
         return parse_json_output(text, schema)
 
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop: Sequence[str] = (), temperature: float = 0.0,
+                 seed: int = 0) -> str:
+        """Plain completion of at most ``max_tokens`` tokens, stopped at any of ``stop``: greedy when
+        ``temperature`` is 0, else llama.cpp's sampler seeded with ``seed`` (a function of its arguments)."""
+        with self._lock:
+            self._llm.reset()  # the Llama's own context serves generation only; scoring uses the slots
+            try:
+                out: Any = self._llm.create_completion(
+                    prompt, max_tokens=max_tokens, temperature=temperature, top_k=0 if temperature > 0 else 1,
+                    top_p=1.0, min_p=0.0, repeat_penalty=1.0, stop=list(stop) or None,
+                    seed=int(seed) & 0x7FFFFFFF)
+            except Exception as exc:  # noqa: BLE001 - llama.cpp raises plain exceptions
+                raise BackendError(f"completion failed: {type(exc).__name__}: {exc}") from exc
+        return str(out["choices"][0]["text"])
+
     def close(self) -> None:
         with self._lock:
             for slot in getattr(self, "_slots", ()):

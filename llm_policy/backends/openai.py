@@ -650,6 +650,33 @@ class OpenAIBackend:
         except _RequestFailed as exc:
             raise BackendError(f"generate_json failed: {exc}") from None
 
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop: Sequence[str] = (), temperature: float = 0.0,
+                 seed: int = 0) -> str:
+        """Plain bounded completion (``/v1/completions``, ``seed`` passed on), with the usual retries."""
+        if self._closed:
+            raise RuntimeError("OpenAIBackend is closed")
+
+        def body(ep: _Endpoint) -> dict:
+            b: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                                 "temperature": temperature, "seed": int(seed)}
+            if stop:
+                b["stop"] = list(stop)
+            return b
+
+        def parse(data: Any, ep: _Endpoint) -> str:
+            choice = data["choices"][0]
+            if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+                raise _Malformed("choice without text")
+            return choice["text"]
+
+        async def go() -> str:
+            try:
+                return await self._call("POST", "/v1/completions", body, parse, _Attempts())
+            except _RequestFailed as exc:
+                raise BackendError(f"complete failed: {exc}") from None
+
+        return self._lt.run(go())
+
 
 def _schema_to_gbnf(schema: dict) -> str:
     try:

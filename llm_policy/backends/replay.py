@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from llm_policy.cache import ResponseCache, json_key, score_key
+from llm_policy.cache import ResponseCache, complete_key, json_key, score_key
 from llm_policy.types import BackendUnavailable, ScoreRequest, ScoreResult
 
 __all__ = ["ReplayBackend", "ReplayMiss"]
@@ -74,6 +74,13 @@ class ReplayBackend:
         if value is None:
             raise ReplayMiss(json_key(self.identity, prompt, schema, max_tokens, temperature), self.identity, prompt)
         return value
+
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop=(), temperature: float = 0.0, seed: int = 0) -> str:
+        text = self.cache.get_text(self.identity, prompt, max_tokens, stop, temperature, seed)
+        if text is None:
+            raise ReplayMiss(complete_key(self.identity, prompt, max_tokens, stop, temperature, seed), self.identity,
+                             prompt)
+        return text
 
     def close(self) -> None:
         if self._owns_cache:

@@ -143,6 +143,15 @@ class VLLMBackend:
             raise BackendError(f"vllm generate failed: {type(exc).__name__}: {exc}") from exc
         return parse_json_output(text, schema)
 
+    def complete(self, prompt: str, *, max_tokens: int = 64, stop=(), temperature: float = 0.0, seed: int = 0) -> str:
+        params = self._vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=int(seed),
+                                           stop=list(stop) or None)
+        try:
+            outs = self._llm.generate([prompt], sampling_params=params, use_tqdm=False)
+            return str(outs[0].outputs[0].text)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"vllm generate failed: {type(exc).__name__}: {exc}") from exc
+
     def close(self) -> None:
         self._llm = None
 

@@ -69,7 +69,14 @@ SCHEDULED = ("household_scale", "workplace_scale", "school_scale", "community_sc
 # what an archetype policy may fill, group on (keys of features()) and show in prompts (keys of stats()),
 # known without building; tests/test_validation.py checks them against a built model
 DECISION_TARGETS = ("isolate_llm", "work_llm")
-FEATURES = ("age_band", "borough", "occupation", "case_trend", "labor", "isolating", "disease")
+FEATURES = ("age_band", "borough", "occupation", "case_trend", "labor", "isolating", "disease", "household_size")
+HOUSEHOLD_SIZES = ("1", "2", "3-4", "5+")  # household_size feature levels (int8 code per agent: 1 byte/agent)
+
+
+def household_size_band(household: np.ndarray, n_households: int) -> np.ndarray:
+    """int8 [N]: the band (HOUSEHOLD_SIZES) of each agent's household size, from the household ids (bincount)."""
+    sizes = np.bincount(np.asarray(household), minlength=n_households)[np.asarray(household)]
+    return (np.searchsorted(np.array([2, 3, 5]), sizes, side="right")).astype(np.int8)
 STATS = ("weekly_cases", "case_change_pct", "isolating_pct", "unemployed_pct", "employed_pct", "infected_pct")
 
 
@@ -356,6 +363,7 @@ def features(st: EpidemicState, p):
         "age_band": p["age_band"], "borough": b, "occupation": p["occupation"],
         "case_trend": trend_bin(st.growth)[b], "labor": st.labor,
         "isolating": (st.iso_days > 0).astype(jnp.int8), "disease": st.disease,
+        "household_size": p["household_size"],
     }
 
 
@@ -379,7 +387,8 @@ def make_model(cfg: EpidemicConfig, occupation_labels: tuple[str, ...] = ()) -> 
         metrics=partial(metrics, cfg),
         sample=sample,
         labels={"disease": STATES, "labor": LABOR, "borough": cfg.borough_labels, "age_band": cfg.age_labels,
-                "occupation": occupation_labels, "case_trend": TRENDS, "isolating": ("no", "yes")},
+                "occupation": occupation_labels, "case_trend": TRENDS, "isolating": ("no", "yes"),
+                "household_size": HOUSEHOLD_SIZES},
         features=features,
         stats=stats,
         decision_targets=DECISION_TARGETS,
@@ -466,6 +475,7 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         "age_band": jnp.asarray(attrs["age_band"]),
         "occupation": jnp.asarray(attrs["occupation"]),
         "group": jnp.asarray(group),
+        "household_size": jnp.asarray(household_size_band(attrs["household"], population.households)),
         "borough_pop": f32(np.maximum(borough_pop, 1)),
         "layers": {name: Layer.from_csr(layers[name]) for name in LAYERS},
         **numeric_params(params.model_dump()),
