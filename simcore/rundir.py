@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 HOSTS = "hosts"
-APPENDED = ("metrics", "llm_calls")  # part files per flush, compacted into NAME.parquet at close
+APPENDED = ("metrics", "llm_calls", "deep_agents")  # part files per flush, compacted into NAME.parquet at close
 PARTITIONED = ("events", "agents")  # folders of part files, never compacted
 SINGLE = ("surveys", "personas", "interviews")  # one file, written whole
 TABLES = APPENDED + PARTITIONED + SINGLE
