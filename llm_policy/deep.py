@@ -186,6 +186,7 @@ class DeepAgents:
         self._log: TableAppender | None = None
         self._logged = 0
         self._idx = None
+        self.owns_backend = False  # set by make_deep_agents when it opened the backend itself
 
     # -- set-up ------------------------------------------------------------------------------
     def attach(self, run_dir: Path) -> None:
@@ -356,6 +357,8 @@ class DeepAgents:
         self._flush()
         if self._log is not None:
             self._log.close()
+        if self.owns_backend and hasattr(self.backend, "close"):
+            self.backend.close()
 
 
 def _num(x: float) -> str:
@@ -375,6 +378,7 @@ def make_deep_agents(scenario, built, policy=None, *, backend: Any = None, seed:
                       policy_every=policy.every if policy is not None else None, need_backend=backend is None)
     feats = (jax.device_get(model.features(built.state, built.params)) if spec.select == "rule" else None)
     ids = select_agents(spec, feats, levels, built.n_agents, seed)
+    owned = backend is None
     if backend is not None:
         backend = backend() if callable(backend) and not hasattr(backend, "score") else backend
     elif spec.backend is not None:
@@ -387,5 +391,7 @@ def make_deep_agents(scenario, built, policy=None, *, backend: Any = None, seed:
         raise ScenarioError("deep_agents.relevance", "embedding relevance needs a backend with embed(); "
                             "use relevance: lexical")
     temperature = scenario.policy.temperature if scenario.policy is not None else 1.0
-    return DeepAgents(spec, model, backend, ids, policy_every=policy.every if policy is not None else None,
+    deep = DeepAgents(spec, model, backend, ids, policy_every=policy.every if policy is not None else None,
                       interventions=scenario.interventions, temperature=temperature)
+    deep.owns_backend = backend is not None and spec.backend is not None and owned
+    return deep
