@@ -150,3 +150,45 @@ def test_validation_names_the_field(deep, field, tmp_path, cli_env):
     proc = subprocess.run([*SIMCORE, "validate", str(path)], capture_output=True, text=True, env=cli_env, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {field}:"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_rule_selection_is_seeded_and_matches_the_rule():
+    from llm_policy.deep import select_agents
+    from scenarios.schema import DeepAgentsSpec
+
+    rng = np.random.default_rng(0)
+    feats = {"age_band": rng.integers(0, 3, 500), "borough": rng.integers(0, 2, 500)}
+    labels = {"age_band": ("young", "mid", "old"), "borough": ("BK", "QN")}
+    spec = DeepAgentsSpec(select="rule", k=10, rule={"age_band": ["old"], "borough": ["QN"]})
+    a = select_agents(spec, feats, labels, 500, seed=1)
+    assert len(a) == 10 and len(set(a)) == 10
+    assert (feats["age_band"][a] == 2).all() and (feats["borough"][a] == 1).all()
+    np.testing.assert_array_equal(a, select_agents(spec, feats, labels, 500, seed=1))
+    assert not np.array_equal(a, select_agents(spec, feats, labels, 500, seed=2))
+    with pytest.raises(ScenarioError, match="deep_agents.rule"):
+        select_agents(DeepAgentsSpec(select="rule", k=500, rule={"age_band": ["old"]}), feats, labels, 500, seed=1)
+
+
+def test_failed_deep_calls_fall_back_to_the_heuristic_and_are_counted(tmp_path):
+    from llm_policy.backends import ScriptedBackend
+    from simcore.session import RunSession
+
+    def failing(prompt, options):
+        if "Deep agent." in prompt:
+            raise TimeoutError("injected")
+        return script(prompt, options)
+
+    def no_json(prompt, schema):
+        from llm_policy.types import BackendError
+
+        raise BackendError("injected")
+
+    sc = scenario(14, {**DEEP, "reflect_every": 7}, "policy.every=14")
+    with RunSession(sc, tmp_path / "r", backend=lambda: ScriptedBackend(failing, json_fn=no_json)) as s:
+        s.run()
+        iso = np.asarray(s.sim.params["isolate_llm"])
+        stats = s.deep_agents.stats
+    assert np.isnan(iso[IDS]).all()  # NaN: the model's heuristic decides for them
+    assert stats.fallbacks == 2 * len(IDS) + len(IDS) and stats.calls == 3 * len(IDS)  # 2 decisions, 1 reflection
+    rows = deep_rows(tmp_path / "r")
+    assert rows.filter(pl.col("kind") == "decision")["p"].is_nan().all()
