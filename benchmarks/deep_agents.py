@@ -50,6 +50,7 @@ def main(argv=None) -> None:
           f"every={sc.deep_agents.every}, reflect_every={sc.deep_agents.reflect_every}; load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         t_base, _, _ = timed(base, Path(tmp) / "base")
+        print(f"without deep agents: {t_base:.1f} s", flush=True)
         t_deep, stats, rows = timed(sc, Path(tmp) / "deep")
     print(f"without deep agents: {t_base:.1f} s; with: {t_deep:.1f} s; added {t_deep - t_base:.1f} s "
           f"(target <= 300 s)")
