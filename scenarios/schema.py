@@ -688,6 +688,54 @@ class SurveySpec(Strict):
     items: list[SurveyItemSpec] = Field(min_length=1)
 
 
+class DeepDecisionSpec(Strict):
+    """One deep-agent decision: the same targets the archetype policy fills (``{memories}``, ``{observation}``,
+    ``{options}``, ``{step}`` are the prompt's fields). ``P = sum(value[o] * P(o))`` as in :class:`DecisionSpec`."""
+
+    target: str = Field(min_length=1)
+    options: list[str] = Field(min_length=2)
+    value: dict[str, float]
+    prompt: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _value_keys(self):
+        unknown = sorted(set(self.value) - set(self.options))
+        if unknown:
+            raise ValueError(f"value: keys {unknown} are not among options {self.options}")
+        return self
+
+
+class DeepAgentsSpec(Strict):
+    """A few agents with a memory stream, reflections and their own LLM decisions (docs/deep_agents.md).
+
+    Pick them by ``ids``, by a seeded ``sample`` of ``k`` agents, or by ``rule`` (feature -> level codes;
+    the first ``k`` matching agents in a seeded order). ``k: 0`` is the same run as no block.
+    """
+
+    k: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
+    select: Literal["ids", "sample", "rule"] = "sample"
+    ids: list[Annotated[int, Field(ge=0)]] = []
+    rule: dict[str, list[str]] = {}
+    every: PositiveInt = 7
+    reflect_every: PositiveInt = 14
+    top_k: PositiveInt = 5
+    decay: float = Field(0.99, gt=0, le=1, description="recency = decay ** (steps since the memory)")
+    weights: dict[Literal["recency", "importance", "relevance"], float] = Field(
+        default_factory=lambda: {"recency": 1.0, "importance": 1.0, "relevance": 1.0})
+    relevance: Literal["lexical", "embedding"] = "lexical"
+    reflection_tokens: PositiveInt = 48
+    backend: dict[str, Any] | None = Field(None, description="default: policy.backend")
+    decisions: list[DeepDecisionSpec] = []
+
+    @model_validator(mode="after")
+    def _picked(self):
+        if self.select == "ids" and self.ids and self.k not in (0, len(self.ids)):
+            raise ValueError(f"k: must equal len(ids) ({len(self.ids)}) with select: ids, got {self.k}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights: must be >= 0")
+        return self
+
+
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -700,6 +748,7 @@ class Scenario(Strict):
     policy: PolicySpec | None = None
     personas: PersonaSpec | None = None
     surveys: list[SurveySpec] = []
+    deep_agents: DeepAgentsSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -18,6 +18,7 @@ Layout::
     personas.parquet               the population's distinct personas, written once
     interviews.parquet             questions asked of the run's agents (``simcore interview``), appended;
                                    kept on resume (:data:`KEPT_ON_RESUME`)
+    deep_agents.parquet            deep agents' memories, reflections and decisions (``deep_agents:``), appended
     network_nodes.parquet          the dashboard's network view: <= 150 sampled agents with their layout
                                    (``x``, ``y``); what the view shows in the Parquet metadata
     network_edges.parquet          its edges (``i``, ``j``: node positions; ``layer``), written once
@@ -25,7 +26,7 @@ Layout::
     checkpoints/step=N/            see :mod:`simcore.checkpoint`
     hosts/host-P.json              (multi-process runs) what process P wrote
 
-**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``surveys``, ``network_states``, ``interviews``). A flush writes only the new
+**Appended tables** (:data:`APPENDED`: ``metrics``, ``llm_calls``, ``surveys``, ``network_states``, ``interviews``, ``deep_agents``). A flush writes only the new
 rows, as one part file ``NAME.parts/part-A.parquet`` (``A``: the part's sequence number), so a
 flush costs O(new rows), not O(run length). Every :data:`COMPACT_EVERY` parts are merged into
 one ``part-A-B.parquet`` (parts ``A..B``). Closing the table (the end of a run, stopped or
@@ -73,7 +74,7 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 HOSTS = "hosts"
-APPENDED = ("metrics", "llm_calls", "surveys", "network_states", "interviews")  # part files per flush, compacted into NAME.parquet at close
+APPENDED = ("metrics", "llm_calls", "surveys", "network_states", "interviews", "deep_agents")  # part files per flush, compacted at close
 PARTITIONED = ("events", "agents")  # folders of part files, never compacted
 SINGLE = ("personas", "network_nodes", "network_edges")  # one file, written whole
 TABLES = APPENDED + PARTITIONED + SINGLE

@@ -430,6 +430,15 @@ class RunSession:
             extra["llm_backend"] = getattr(policy.backend, "identity", None)
             if surveys is not None:
                 surveys.attach(run_dir)
+        deep = None
+        if scenario.deep_agents is not None:  # a few agents with memories and their own decisions (llm_policy.deep)
+            from llm_policy.deep import make_deep_agents
+
+            deep = make_deep_agents(scenario, built, policy, backend=self.backend, seed=seed)
+            if deep is not None and run_dir is not None and cluster.is_lead:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                deep.attach(run_dir)
+        self.deep_agents = deep
         if scenario.personas is not None and cluster.is_lead and run_dir is not None:
             from llm_policy.personas import write_personas
 
@@ -440,7 +449,7 @@ class RunSession:
                 policy.backstories = info["backstories"]
                 extra["backstory_fallbacks"] = info["backstory_fallbacks"]
         self.policies = (self.extra_policies + self.model_policies + ([policy] if policy is not None else [])
-                         + ([surveys] if surveys is not None else []))
+                         + ([deep] if deep is not None else []) + ([surveys] if surveys is not None else []))
         if self.write:
             manifest = manifest_for(scenario, built, seed, steps, extra)
             if self.checkpoint_every:
@@ -656,6 +665,8 @@ class RunSession:
             attempt(mp.close)
         if self.surveys is not None:
             attempt(self.surveys.close)
+        if getattr(self, "deep_agents", None) is not None:
+            attempt(self.deep_agents.close)
         if self.policy is not None:
             attempt(self.policy.close)
             if self.writer is not None:

@@ -44,6 +44,8 @@ def check_scenario(scenario: Scenario, *, memory: bool = True, backend: bool = F
             raise ScenarioError(f"policy.backend.{key}", reason) from None
     if scenario.personas is not None or scenario.surveys:
         _check_people(scenario)
+    if scenario.deep_agents is not None:
+        _check_deep_agents(scenario)
     _check_devices(scenario)
     if memory:
         from .plan import check_floor
@@ -67,6 +69,27 @@ def _check_people(scenario: Scenario) -> None:
                   every=scenario.policy.every if scenario.policy is not None else None,
                   scheduled=tuple(scheduled_params(scenario)), interventions=scenario.interventions,
                   personas=scenario.personas)
+
+
+def _check_deep_agents(scenario: Scenario) -> None:
+    """``deep_agents:`` against the population and the model's features and targets (llm_policy.deep)."""
+    from llm_policy.deep import check_deep_agents
+
+    from .models import policy_interface
+
+    iface = policy_interface(scenario)
+    spec = scenario.deep_agents
+    check_deep_agents(spec, n_agents=scenario.population.size, features=iface["features"],
+                      decision_targets=iface["decision_targets"],
+                      policy_every=scenario.policy.every if scenario.policy is not None else None)
+    if spec.backend is not None:
+        from llm_policy.backends import check_backend_spec
+
+        try:
+            check_backend_spec(spec.backend)
+        except ValueError as exc:
+            key, _, reason = str(exc).partition(": ")
+            raise ScenarioError(f"deep_agents.backend.{key}", reason) from None
 
 
 def _check_devices(scenario: Scenario) -> None:

@@ -1,0 +1,397 @@
+"""Deep agents: a few agents with a memory stream, reflections and their own LLM decisions (docs/deep_agents.md).
+
+A host policy (:class:`DeepAgents`) for ``K`` agents picked by the scenario's ``deep_agents:`` block.
+Every ``deep_agents.every`` steps, before the step:
+
+1. **Observe** -- one device gather of the K agents' rows of the model's ``features`` and
+   ``stats`` (what the archetype policy groups on and shows: for the epidemic its own disease,
+   labour and isolation state, its age band, borough and occupation, its borough's case trend and
+   weekly cases) -> one small host transfer. Each agent's row becomes an observation memory's text,
+   with the interventions in force. Importance (1..10): ``min(10, 1 + 3 * c)``, ``c`` = the number of
+   features whose level changed since the agent's previous observation (its first: 1 + 3 = 4).
+2. **Reflect** (every ``reflect_every`` steps) -- the top memories go into a prompt; the backend
+   writes a short reflection (``generate_json``, at most ``reflection_tokens`` tokens); stored as a
+   memory of importance 8. A failed call falls back to the top memory's text, counted.
+3. **Decide** -- per decision, the top memories and the latest observation fill the prompt; the
+   options are scored from log-probs; ``P = sum(value[o] * P(o))`` is the event's probability over
+   ``every`` steps, ``h = 1 - (1 - P)**(1/every)`` its per-step hazard, and the target (the same one
+   the archetype policy fills) receives ``logit(h)`` where the model maps answers on the device,
+   else ``h``. A failed call gives NaN: the model's heuristic for that agent, counted.
+
+The decision values are written into the model's per-agent target parameter at the K indices
+only (``param.at[idx].set(values)``, a device op); every other agent's value is untouched. They
+are re-applied at every step where the archetype policy (which rewrites the whole array) runs.
+
+Retrieval score of memory ``m`` at step ``t`` for query ``q`` (weights ``w``):
+``score = recency**w_recency * importance**w_importance * relevance**w_relevance`` with
+``recency = decay**(t - m.step)``, ``importance = m.importance / 10`` and relevance, in (0, 1]:
+
+* ``lexical``: ``(1 + |W(q) & W(m)|) / (1 + min(|W(q)|, |W(m)|))``, ``W`` = the set of lower-case
+  words (``[a-z0-9]+``) of at least 3 characters;
+* ``embedding``: ``(1 + cos(e(q), e(m))) / 2`` with the backend's ``embed``.
+
+The ``top_k`` highest (ties: the newer memory, then the earlier stored) are retrieved.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from scenarios.loader import ScenarioError
+from simcore.rundir import TableAppender
+
+from .types import BackendError, ScoreRequest
+
+REFLECTION_IMPORTANCE = 8.0
+DECISION_IMPORTANCE = 5.0
+PROMPT_FIELDS = ("memories", "observation", "options", "step")
+SCHEMA = pa.schema([("step", pa.int64()), ("agent_id", pa.int64()), ("kind", pa.string()), ("text", pa.string()),
+                    ("importance", pa.float32()), ("target", pa.string()), ("p", pa.float32())])
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass
+class Memory:
+    step: int
+    kind: str
+    text: str
+    importance: float
+    embedding: list[float] | None = None
+
+
+@dataclass
+class DeepStats:
+    calls: int = 0
+    fallbacks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+def words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) >= 3}
+
+
+def lexical_relevance(query: str, text: str) -> float:
+    """``(1 + |W(q) & W(m)|) / (1 + min(|W(q)|, |W(m)|))``: in (0, 1], 1 when one word set holds the other."""
+    q, m = words(query), words(text)
+    return (1 + len(q & m)) / (1 + min(len(q), len(m)))
+
+
+def retrieval_scores(memories: list[Memory], step: int, relevance: np.ndarray, decay: float,
+                     weights: Mapping[str, float]) -> np.ndarray:
+    """The documented score of each memory at ``step`` (module docstring)."""
+    age = np.array([step - m.step for m in memories], np.float64)
+    recency = decay ** age
+    importance = np.array([m.importance for m in memories], np.float64) / 10.0
+    return (recency ** weights.get("recency", 1.0) * importance ** weights.get("importance", 1.0)
+            * np.asarray(relevance, np.float64) ** weights.get("relevance", 1.0))
+
+
+def top_memories(scores: np.ndarray, memories: list[Memory], top_k: int) -> list[int]:
+    """Indices of the ``top_k`` best scores; ties: newer step first, then the earlier stored."""
+    order = sorted(range(len(memories)), key=lambda i: (-scores[i], -memories[i].step, i))
+    return order[:top_k]
+
+
+def select_agents(spec, feats: Mapping[str, np.ndarray] | None, labels: Mapping[str, tuple], n: int,
+                  seed: int) -> np.ndarray:
+    """The deep agents' ids (sorted): ``ids``, a seeded ``sample`` of ``k``, or the first ``k`` matching ``rule``
+    in a seeded order. ``feats`` (host arrays) is needed for ``rule`` only."""
+    if spec.select == "ids":
+        return np.array(sorted(spec.ids), np.int64)
+    rng = np.random.default_rng([seed, 0xDEE9])
+    if spec.select == "sample":
+        return np.sort(rng.choice(n, size=spec.k, replace=False)).astype(np.int64)
+    mask = np.ones(n, bool)
+    for f, codes in spec.rule.items():
+        levels = [labels[f].index(c) for c in codes]
+        mask &= np.isin(np.asarray(feats[f]), levels)
+    pool = np.flatnonzero(mask)
+    if len(pool) < spec.k:
+        raise ScenarioError("deep_agents.rule", f"{len(pool)} agents match the rule, k is {spec.k}")
+    return np.sort(rng.permutation(pool)[:spec.k]).astype(np.int64)
+
+
+def check_deep_agents(spec, *, n_agents: int, features: Mapping[str, tuple] | Iterable[str],
+                      decision_targets: Iterable[str], policy_every: int | None = None,
+                      has_embed: bool | None = None, need_backend: bool = True) -> None:
+    """``deep_agents:`` against the model and the population (names only); raises ScenarioError."""
+    from .policy import check_template
+
+    levels = dict(features) if isinstance(features, Mapping) else {f: () for f in features}
+    if spec.k > n_agents:
+        raise ScenarioError("deep_agents.k", f"must be <= population.size ({n_agents}), got {spec.k}")
+    if spec.select == "ids":
+        if not spec.ids:
+            raise ScenarioError("deep_agents.ids", "select: ids needs a non-empty list of agent ids")
+        bad = [i for i in spec.ids if i >= n_agents]
+        if bad:
+            raise ScenarioError("deep_agents.ids", f"agent id {bad[0]} is out of range (population.size {n_agents})")
+        if len(set(spec.ids)) != len(spec.ids):
+            raise ScenarioError("deep_agents.ids", "ids must be distinct")
+    if spec.select == "rule":
+        if not spec.rule:
+            raise ScenarioError("deep_agents.rule", "select: rule needs feature: [levels] conditions")
+        for f, codes in spec.rule.items():
+            if f not in levels:
+                raise ScenarioError(f"deep_agents.rule.{f}", f"unknown feature {f!r} (features: "
+                                    f"{', '.join(sorted(levels))})")
+            unknown = [c for c in codes if levels[f] and c not in levels[f]]
+            if unknown:
+                raise ScenarioError(f"deep_agents.rule.{f}", f"unknown level {unknown[0]!r} "
+                                    f"(levels: {', '.join(levels[f])})")
+    targets = tuple(decision_targets)
+    seen = set()
+    for i, d in enumerate(spec.decisions):
+        if d.target not in targets:
+            raise ScenarioError(f"deep_agents.decisions[{i}].target", f"unknown decision target {d.target!r} "
+                                f"(targets: {', '.join(targets) or 'none'})")
+        if d.target in seen:
+            raise ScenarioError(f"deep_agents.decisions[{i}].target", f"{d.target!r} is decided twice")
+        seen.add(d.target)
+        check_template(f"deep_agents.decisions[{i}].prompt", d.prompt, set(PROMPT_FIELDS))
+    if need_backend and spec.k and spec.backend is None and policy_every is None:
+        raise ScenarioError("deep_agents.backend", "needs a backend (or a policy: block whose backend it shares)")
+    if spec.relevance == "embedding" and has_embed is False:
+        raise ScenarioError("deep_agents.relevance", "embedding relevance needs a backend with embed(); "
+                            "use relevance: lexical")
+
+
+class DeepAgents:
+    """Host policy (see the module docstring). ``every`` is the cadence the session calls it on: the gcd
+    of ``deep_agents.every`` and the archetype policy's, so its values survive the archetype rounds."""
+
+    def __init__(self, spec, model, backend, ids: np.ndarray, *, policy_every: int | None = None,
+                 interventions: Iterable = (), temperature: float = 1.0):
+        self.spec = spec
+        self.model = model
+        self.backend = backend
+        self.ids = np.asarray(ids, np.int64)
+        self.temperature = temperature
+        self.every = math.gcd(spec.every, policy_every) if policy_every else spec.every
+        self.interventions = [(iv.name, int(iv.start), int(iv.end)) for iv in interventions]
+        self.memories: list[list[Memory]] = [[] for _ in self.ids]
+        self.last_codes: list[dict[str, int] | None] = [None] * len(self.ids)
+        self.values: dict[str, np.ndarray] = {}  # target -> K values (NaN: heuristic)
+        self.rows: list[dict] = []
+        self.stats = DeepStats()
+        self._log: TableAppender | None = None
+        self._logged = 0
+        self._idx = None
+        self.owns_backend = False  # set by make_deep_agents when it opened the backend itself
+
+    # -- set-up ------------------------------------------------------------------------------
+    def attach(self, run_dir: Path) -> None:
+        self._log = TableAppender(run_dir, "deep_agents")
+        self._logged = len(self.rows)
+
+    # -- the round ---------------------------------------------------------------------------
+    def update(self, sim) -> None:
+        step = int(sim.step)
+        if step % self.spec.every == 0 and len(self.ids):
+            obs = self.observe(sim)
+            if self.spec.reflect_every and step > 0 and step % self.spec.reflect_every == 0:
+                self.reflect(step)
+            self.decide(step, obs)
+        self.apply(sim)
+        self._flush()
+
+    def observe(self, sim) -> list[str]:
+        """Gather the K rows on the device, one transfer; store one observation memory per agent."""
+        import jax
+        import jax.numpy as jnp
+
+        if self._idx is None:
+            self._idx = jnp.asarray(self.ids, jnp.int32)
+        idx = self._idx
+        feats = self.model.features(sim.state, sim.params) if self.model.features else {}
+        stats = self.model.stats(sim.state, sim.params) if self.model.stats else {}
+        rows = jax.device_get({"f": {k: jnp.take(v, idx, axis=0) for k, v in feats.items()},
+                               "s": {k: jnp.take(v, idx, axis=0) for k, v in stats.items()}})
+        step = int(sim.step)
+        active = [n for n, a, b in self.interventions if n and a <= step < b]
+        texts = []
+        for j, agent in enumerate(self.ids):
+            codes = {k: int(v[j]) for k, v in rows["f"].items()}
+            parts = [f"{k.replace('_', ' ')} {self.model.labels[k][c] if self.model.labels.get(k) else c}"
+                     for k, c in codes.items()]
+            parts += [f"{k.replace('_', ' ')} {_num(float(v[j]))}" for k, v in rows["s"].items()]
+            text = (f"Day {step}: " + ", ".join(parts) + "; interventions in force: "
+                    + (", ".join(dict.fromkeys(active)) or "none") + ".")
+            prev = self.last_codes[j]
+            changed = 0 if prev is None else sum(prev.get(k) != c for k, c in codes.items())
+            importance = float(min(10, 1 + 3 * (changed if prev is not None else 1)))
+            self.last_codes[j] = codes
+            self._remember(j, step, "observation", text, importance)
+            texts.append(text)
+        return texts
+
+    def retrieve(self, j: int, query: str, step: int) -> list[Memory]:
+        mems = self.memories[j]
+        if not mems:
+            return []
+        if self.spec.relevance == "embedding":
+            q = np.asarray(self.backend.embed([query])[0], np.float64)
+            e = np.array([m.embedding for m in mems], np.float64)
+            cos = e @ q / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(q), 1e-12)
+            rel = (1.0 + cos) / 2.0
+        else:
+            rel = np.array([lexical_relevance(query, m.text) for m in mems])
+        scores = retrieval_scores(mems, step, rel, self.spec.decay, self.spec.weights)
+        return [mems[i] for i in top_memories(scores, mems, self.spec.top_k)]
+
+    def reflect(self, step: int) -> None:
+        schema = {"type": "object", "properties": {"reflection": {"type": "string", "maxLength": 4 *
+                                                                  self.spec.reflection_tokens}},
+                  "required": ["reflection"]}
+        for j, agent in enumerate(self.ids):
+            top = self.retrieve(j, "what matters most to me about my health, my work and my household", step)
+            listing = "\n".join(f"- {m.text}" for m in top)
+            prompt = (f"Memories of agent {int(agent)}:\n{listing}\nIn one or two sentences, what does this person "
+                      "conclude from these memories? Reflection:")
+            t0 = time.perf_counter()
+            self.stats.calls += 1
+            try:
+                out = self.backend.generate_json(prompt, schema, max_tokens=self.spec.reflection_tokens,
+                                                 temperature=0.0)
+                text = str(out["reflection"]).strip()[:4 * self.spec.reflection_tokens] or top[0].text
+            except (BackendError, KeyError, TypeError) as exc:  # counted; the top memory stands in
+                self.stats.fallbacks += 1
+                text = f"(no reflection: {type(exc).__name__}) " + (top[0].text if top else "")
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.prompt_tokens += len(prompt.split())
+            self._remember(j, step, "reflection", text, REFLECTION_IMPORTANCE)
+
+    def decide(self, step: int, observations: list[str]) -> None:
+        every = self.spec.every
+        for d in self.spec.decisions:
+            query = d.prompt.replace("{", " ").replace("}", " ")
+            prompts = []
+            for j in range(len(self.ids)):
+                top = self.retrieve(j, query, step)
+                prompts.append(d.prompt.format_map({
+                    "memories": "\n".join(f"- {m.text}" for m in top), "observation": observations[j],
+                    "options": ", ".join(d.options[:-1]) + " or " + d.options[-1], "step": step}))
+            requests = [ScoreRequest(p, tuple(" " + o for o in d.options), self.temperature) for p in prompts]
+            t0 = time.perf_counter()
+            results = self.backend.score(requests)
+            self.stats.seconds += time.perf_counter() - t0
+            weights = np.array([d.value.get(o, 0.0) for o in d.options])
+            vals = np.full(len(self.ids), np.nan, np.float32)
+            as_logit = d.target in self.model.decision_logits
+            for j, r in enumerate(results):
+                self.stats.calls += 1
+                self.stats.prompt_tokens += r.prompt_tokens
+                self.stats.completion_tokens += r.completion_tokens
+                ok = r.error is None and all(math.isfinite(p) for p in r.probs)
+                if not ok:
+                    self.stats.fallbacks += 1
+                    text, p_event = f"{d.target}: no answer ({r.error}); the heuristic decides", math.nan
+                else:
+                    p_event = float(np.clip(np.asarray(r.probs) @ weights, 0.0, 1.0))
+                    h = min(max(1.0 - (1.0 - p_event) ** (1.0 / every), 1e-6), 1.0 - 1e-6)
+                    vals[j] = math.log(h) - math.log1p(-h) if as_logit else h
+                    best = d.options[int(np.argmax(r.probs))]
+                    text = f"Decided {d.target}: most likely '{best}' (P(event) = {p_event:.2f})."
+                self._remember(j, step, "decision", text, DECISION_IMPORTANCE, target=d.target, p=p_event)
+            self.values[d.target] = vals
+
+    def apply(self, sim) -> None:
+        """Write the K values into the model's per-agent targets at the K indices only (device ops)."""
+        import jax.numpy as jnp
+
+        for target, vals in self.values.items():
+            old = sim.params[target]
+            sim.set_param(target, old.at[self._idx].set(jnp.asarray(vals, old.dtype)))
+
+    def _remember(self, j: int, step: int, kind: str, text: str, importance: float, *, target: str = "",
+                  p: float = math.nan) -> None:
+        emb = None
+        if self.spec.relevance == "embedding":
+            emb = [float(x) for x in self.backend.embed([text])[0]]
+        self.memories[j].append(Memory(step, kind, text, float(importance), emb))
+        self.rows.append({"step": step, "agent_id": int(self.ids[j]), "kind": kind, "text": text,
+                          "importance": float(importance), "target": target, "p": float(p)})
+
+    # -- outputs and checkpoints ---------------------------------------------------------------
+    def _flush(self) -> None:
+        if self._log is None or self._logged >= len(self.rows):
+            return
+        self._log.append(pa.Table.from_pylist(self.rows[self._logged:], schema=SCHEMA))
+        self._logged = len(self.rows)
+
+    def state_dict(self) -> dict:
+        self._flush()
+        return {"kind": "deep_agents", "ids": [int(i) for i in self.ids], "rows_logged": len(self.rows),
+                "memories": [[vars(m).copy() for m in ms] for ms in self.memories],
+                "last_codes": self.last_codes, "stats": vars(self.stats).copy(),
+                "targets": list(self.values), "arrays": {f"deep_{t}": v for t, v in self.values.items()}}
+
+    def load_state_dict(self, blob: Mapping[str, Any]) -> None:
+        if [int(i) for i in blob["ids"]] != [int(i) for i in self.ids]:
+            raise ScenarioError("checkpoint", "the checkpoint's deep agents are not this run's")
+        self.memories = [[Memory(**m) for m in ms] for ms in blob["memories"]]
+        self.last_codes = [None if c is None else {k: int(v) for k, v in c.items()} for c in blob["last_codes"]]
+        self.stats = DeepStats(**blob["stats"])
+        arrays = blob.get("arrays") or {}
+        self.values = {t: np.asarray(arrays[f"deep_{t}"], np.float32) for t in blob.get("targets") or []}
+        self.rows = [r for r in self.rows][: int(blob["rows_logged"])]
+        self._logged = len(self.rows)  # the table was truncated to the checkpoint's step by the resume
+        if self._idx is None:
+            import jax.numpy as jnp
+
+            self._idx = jnp.asarray(self.ids, jnp.int32)
+
+    def finish(self, sim) -> None:
+        self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        if self._log is not None:
+            self._log.close()
+        if self.owns_backend and hasattr(self.backend, "close"):
+            self.backend.close()
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else "n/a"
+
+
+def make_deep_agents(scenario, built, policy=None, *, backend: Any = None, seed: int = 0):
+    """The scenario's deep agents, or None (no block, or ``k: 0`` with no ids)."""
+    spec = scenario.deep_agents
+    if spec is None or (spec.select != "ids" and spec.k == 0):
+        return None
+    import jax
+
+    model = built.model
+    levels = {f: tuple(v) for f, v in model.labels.items()} if model.features else {}
+    check_deep_agents(spec, n_agents=built.n_agents, features=levels, decision_targets=model.decision_targets,
+                      policy_every=policy.every if policy is not None else None, need_backend=backend is None)
+    feats = (jax.device_get(model.features(built.state, built.params)) if spec.select == "rule" else None)
+    ids = select_agents(spec, feats, levels, built.n_agents, seed)
+    owned = backend is None
+    if backend is not None:
+        backend = backend() if callable(backend) and not hasattr(backend, "score") else backend
+    elif spec.backend is not None:
+        from .policy import open_backend
+
+        backend = open_backend(dict(spec.backend))
+    else:
+        backend = policy.backend
+    if spec.relevance == "embedding" and not hasattr(backend, "embed"):
+        raise ScenarioError("deep_agents.relevance", "embedding relevance needs a backend with embed(); "
+                            "use relevance: lexical")
+    temperature = scenario.policy.temperature if scenario.policy is not None else 1.0
+    deep = DeepAgents(spec, model, backend, ids, policy_every=policy.every if policy is not None else None,
+                      interventions=scenario.interventions, temperature=temperature)
+    deep.owns_backend = backend is not None and spec.backend is not None and owned
+    return deep
