@@ -34,7 +34,7 @@ def script(prompt: str, options) -> list[float]:
 def backend():
     from llm_policy.backends import ScriptedBackend
 
-    return ScriptedBackend(script, json_fn=lambda prompt, schema: {"reflection": "I should be careful: cases matter."})
+    return ScriptedBackend(script, text_fn=lambda prompt, seed: " should be careful: cases matter.\nignored")
 
 
 def scenario(steps: int, deep: dict | None, *extra: str) -> Scenario:
@@ -127,6 +127,7 @@ def test_reflections_every_r_steps_and_resume_equals_uninterrupted(tmp_path):
     refl = full.filter(pl.col("kind") == "reflection")
     assert sorted(refl["step"].unique().to_list()) == [7, 14, 21]
     assert refl.height == 3 * len(IDS) and (refl["importance"] == 8).all()
+    assert (refl["text"] == "This person should be careful: cases matter.").all()  # cut at the line's end
     assert metrics(tmp_path / "cut").equals(metrics(tmp_path / "full"))
     assert deep_rows(tmp_path / "cut").equals(full)
 
