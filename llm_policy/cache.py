@@ -257,49 +257,44 @@ class ResponseCache:
                 raise
         return len(rows)
 
-    # -- JSON generations -------------------------------------------------
-    def get_json(self, identity: str, prompt: str, schema: dict, max_tokens: int, temperature: float) -> Any:
-        """Stored value, or None on a miss (counts towards hits/misses)."""
-        k = json_key(identity, prompt, schema, max_tokens, temperature)
+    # -- JSON generations and text completions: one table, a key kind each ----------
+    def _get_value(self, key: str) -> Any:
+        """The stored JSON value under ``key``, or None on a miss (counts towards hits/misses)."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM json_responses WHERE key=?", (k,)).fetchone()
+            row = self._conn.execute("SELECT value FROM json_responses WHERE key=?", (key,)).fetchone()
             if row is None:
                 self._misses += 1
                 return None
             self._hits += 1
         return json.loads(row[0])
 
-    def put_json(
-        self, identity: str, prompt: str, schema: dict, max_tokens: int, temperature: float, value: Any
-    ) -> None:
-        k = json_key(identity, prompt, schema, max_tokens, temperature)
+    def _put_value(self, key: str, identity: str, prompt: str, value: Any) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO json_responses VALUES (?,?,?,?,?)",
-                (k, identity, prompt, json.dumps(value, ensure_ascii=False), time.time()),
+                (key, identity, prompt, json.dumps(value, ensure_ascii=False), time.time()),
             )
+
+    # -- JSON generations -------------------------------------------------
+    def get_json(self, identity: str, prompt: str, schema: dict, max_tokens: int, temperature: float) -> Any:
+        """Stored value, or None on a miss (counts towards hits/misses)."""
+        return self._get_value(json_key(identity, prompt, schema, max_tokens, temperature))
+
+    def put_json(
+        self, identity: str, prompt: str, schema: dict, max_tokens: int, temperature: float, value: Any
+    ) -> None:
+        self._put_value(json_key(identity, prompt, schema, max_tokens, temperature), identity, prompt, value)
 
     # -- text completions (same table as JSON generations, own key kind) --
     def get_text(self, identity: str, prompt: str, max_tokens: int, stop: Sequence[str], temperature: float,
                  seed: int) -> str | None:
         """Stored completion, or None on a miss (counts towards hits/misses)."""
-        k = complete_key(identity, prompt, max_tokens, stop, temperature, seed)
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM json_responses WHERE key=?", (k,)).fetchone()
-            if row is None:
-                self._misses += 1
-                return None
-            self._hits += 1
-        return str(json.loads(row[0]))
+        value = self._get_value(complete_key(identity, prompt, max_tokens, stop, temperature, seed))
+        return None if value is None else str(value)
 
     def put_text(self, identity: str, prompt: str, max_tokens: int, stop: Sequence[str], temperature: float,
                  seed: int, text: str) -> None:
-        k = complete_key(identity, prompt, max_tokens, stop, temperature, seed)
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO json_responses VALUES (?,?,?,?,?)",
-                (k, identity, prompt, json.dumps(text, ensure_ascii=False), time.time()),
-            )
+        self._put_value(complete_key(identity, prompt, max_tokens, stop, temperature, seed), identity, prompt, text)
 
     def close(self) -> None:
         with self._lock:

@@ -47,6 +47,7 @@ import pyarrow as pa
 from scenarios.loader import ScenarioError
 from simcore.rundir import TableAppender
 
+from .policy import RoundStats  # the archetype policy's counters: the same figures per round
 from .types import BackendError, ScoreRequest
 
 REFLECTION_IMPORTANCE = 8.0
@@ -64,15 +65,6 @@ class Memory:
     text: str
     importance: float
     embedding: list[float] | None = None
-
-
-@dataclass
-class DeepStats:
-    calls: int = 0
-    fallbacks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
 
 
 def words(text: str) -> set[str]:
@@ -182,7 +174,7 @@ class DeepAgents:
         self.last_codes: list[dict[str, int] | None] = [None] * len(self.ids)
         self.values: dict[str, np.ndarray] = {}  # target -> K values (NaN: heuristic)
         self.rows: list[dict] = []
-        self.stats = DeepStats()
+        self.stats = RoundStats()
         self._log: TableAppender | None = None
         self._logged = 0
         self._idx = None
@@ -342,7 +334,7 @@ class DeepAgents:
             raise ScenarioError("checkpoint", "the checkpoint's deep agents are not this run's")
         self.memories = [[Memory(**m) for m in ms] for ms in blob["memories"]]
         self.last_codes = [None if c is None else {k: int(v) for k, v in c.items()} for c in blob["last_codes"]]
-        self.stats = DeepStats(**blob["stats"])
+        self.stats = RoundStats(**blob["stats"])
         arrays = blob.get("arrays") or {}
         self.values = {t: np.asarray(arrays[f"deep_{t}"], np.float32) for t in blob.get("targets") or []}
         self.rows = [r for r in self.rows][: int(blob["rows_logged"])]
