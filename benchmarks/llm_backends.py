@@ -10,9 +10,13 @@
   case: KV re-use of whole 32-token blocks).
 * rounds: the shipped covid_nyc archetype prompts (both decisions, every level),
   scored the way the policy asks for them: one ``score`` call per decision per
-  round, the two decisions alternating.  Compared: the former configuration (one
-  KV cache, 32-token blocks: ``--rounds-config 32:1``) and the current default
-  (16-token blocks, 4 slots).  Prints prompts/s (wall and per CPU-second), tokens
+  round, the two decisions alternating.  Configurations are
+  ``BLOCK:SLOTS:THREADS[:every]`` (THREADS ``auto`` = the backend's load-based
+  default; ``every`` = logits on every 16/32-token block, as the backend did
+  before it skipped the output layer on all but a context's last block).  The
+  default compares the path issue 16 measured (one KV cache, 32-token blocks,
+  one thread, logits on every block: ``32:1:1:every``) with today's default at
+  one thread and at the default thread count.  Prints prompts/s (wall and per CPU-second), tokens
   decoded and decode calls per prompt, and the largest probability difference
   between the configurations.
 * server: OpenAIBackend -> ``python -m llama_cpp.server`` (started here as a
@@ -113,14 +117,23 @@ def covid_nyc_rounds() -> list[list[ScoreRequest]]:
     return rounds
 
 
-def bench_rounds(configs: list[str], threads: int, repeats: int) -> None:
+def bench_rounds(configs: list[str], repeats: int) -> None:
+    from llm_policy.backends import llamacpp
     from llm_policy.backends.llamacpp import LlamaCppBackend
 
     rounds = covid_nyc_rounds() * repeats
     n = sum(len(r) for r in rounds)
     ref = None
+    decode = llamacpp._Slot.decode
+    rate0 = None
     for cfg in configs:
-        block, slots = (int(x) for x in cfg.split(":"))
+        parts = cfg.split(":")
+        block, slots = int(parts[0]), int(parts[1])
+        threads = None if len(parts) < 3 or parts[2] == "auto" else int(parts[2])
+        every = len(parts) > 3 and parts[3] == "every"
+        # the former path, for the side-by-side figure only: ask for logits on every block
+        llamacpp._Slot.decode = (lambda self, toks, start, logits=True: decode(self, toks, start, logits=True)) \
+            if every else decode
         b = LlamaCppBackend(n_ctx=1024, n_threads=threads, prefix_block=block, n_slots=slots)
         b.score(rounds[0][:1])  # warm-up (load, first decode)
         for k in b.stats:
@@ -132,14 +145,17 @@ def bench_rounds(configs: list[str], threads: int, repeats: int) -> None:
         probs = [r.probs for r in res]
         ref = ref or probs
         diff = max(abs(p - q) for a, c in zip(ref, probs) for p, q in zip(a, c))
+        rate0 = rate0 or n / wall
         print(
-            f"covid_nyc rounds prefix_block={block} slots={slots} threads={threads}: {n} prompts, "
-            f"{n / wall:6.2f} prompts/s ({n / cpu:6.2f} per CPU-s), prompt {b.stats['prompt_tokens'] / n:5.1f} tokens, "
+            f"covid_nyc rounds {cfg} (threads={b.n_threads}): {n} prompts, "
+            f"{n / wall:6.2f} prompts/s = {n / wall / rate0:4.2f}x the first ({n / cpu:6.2f} per CPU-s), "
+            f"prompt {b.stats['prompt_tokens'] / n:5.1f} tokens, "
             f"decoded {b.stats['evaluated_tokens'] / n:5.1f} tokens and {b.stats['decode_calls'] / n:4.2f} calls per "
             f"prompt, max |dP| vs {configs[0]}: {diff:.1e}  [{loadavg()}]",
             flush=True,
         )
         b.close()
+    llamacpp._Slot.decode = decode
 
 
 def bench_server(levels: list[int], n: int, server_threads: int) -> None:
@@ -173,8 +189,8 @@ def bench_server(levels: list[int], n: int, server_threads: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["embedded", "rounds", "server"])
-    ap.add_argument("--rounds-config", nargs="+", default=["32:1", "16:4"],
-                    help="PREFIX_BLOCK:SLOTS per measurement (first = reference for |dP|)")
+    ap.add_argument("--rounds-config", nargs="+", default=["32:1:1:every", "16:4:1", "16:4:auto"],
+                    help="PREFIX_BLOCK:SLOTS:THREADS[:every] per measurement (first = reference for rates and |dP|)")
     ap.add_argument("--rounds-repeat", type=int, default=2, help="passes over the 4 (round, decision) batches")
     ap.add_argument("-n", type=int, default=32, help="requests per measurement")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
@@ -185,7 +201,7 @@ def main() -> None:
     if a.only in (None, "embedded"):
         bench_embedded(sorted(set(a.threads)), a.n)
     if a.only in (None, "rounds"):
-        bench_rounds(a.rounds_config, min(a.threads), a.rounds_repeat)
+        bench_rounds(a.rounds_config, a.rounds_repeat)
     if a.only in (None, "server"):
         bench_server(a.concurrency, a.n, a.server_threads)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
+import os
 import sys
 import threading
 import time
@@ -716,3 +717,34 @@ def test_openai_backend_against_llama_cpp_server(llama_server, llama_backend):
     emb = llama_backend.score([reqs[0]])[0]
     assert res[0].logprobs == pytest.approx(emb.logprobs, abs=0.05)
     assert js["answer"] in ("yes", "no")
+
+
+@pytest.mark.llm
+@needs_llama
+def test_llamacpp_numbers_do_not_depend_on_threads_or_intermediate_logits():
+    """The default thread count follows the machine's load, so it must not change an answer; and contexts
+    are decoded with logits only on their last block, which must leave the KV cache as a logits-everywhere
+    decode would (the next-token distribution after a further token is compared)."""
+    import numpy as np
+
+    from llm_policy.backends.llamacpp import LlamaCppBackend, _log_softmax, default_threads
+
+    assert 1 <= default_threads() <= (os.cpu_count() or 1)
+    reqs = _covid_nyc_prompts(4) + [ScoreRequest(FEW_SHOT, (" definitely yes", " definitely not", " no"))]
+    got = []
+    for threads in (1, 2):
+        b = LlamaCppBackend(n_ctx=1024, n_threads=threads)
+        try:
+            got.append([r.logprobs for r in b.score(reqs)])
+            if threads == 1:
+                toks = b._tokenize(FEW_SHOT)
+                slot, _ = b._eval_context(toks)
+                after_skipped = _log_softmax(slot.decode([toks[1]], len(slot.tokens))).copy()
+                slot.rollback(0)
+                for i in range(0, len(toks), b.prefix_block):
+                    slot.decode(toks[i : i + b.prefix_block], i, logits=True)
+                after_all = _log_softmax(slot.decode([toks[1]], len(slot.tokens))).copy()
+                assert np.array_equal(after_skipped, after_all)
+        finally:
+            b.close()
+    assert got[0] == got[1]

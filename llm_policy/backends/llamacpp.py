@@ -52,7 +52,7 @@ from llm_policy.types import (
     parse_json_output,
 )
 
-__all__ = ["LlamaCppBackend", "default_model_path"]
+__all__ = ["LlamaCppBackend", "default_model_path", "default_threads"]
 
 _SHA_MEMO: dict[tuple[str, int, float], str] = {}
 
@@ -84,6 +84,39 @@ def default_model_path() -> tuple[Path, str]:
     except (OSError, ValueError) as exc:
         raise BackendUnavailable(f"could not assemble the packaged Gemma model: {exc}") from exc
     return path, gemma.EXPECTED_SHA256
+
+
+def _cpu_idle_jiffies() -> tuple[int, int]:
+    """(idle, total) jiffies summed over all CPUs, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user..steal
+
+
+def default_threads(window_s: float = 0.2) -> int:
+    """The usable CPUs that are idle right now (sampled over ``window_s`` while this
+    process waits), at least one.
+
+    llama.cpp's worker threads spin, so a thread on a CPU that something else is
+    using costs far more than it gives (measured 5x slower with 2 threads than 1 on
+    a loaded 2-core box), while on an idle 2-core box 2 threads are 1.7x faster than
+    1.  The load average would count this process's own work just before (building
+    a population), hence the sample.  The numbers do not depend on the thread count
+    (1 vs 2 threads: bit for bit, tested), so this choice changes speed only, never
+    an answer or a cache key."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    try:
+        idle0, total0 = _cpu_idle_jiffies()
+        time.sleep(window_s)
+        idle1, total1 = _cpu_idle_jiffies()
+    except (OSError, ValueError, IndexError):  # pragma: no cover - no /proc/stat
+        return max(1, cpus // 2)
+    n_all = os.cpu_count() or cpus
+    idle_cpus = n_all * (idle1 - idle0) / max(1, total1 - total0)
+    return max(1, min(cpus, int(idle_cpus + 0.5)))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -119,9 +152,11 @@ class _Slot:
             del self.tokens[n:]
         self.canon_end = min(self.canon_end, n)
 
-    def decode(self, toks: Sequence[int], start: int) -> np.ndarray:
+    def decode(self, toks: Sequence[int], start: int, *, logits: bool = True) -> np.ndarray | None:
         """Decode ``toks`` at positions ``start``.. (``start == len(tokens)``) in calls of
-        at most ``n_batch`` rows; return the logits after the last one (a view)."""
+        at most ``n_batch`` rows; return the logits after the last one (a view), or None
+        when ``logits`` is off.  Asking for no logits skips Gemma's 262k-row output layer
+        (a third of a 16-token call) and leaves the KV cache bit for bit the same."""
         if start != len(self.tokens) or not toks:
             raise BackendError(f"internal: decode at {start} with {len(self.tokens)} positions held")
         b = self.batch
@@ -135,12 +170,14 @@ class _Slot:
                 b.n_seq_id[r] = 1
                 b.seq_id[r][0] = 0
                 b.logits[r] = 0
-            b.logits[n - 1] = 1
+            b.logits[n - 1] = 1 if logits else 0
             rc = self._lc.llama_decode(self.ctx, b)
             if rc != 0:
                 self.rollback(start + i)
                 raise BackendError(f"llama_decode failed with code {rc}")
             self.tokens.extend(chunk)
+        if not logits:
+            return None
         ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
@@ -191,14 +228,7 @@ class LlamaCppBackend:
         self.sha256 = sha
         self.identity = f"llamacpp:{path.stem}:{sha[:12]}"
         if n_threads is None:
-            # llama.cpp's own rule of thumb (half the logical CPUs): its worker
-            # threads spin, and over-subscribing a shared machine is disastrous
-            # (measured 5x slower with 2 threads than 1 on a loaded 2-core box)
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:  # pragma: no cover - non-Linux
-                cpus = os.cpu_count() or 1
-            n_threads = max(1, cpus // 2)
+            n_threads = default_threads()
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads)
         self.seed = int(seed)
@@ -287,8 +317,9 @@ class LlamaCppBackend:
         slot, keep = self._pick_slot(ctx)
         slot.rollback(keep)
         for i in range(keep, len(ctx), B):
-            logits = slot.decode(ctx[i : i + B], i)
+            logits = slot.decode(ctx[i : i + B], i, logits=i + B >= len(ctx))
             self.stats["decode_calls"] += 1
+        assert logits is not None
         self.stats["evaluated_tokens"] += len(ctx) - keep
         self.stats["reused_tokens"] += keep
         slot.canon_end = (len(ctx) // B) * B
