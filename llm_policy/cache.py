@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from llm_policy.types import ScoreRequest, ScoreResult
+from llm_policy.types import ScoreRequest, ScoreResult, ThreadRequest, ThreadResult, run_threads
 
 __all__ = ["CachedBackend", "ResponseCache", "complete_key", "json_key", "score_key"]
 
@@ -373,6 +373,41 @@ class CachedBackend:
         text = self.backend.complete(prompt, max_tokens=max_tokens, stop=stop, temperature=temperature, seed=seed)
         self.cache.put_text(self.identity, prompt, max_tokens, stop, temperature, seed, text)
         return text
+
+    def threads(self, requests: Sequence[ThreadRequest], *, max_tokens: int, stop: Sequence[str] = ("\n",)
+                ) -> list[ThreadResult]:
+        """Threads, cached as what they are equivalent to (:class:`~llm_policy.types.ThreadRequest`): the
+        continuation as a ``complete`` entry and each question as a ``score`` entry of the concatenated
+        prompt, so a replay of the run (``ReplayBackend``, which has no ``threads``) finds them. A thread
+        with every part cached is served; the rest go to the wrapped backend together."""
+        requests = list(requests)
+        stop = list(stop)
+        out: list[ThreadResult | None] = [None] * len(requests)
+        miss: list[int] = []
+        for i, r in enumerate(requests):
+            text: str | None = ""
+            if r.generate:
+                text = self.cache.get_text(self.identity, r.prompt, max_tokens, stop, 0.0, 0)
+            if text is None:
+                miss.append(i)
+                continue
+            hits = self.cache.get_many(self.identity, [ScoreRequest(r.prompt + text + q.prompt, q.options,
+                                                                    q.temperature) for q in r.questions])
+            if any(h is None for h in hits):
+                miss.append(i)
+                continue
+            out[i] = ThreadResult(text, tuple(hits))  # type: ignore[arg-type]
+        fresh = run_threads(self.backend, [requests[i] for i in miss], max_tokens=max_tokens, stop=stop)
+        for i, res in zip(miss, fresh):
+            r = requests[i]
+            if res.text is not None:
+                if r.generate:
+                    self.cache.put_text(self.identity, r.prompt, max_tokens, stop, 0.0, 0, res.text)
+                self.cache.put_many(self.identity, [
+                    (ScoreRequest(r.prompt + res.text + q.prompt, q.options, q.temperature), sc)
+                    for q, sc in zip(r.questions, res.scores)])
+            out[i] = res
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         self.backend.close()

@@ -48,11 +48,15 @@ from scenarios.loader import ScenarioError
 from simcore.rundir import TableAppender
 
 from .policy import RoundStats  # the archetype policy's counters: the same figures per round
-from .types import BackendError, ScoreRequest
+from .types import ScoreRequest, ScoreResult, ThreadRequest, ThreadResult, run_threads
 
 REFLECTION_IMPORTANCE = 8.0
 DECISION_IMPORTANCE = 5.0
-PROMPT_FIELDS = ("memories", "observation", "options", "step")
+PROMPT_FIELDS = ("memories", "observation", "options", "step", "persona")
+CONTEXT_FIELDS = ("memories", "observation", "step", "persona")
+QUESTION_FIELDS = ("options", "step")  # a decision's prompt after a context: the question alone
+REFLECTION_PROMPT = "What this person concludes: This person"  # ends inside the sentence: at a colon Gemma stops
+REFLECTION_QUERY = "what matters most to me about my health, my work and my household"
 SCHEMA = pa.schema([("step", pa.int64()), ("agent_id", pa.int64()), ("kind", pa.string()), ("text", pa.string()),
                     ("importance", pa.float32()), ("target", pa.string()), ("p", pa.float32())])
 _WORD = re.compile(r"[a-z0-9]+")
@@ -140,6 +144,8 @@ def check_deep_agents(spec, *, n_agents: int, features: Mapping[str, tuple] | It
             if unknown:
                 raise ScenarioError(f"deep_agents.rule.{f}", f"unknown level {unknown[0]!r} "
                                     f"(levels: {', '.join(levels[f])})")
+    if spec.context:
+        check_template("deep_agents.context", spec.context, set(CONTEXT_FIELDS))
     targets = tuple(decision_targets)
     seen = set()
     for i, d in enumerate(spec.decisions):
@@ -149,7 +155,9 @@ def check_deep_agents(spec, *, n_agents: int, features: Mapping[str, tuple] | It
         if d.target in seen:
             raise ScenarioError(f"deep_agents.decisions[{i}].target", f"{d.target!r} is decided twice")
         seen.add(d.target)
-        check_template(f"deep_agents.decisions[{i}].prompt", d.prompt, set(PROMPT_FIELDS))
+        check_template(f"deep_agents.decisions[{i}].prompt", d.prompt,
+                       set(QUESTION_FIELDS if spec.context else PROMPT_FIELDS))
+
     if need_backend and spec.k and spec.backend is None and policy_every is None:
         raise ScenarioError("deep_agents.backend", "needs a backend (or a policy: block whose backend it shares)")
     if spec.relevance == "embedding" and has_embed is False:
@@ -172,6 +180,7 @@ class DeepAgents:
         self.interventions = [(iv.name, int(iv.start), int(iv.end)) for iv in interventions]
         self.memories: list[list[Memory]] = [[] for _ in self.ids]
         self.last_codes: list[dict[str, int] | None] = [None] * len(self.ids)
+        self.last_seen: list[dict | None] = [None] * len(self.ids)  # levels, statistics, interventions as shown
         self.values: dict[str, np.ndarray] = {}  # target -> K values (NaN: heuristic)
         self.rows: list[dict] = []
         self.stats = RoundStats()
@@ -190,9 +199,8 @@ class DeepAgents:
         step = int(sim.step)
         if step % self.spec.every == 0 and len(self.ids):
             obs = self.observe(sim)
-            if self.spec.reflect_every and step > 0 and step % self.spec.reflect_every == 0:
-                self.reflect(step)
-            self.decide(step, obs)
+            reflecting = bool(self.spec.reflect_every and step > 0 and step % self.spec.reflect_every == 0)
+            self.deliberate(step, obs, reflecting)
         self.apply(sim)
         self._flush()
 
@@ -209,25 +217,35 @@ class DeepAgents:
         rows = jax.device_get({"f": {k: jnp.take(v, idx, axis=0) for k, v in feats.items()},
                                "s": {k: jnp.take(v, idx, axis=0) for k, v in stats.items()}})
         step = int(sim.step)
-        active = [n for n, a, b in self.interventions if n and a <= step < b]
+        active = ", ".join(dict.fromkeys(n for n, a, b in self.interventions if n and a <= step < b)) or "none"
         texts = []
         for j, agent in enumerate(self.ids):
             codes = {k: int(v[j]) for k, v in rows["f"].items()}
-            parts = [f"{k.replace('_', ' ')} {self.model.labels[k][c] if self.model.labels.get(k) else c}"
-                     for k, c in codes.items()]
-            parts += [f"{k.replace('_', ' ')} {_num(float(v[j]))}" for k, v in rows["s"].items()]
-            text = (f"Day {step}: " + ", ".join(parts) + "; interventions in force: "
-                    + (", ".join(dict.fromkeys(active)) or "none") + ".")
+            level = {k: (self.model.labels[k][c] if self.model.labels.get(k) else str(c)) for k, c in codes.items()}
+            stats_now = {k: _num(float(v[j])) for k, v in rows["s"].items()}
             prev = self.last_codes[j]
+            # the first observation is the whole row; later ones only what changed (a feature with its former
+            # level, a statistic, the interventions in force): an unchanged row costs no prompt tokens
+            if prev is None:
+                parts = [f"{_name(k)} {v}" for k, v in level.items()] + [f"{_name(k)} {v}" for k, v in stats_now.items()]
+                parts.append(f"interventions in force: {active}")
+            else:
+                was = self.last_seen[j]
+                parts = [f"{_name(k)} {v} (was {was['f'][k]})" for k, v in level.items() if was["f"].get(k) != v]
+                parts += [f"{_name(k)} {v}" for k, v in stats_now.items() if was["s"].get(k) != v]
+                if was["active"] != active:
+                    parts.append(f"interventions in force: {active}")
+            text = f"Day {step}: " + ("; ".join(parts) if parts else "no change") + "."
             changed = 0 if prev is None else sum(prev.get(k) != c for k, c in codes.items())
             importance = float(min(10, 1 + 3 * (changed if prev is not None else 1)))
             self.last_codes[j] = codes
+            self.last_seen[j] = {"f": level, "s": stats_now, "active": active}
             self._remember(j, step, "observation", text, importance)
             texts.append(text)
         return texts
 
-    def retrieve(self, j: int, query: str, step: int) -> list[Memory]:
-        mems = self.memories[j]
+    def retrieve(self, j: int, query: str, step: int, *, exclude: Memory | None = None) -> list[Memory]:
+        mems = [m for m in self.memories[j] if m is not exclude]
         if not mems:
             return []
         if self.spec.relevance == "embedding":
@@ -240,63 +258,102 @@ class DeepAgents:
         scores = retrieval_scores(mems, step, rel, self.spec.decay, self.spec.weights)
         return [mems[i] for i in top_memories(scores, mems, self.spec.top_k)]
 
-    def reflect(self, step: int) -> None:
-        # a plain continuation cut at the line's end: through generate_json a base model rarely closed its JSON
-        # string inside the token bound (73 of 75 reflections failed in benchmarks/deep_agents.py)
+    def persona(self, j: int) -> str:
+        """The agent's features at its latest observation, ``name level`` each (``{persona}``)."""
+        seen = self.last_seen[j]
+        return ", ".join(f"{_name(k)} {v}" for k, v in seen["f"].items()) if seen else ""
+
+    def _listing(self, memories: list[Memory]) -> str:
+        return "\n".join(f"- {m.text}" for m in memories)
+
+    def _question_fields(self, d, step: int) -> dict:
+        return {"options": ", ".join(d.options[:-1]) + " or " + d.options[-1], "step": step}
+
+    def deliberate(self, step: int, observations: list[str], reflecting: bool) -> None:
+        """The round's reflections (when due) and decisions, as one :class:`ThreadRequest` per agent.
+
+        With ``deep_agents.context`` the agent's turn is one thread: the context (its memories, retrieved
+        once for the round, and today's observation), then the reflection it writes, then each decision's
+        question after it -- the backend keeps the thread's KV cache from one part to the next (llama.cpp:
+        every agent's reflection generated in lockstep). Without it, reflections are their own prompt and
+        each decision prompt is complete in itself, retrieved again after the reflection."""
+        spec = self.spec
+        bound = spec.reflection_tokens
+        queries = [f"{obs} {REFLECTION_QUERY} " + " ".join(d.prompt for d in spec.decisions) for obs in observations]
+        # today's observation is shown as such (and is the query's core), not again among the memories
+        today = [self.memories[j][-1] for j in range(len(self.ids))]
+        tops = [self.retrieve(j, q, step, exclude=today[j]) for j, q in enumerate(queries)]
+        if spec.context:
+            questions = tuple(
+                ScoreRequest("\n" + d.prompt.format_map(self._question_fields(d, step)),
+                             tuple(" " + o for o in d.options), self.temperature) for d in spec.decisions)
+            contexts = [spec.context.format_map({"memories": self._listing(top), "observation": observations[j],
+                                                 "step": step, "persona": self.persona(j)})
+                        for j, top in enumerate(tops)]
+            reqs = [ThreadRequest(c + "\n" + REFLECTION_PROMPT if reflecting else c, questions, reflecting)
+                    for c in contexts]
+            results = self._run(reqs, bound)
+            if reflecting:
+                self._reflections(step, results, tops, reqs)
+            for i, d in enumerate(spec.decisions):
+                self._decisions(step, d, [r.scores[i] for r in results])
+            return
+        if reflecting:
+            reqs = [ThreadRequest(f"Memories of agent {int(agent)}:\n{self._listing(top)}\n{REFLECTION_PROMPT}", (),
+                                  True) for agent, top in zip(self.ids, tops)]
+            self._reflections(step, self._run(reqs, bound), tops, reqs)
+            tops = [self.retrieve(j, q, step, exclude=today[j]) for j, q in enumerate(queries)]  # reflections too now
+        for d in spec.decisions:
+            fields = self._question_fields(d, step)
+            reqs = [ThreadRequest("", (ScoreRequest(d.prompt.format_map({
+                **fields, "memories": self._listing(top), "observation": observations[j], "persona": self.persona(j)}),
+                tuple(" " + o for o in d.options), self.temperature),)) for j, top in enumerate(tops)]
+            self._decisions(step, d, [r.scores[0] for r in self._run(reqs, bound)])
+
+    def _run(self, reqs: list[ThreadRequest], bound: int) -> list[ThreadResult]:
+        t0 = time.perf_counter()
+        results = run_threads(self.backend, reqs, max_tokens=bound, stop=["\n"])
+        self.stats.seconds += time.perf_counter() - t0
+        return results
+
+    def _reflections(self, step: int, results: list[ThreadResult], tops: list[list[Memory]],
+                     reqs: list[ThreadRequest]) -> None:
+        # a plain continuation cut at the line's end, the prompt ending inside the sentence: through
+        # generate_json a base model rarely closed its JSON string inside the token bound (73 of 75 failed)
         bound = self.spec.reflection_tokens
-        for j, agent in enumerate(self.ids):
-            top = self.retrieve(j, "what matters most to me about my health, my work and my household", step)
-            listing = "\n".join(f"- {m.text}" for m in top)
-            prompt = (f"Memories of agent {int(agent)}:\n{listing}\nIn one or two sentences, what does this person "
-                      "conclude from these memories? Reflection: This person")
-            t0 = time.perf_counter()
+        for j, res in enumerate(results):
             self.stats.calls += 1
-            try:
-                # the prompt ends inside the sentence: left at "Reflection:", Gemma 270M ends the line at once
-                text = self.backend.complete(prompt, max_tokens=bound, stop=["\n"], temperature=0.0).strip()
-                if not text:
-                    raise BackendError("empty reflection")
-                text = f"This person {text}"[:4 * bound]
-            except BackendError as exc:  # counted; the top memory stands in
+            text = (res.text or "").strip()
+            if res.text is None or not text:  # counted; the top memory stands in
                 self.stats.fallbacks += 1
-                text = f"(no reflection: {exc}) " + (top[0].text if top else "")
-            self.stats.seconds += time.perf_counter() - t0
-            self.stats.prompt_tokens += len(prompt.split())
+                why = res.error or "empty reflection"
+                text = f"(no reflection: {why}) " + (tops[j][0].text if tops[j] else "")
+            else:
+                text = f"This person {text}"[:4 * bound]
+            self.stats.prompt_tokens += len(reqs[j].prompt.split())  # words: the backend counts tokens per question
             self._remember(j, step, "reflection", text, REFLECTION_IMPORTANCE)
 
-    def decide(self, step: int, observations: list[str]) -> None:
+    def _decisions(self, step: int, d, results: list[ScoreResult]) -> None:
         every = self.spec.every
-        for d in self.spec.decisions:
-            query = d.prompt.replace("{", " ").replace("}", " ")
-            prompts = []
-            for j in range(len(self.ids)):
-                top = self.retrieve(j, query, step)
-                prompts.append(d.prompt.format_map({
-                    "memories": "\n".join(f"- {m.text}" for m in top), "observation": observations[j],
-                    "options": ", ".join(d.options[:-1]) + " or " + d.options[-1], "step": step}))
-            requests = [ScoreRequest(p, tuple(" " + o for o in d.options), self.temperature) for p in prompts]
-            t0 = time.perf_counter()
-            results = self.backend.score(requests)
-            self.stats.seconds += time.perf_counter() - t0
-            weights = np.array([d.value.get(o, 0.0) for o in d.options])
-            vals = np.full(len(self.ids), np.nan, np.float32)
-            as_logit = d.target in self.model.decision_logits
-            for j, r in enumerate(results):
-                self.stats.calls += 1
-                self.stats.prompt_tokens += r.prompt_tokens
-                self.stats.completion_tokens += r.completion_tokens
-                ok = r.error is None and all(math.isfinite(p) for p in r.probs)
-                if not ok:
-                    self.stats.fallbacks += 1
-                    text, p_event = f"{d.target}: no answer ({r.error}); the heuristic decides", math.nan
-                else:
-                    p_event = float(np.clip(np.asarray(r.probs) @ weights, 0.0, 1.0))
-                    h = min(max(1.0 - (1.0 - p_event) ** (1.0 / every), 1e-6), 1.0 - 1e-6)
-                    vals[j] = math.log(h) - math.log1p(-h) if as_logit else h
-                    best = d.options[int(np.argmax(r.probs))]
-                    text = f"Decided {d.target}: most likely '{best}' (P(event) = {p_event:.2f})."
-                self._remember(j, step, "decision", text, DECISION_IMPORTANCE, target=d.target, p=p_event)
-            self.values[d.target] = vals
+        weights = np.array([d.value.get(o, 0.0) for o in d.options])
+        vals = np.full(len(self.ids), np.nan, np.float32)
+        as_logit = d.target in self.model.decision_logits
+        for j, r in enumerate(results):
+            self.stats.calls += 1
+            self.stats.prompt_tokens += r.prompt_tokens
+            self.stats.completion_tokens += r.completion_tokens
+            ok = r.error is None and all(math.isfinite(p) for p in r.probs)
+            if not ok:
+                self.stats.fallbacks += 1
+                text, p_event = f"{d.target}: no answer ({r.error}); the heuristic decides", math.nan
+            else:
+                p_event = float(np.clip(np.asarray(r.probs) @ weights, 0.0, 1.0))
+                h = min(max(1.0 - (1.0 - p_event) ** (1.0 / every), 1e-6), 1.0 - 1e-6)
+                vals[j] = math.log(h) - math.log1p(-h) if as_logit else h
+                best = d.options[int(np.argmax(r.probs))]
+                text = f"Decided {d.target}: most likely '{best}' (P(event) = {p_event:.2f})."
+            self._remember(j, step, "decision", text, DECISION_IMPORTANCE, target=d.target, p=p_event)
+        self.values[d.target] = vals
 
     def apply(self, sim) -> None:
         """Write the K values into the model's per-agent targets at the K indices only (device ops)."""
@@ -326,7 +383,7 @@ class DeepAgents:
         self._flush()
         return {"kind": "deep_agents", "ids": [int(i) for i in self.ids], "rows_logged": len(self.rows),
                 "memories": [[vars(m).copy() for m in ms] for ms in self.memories],
-                "last_codes": self.last_codes, "stats": vars(self.stats).copy(),
+                "last_codes": self.last_codes, "last_seen": self.last_seen, "stats": vars(self.stats).copy(),
                 "targets": list(self.values), "arrays": {f"deep_{t}": v for t, v in self.values.items()}}
 
     def load_state_dict(self, blob: Mapping[str, Any]) -> None:
@@ -334,6 +391,7 @@ class DeepAgents:
             raise ScenarioError("checkpoint", "the checkpoint's deep agents are not this run's")
         self.memories = [[Memory(**m) for m in ms] for ms in blob["memories"]]
         self.last_codes = [None if c is None else {k: int(v) for k, v in c.items()} for c in blob["last_codes"]]
+        self.last_seen = list(blob["last_seen"])
         self.stats = RoundStats(**blob["stats"])
         arrays = blob.get("arrays") or {}
         self.values = {t: np.asarray(arrays[f"deep_{t}"], np.float32) for t in blob.get("targets") or []}
@@ -353,6 +411,10 @@ class DeepAgents:
             self._log.close()
         if self.owns_backend and hasattr(self.backend, "close"):
             self.backend.close()
+
+
+def _name(key: str) -> str:
+    return key.replace("_", " ")
 
 
 def _num(x: float) -> str:

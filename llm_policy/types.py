@@ -28,6 +28,9 @@ __all__ = [
     "BackendUnavailable",
     "ScoreRequest",
     "ScoreResult",
+    "ThreadRequest",
+    "ThreadResult",
+    "run_threads",
     "softmax",
     "parse_json_output",
     "validate_json",
@@ -192,6 +195,65 @@ class ScoreResult:
             error=str(error) or "unknown error",
             method="error",
         )
+
+
+@dataclass(frozen=True)
+class ThreadRequest:
+    """One agent's turn: a prompt, an optional free continuation, then questions that follow it.
+
+    Equivalent to ``text = complete(prompt, max_tokens, stop)`` when ``generate`` (else ``""``) and
+    then ``score(ScoreRequest(prompt + text + q.prompt, q.options, q.temperature))`` for every
+    question ``q``: each question's ``prompt`` is the text appended after the prompt and the
+    generated text.  A backend with a ``threads`` method answers many of them together, keeping
+    each prompt's KV cache for its continuation and questions (llama.cpp: the generation of all
+    threads in lockstep, one decode per token for the whole batch); :func:`run_threads` falls back
+    to ``complete`` and ``score`` for any other backend.
+    """
+
+    prompt: str
+    questions: tuple[ScoreRequest, ...] = ()
+    generate: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "questions", tuple(self.questions))
+
+
+@dataclass(frozen=True)
+class ThreadResult:
+    """``text``: the continuation (``""`` without ``generate``; None when it failed, with ``error``);
+    ``scores``: one result per question (failed ones carry their error)."""
+
+    text: str | None
+    scores: tuple[ScoreResult, ...]
+    error: str | None = None
+    latency_s: float = 0.0
+
+
+def run_threads(backend: Any, requests: Sequence[ThreadRequest], *, max_tokens: int, stop: Sequence[str] = ("\n",)
+                ) -> list[ThreadResult]:
+    """Answer ``requests`` through ``backend.threads`` when it has one, else one ``complete`` and one
+    ``score`` batch per request (greedy, temperature 0 for the continuation)."""
+    import time
+
+    fn = getattr(backend, "threads", None)
+    if fn is not None:
+        return list(fn(requests, max_tokens=max_tokens, stop=stop))
+    out = []
+    for req in requests:
+        t0 = time.perf_counter()
+        text = ""
+        if req.generate:
+            try:
+                text = backend.complete(req.prompt, max_tokens=max_tokens, stop=list(stop), temperature=0.0)
+            except BackendError as exc:
+                out.append(ThreadResult(None, tuple(ScoreResult.failure(len(q.options), f"no continuation: {exc}")
+                                                    for q in req.questions), error=str(exc),
+                                        latency_s=time.perf_counter() - t0))
+                continue
+        scores = backend.score([ScoreRequest(req.prompt + text + q.prompt, q.options, q.temperature)
+                                for q in req.questions]) if req.questions else []
+        out.append(ThreadResult(text, tuple(scores), latency_s=time.perf_counter() - t0))
+    return out
 
 
 @runtime_checkable

@@ -724,6 +724,8 @@ class DeepAgentsSpec(Strict):
         default_factory=lambda: {"recency": 1.0, "importance": 1.0, "relevance": 1.0})
     relevance: Literal["lexical", "embedding"] = "lexical"
     reflection_tokens: PositiveInt = 48
+    context: str = Field("", description="the agent's turn, shared by its reflection and decisions: a template "
+                         "over {memories}, {observation}, {step}; then each decision's prompt is its question alone")
     backend: dict[str, Any] | None = Field(None, description="default: policy.backend")
     decisions: list[DeepDecisionSpec] = []
 

@@ -84,7 +84,10 @@ def test_decisions_reach_the_deep_agents_and_no_others(tmp_path):
     np.testing.assert_allclose(dec["p"].to_numpy(), P_DEEP, rtol=1e-6)
     assert (dec["target"] == "isolate_llm").all()
     obs = rows.filter(pl.col("kind") == "observation")
-    assert obs.height == 2 * len(IDS) and obs["text"].str.contains("borough").all()
+    assert obs.height == 2 * len(IDS)
+    first, later = obs.filter(pl.col("step") == 0), obs.filter(pl.col("step") == 7)
+    assert first["text"].str.contains("borough").all()  # the whole row first, then only what changed
+    assert not later["text"].str.contains("borough").any() and later["text"].str.starts_with("Day 7: ").all()
     assert obs["importance"].min() >= 1 and obs["importance"].max() <= 10
     assert rows.schema["importance"] == pl.Float32 and rows.schema["p"] == pl.Float32
 
@@ -193,3 +196,46 @@ def test_failed_deep_calls_fall_back_to_the_heuristic_and_are_counted(tmp_path):
     assert stats.fallbacks == 2 * len(IDS) + len(IDS) and stats.calls == 3 * len(IDS)  # 2 decisions, 1 reflection
     rows = deep_rows(tmp_path / "r")
     assert rows.filter(pl.col("kind") == "decision")["p"].is_nan().all()
+
+
+def test_context_mode_one_thread_per_agent_reflection_then_questions(tmp_path):
+    """With ``context`` each agent's turn is one thread: the context (memories retrieved once for the round and
+    today's observation), its reflection, then each decision's question; what the backend is asked is exactly
+    that concatenation, and the decisions still reach the deep agents alone."""
+    from llm_policy.backends import ScriptedBackend
+    from simcore.session import RunSession
+
+    deep = {**DEEP, "reflect_every": 7, "context": "Deep agent. Day {step}. Memories:\n{memories}\nNow: {observation}",
+            "decisions": [{**DEEP["decisions"][0], "prompt": "Will you isolate next week ({options})? Answer:"}]}
+    made = []
+
+    def make():
+        made.append(ScriptedBackend(script, text_fn=lambda prompt, seed: " should be careful: cases matter.\nno"))
+        return made[-1]
+
+    with RunSession(scenario(14, deep), tmp_path / "r", backend=make) as s:
+        s.run()
+        iso = np.asarray(s.sim.params["isolate_llm"])
+    h = 1 - (1 - P_DEEP) ** (1 / 7)
+    np.testing.assert_allclose(iso[IDS], np.float32(math.log(h) - math.log1p(-h)), rtol=1e-6)
+    asked = [r.prompt for b in made for batch in b.calls for r in batch if r.prompt.startswith("Deep agent. Day 7.")]
+    reflected = [p for b in made for p, _, _ in b.completions if p.startswith("Deep agent. Day 7.")]
+    assert len(asked) == len(reflected) == len(IDS)
+    for prompt in reflected:  # the reflection continues the context
+        assert prompt.endswith("\nWhat this person concludes: This person") and "\nNow: Day 7: " in prompt
+    for prompt in asked:  # the question follows the context, the reflection and its line break
+        head, question = prompt.split(" should be careful: cases matter.", 1)
+        assert head in reflected and question == "\nWill you isolate next week (yes or no)? Answer:"
+    rows = deep_rows(tmp_path / "r")
+    assert rows.filter((pl.col("kind") == "reflection"))["step"].unique().to_list() == [7]
+
+
+def test_context_mode_validation_names_the_field():
+    deep = {**DEEP, "context": "Memories:\n{memories}\n{mood}"}
+    with pytest.raises(ScenarioError) as exc:
+        check_scenario(scenario(14, deep), memory=False)
+    assert exc.value.field == "deep_agents.context"
+    deep = {**DEEP, "context": "Memories:\n{memories}"}  # a question after a context has no {memories} of its own
+    with pytest.raises(ScenarioError) as exc:
+        check_scenario(scenario(14, deep), memory=False)
+    assert exc.value.field == "deep_agents.decisions[0].prompt"

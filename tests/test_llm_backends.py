@@ -748,3 +748,33 @@ def test_llamacpp_numbers_do_not_depend_on_threads_or_intermediate_logits():
         finally:
             b.close()
     assert got[0] == got[1]
+
+
+@pytest.mark.llm
+@needs_llama
+def test_llamacpp_threads_are_reproducible_and_agree_with_one_at_a_time():
+    """Threads (continuations in lockstep, questions forked from each thread's KV) give the same answers for the
+    same requests, bit for bit; with no continuation, a question scores as ``score`` of the concatenated prompt
+    within the block-grouping noise; a continuation stops at the line's end within its bound."""
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+    from llm_policy.types import ThreadRequest
+
+    q = (ScoreRequest("\nQ: Is the sky green?\nA:", YN), ScoreRequest("\nQ: Is fire hot?\nA:", YN))
+    reqs = [ThreadRequest(FEW_SHOT + " yes\nQ: Is ice cold?\nA: yes\nA fact about ice: it", q, True),
+            ThreadRequest(FEW_SHOT + " yes", q), ThreadRequest("Q: Is water wet?\nA: yes", q, True)]
+    b = LlamaCppBackend(n_ctx=1024, n_threads=1)
+    try:
+        one = b.threads(reqs, max_tokens=12)
+        two = b.threads(reqs, max_tokens=12)
+        alone = b.score([ScoreRequest(reqs[1].prompt + x.prompt, x.options) for x in q])
+        n_tokens = [len(b._tokenize(r.text or "")) - 1 for r in one]  # less the BOS
+    finally:
+        b.close()
+    assert [r.text for r in one] == [r.text for r in two]
+    assert [s.logprobs for r in one for s in r.scores] == [s.logprobs for r in two for s in r.scores]
+    assert one[1].text == "" and all(s.ok for r in one for s in r.scores)
+    for i in (0, 2):
+        assert one[i].text and "\n" not in one[i].text and n_tokens[i] <= 12 + 1
+    for s, a in zip(one[1].scores, alone):
+        assert max(abs(x - y) for x, y in zip(s.probs, a.probs)) < 0.05, (s.probs, a.probs)
+    assert one[1].scores[1].probs[0] > 0.5  # fire is hot: the fork kept the few-shot context

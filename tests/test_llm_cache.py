@@ -155,3 +155,29 @@ def test_replay_needs_identity_when_cache_is_mixed(tmp_path):
     with pytest.raises(BackendUnavailable, match="identities"):
         ReplayBackend(cache)
     assert ReplayBackend(cache, identity="b").score(_batch(1))[0].cached
+
+
+def test_threads_are_cached_as_completions_and_scores_and_replay(tmp_path):
+    """A cached backend stores a thread as what it is equivalent to (a completion and the scores of the
+    concatenated prompts), so a replay, which has no ``threads``, answers it identically; a repeat is served."""
+    import math
+
+    from llm_policy.backends import ScriptedBackend
+    from llm_policy.backends.replay import ReplayBackend
+    from llm_policy.cache import CachedBackend, ResponseCache
+    from llm_policy.types import ScoreRequest, ThreadRequest, run_threads
+
+    inner = ScriptedBackend(lambda p, o: [math.log(0.7 if "careful" in p else 0.2), math.log(0.3 if "careful" in p else 0.8)],
+                            text_fn=lambda prompt, seed: " is careful.\nmore")
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    q = (ScoreRequest("\nIsolate? Answer:", (" yes", " no")),)
+    reqs = [ThreadRequest("Agent 1 remembers rain.\nThis person", q, True), ThreadRequest("Agent 2, no turn.", q)]
+    first = CachedBackend(inner, cache).threads(reqs, max_tokens=8)
+    assert [r.text for r in first] == [" is careful.", ""]
+    assert first[0].scores[0].probs[0] == pytest.approx(0.7) and first[1].scores[0].probs[0] == pytest.approx(0.2)
+    n_calls = len(inner.calls)
+    again = CachedBackend(inner, cache).threads(reqs, max_tokens=8)
+    assert len(inner.calls) == n_calls and all(s.cached for r in again for s in r.scores)
+    replay = run_threads(ReplayBackend(cache, identity=inner.identity), reqs, max_tokens=8)
+    assert [r.text for r in replay] == [r.text for r in first]
+    assert [r.scores[0].probs for r in replay] == [r.scores[0].probs for r in first]
