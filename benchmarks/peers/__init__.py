@@ -2,7 +2,7 @@
 
 Every peer runs in its own virtual environment, made by ``benchmarks/peers/setup.sh`` under
 ``$SIMCORE_PEERS_DIR`` (default ``<repo>/.peers``), never in simcore's: a worker script of ours
-(``agenttorch_step.py``, ``oasis_recsys.py``, ``mesa_step.py``) is started with that environment's
+(``agenttorch_step.py``, ``oasis_recsys.py``, ``mesa_step.py``, ``mesaframes_step.py``) is started with that environment's
 Python on the same contact graph (an ``.npz`` of the CSR arrays simcore builds) or the same
 numbers of users and posts, and prints one JSON line. simcore itself is measured in this process.
 
@@ -16,7 +16,14 @@ numbers of users and posts, and prints one JSON line. simcore itself is measured
   ``Platform.update_rec_table()`` for every user, vs simcore's ``recommend`` substep for every user
   (``activity_rate=1``) with the same feed size, users and posts.
 * **mesa**: the Mesa 3 reference SEIR (``benchmarks/mesa_seir.py``) right after seeding, vs the
-  same simcore figure as for AgentTorch.
+  same simcore figure as for AgentTorch; then run to the end of its epidemic for the check below.
+* **mesaframes**: the same SEIR written for mesa-frames (one polars ``AgentSetPolars``, a step of
+  whole-table operations), right after seeding and as a mean over its whole epidemic, vs the same
+  simcore figure.
+
+The epidemic peers (simcore, Mesa, mesa-frames) each run a whole epidemic on the same graph with
+the same parameters, and their attack rates and peaks are printed side by side: the ratios compare
+the same model (each with its own random streams, so they agree to sampling noise, not exactly).
 
 A requested peer whose environment is missing stops the run before anything is measured, with
 exit code 2 and the command that creates it; nothing is skipped silently.
@@ -34,8 +41,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PEERS = ("agenttorch", "oasis", "mesa")
-WORKERS = {"agenttorch": "agenttorch_step.py", "oasis": "oasis_recsys.py", "mesa": "mesa_step.py"}
+PEERS = ("agenttorch", "oasis", "mesa", "mesaframes")
+WORKERS = {"agenttorch": "agenttorch_step.py", "oasis": "oasis_recsys.py", "mesa": "mesa_step.py",
+           "mesaframes": "mesaframes_step.py"}
 
 
 class MissingPeer(Exception):
@@ -123,7 +131,8 @@ def simcore_recommender(users: int, posts: int, k: int, kind: str) -> dict:
 def _line(what: str, peer: float, ours: float, target: float | None) -> str:
     ratio = peer / ours
     verdict = "" if target is None else (f"  (target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})")
-    return f"  {what:<58} {peer:12.1f} {ours:12.2f} {ratio:10.0f}x{verdict}"
+    shown = f"{ratio:10.0f}x" if ratio >= 10 else f"{ratio:10.1f}x"  # a single digit gets its decimal
+    return f"  {what:<58} {peer:12.1f} {ours:12.2f} {shown}{verdict}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            ep = {"n": n, "simcore": simcore_seir(n, dense=False)["ms_per_step"],
-                  "simcore_dense": simcore_seir(n, dense=True)["ms_per_step"]}
+            ours = simcore_seir(n, dense=False)
+            ep = {"n": n, "simcore": ours["ms_per_step"], "simcore_dense": simcore_seir(n, dense=True)["ms_per_step"],
+                  "simcore_epidemic": {k: ours[k] for k in ("active_at_end", "attack_rate", "peak_step", "peak_infectious")}}
             csr = erdos_renyi(n, 10, seed=0)
             g = Path(tmp) / f"g{n}.npz"
             np.savez(g, indptr=np.asarray(csr.indptr), indices=np.asarray(csr.indices))
@@ -172,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                 ep["agenttorch"] = run_worker("agenttorch", at_args, 3600)[0]
                 ep["agenttorch_autograd"] = run_worker("agenttorch", at_args + ["--autograd"], 3600)[0]
             if "mesa" in wanted and n <= args.mesa_max:
-                ep["mesa"] = run_worker("mesa", ["--graph", str(g), "--steps", str(args.steps)], 3600)[0]
+                ep["mesa"] = run_worker("mesa", ["--graph", str(g), "--steps", str(args.steps), "--epidemic"], 3600)[0]
+            if "mesaframes" in wanted:
+                ep["mesaframes"] = run_worker("mesaframes", ["--graph", str(g), "--steps", str(args.steps),
+                                                             "--epidemic"], 3600)[0]
             out["epidemic"].append(ep)
             print(json.dumps(ep), flush=True)
         if "oasis" in wanted:
@@ -198,11 +211,28 @@ def main(argv: list[str] | None = None) -> int:
         if "mesa" in ep:
             lines.append(_line(f"Mesa {ep['mesa']['version']} SEIR (after seeding), {n:,} agents", ep["mesa"]["ms_per_step"],
                                ep["simcore"], None))
+            lines.append(_line("  same, mean over its whole epidemic", ep["mesa"]["ms_per_step_epidemic"], ep["simcore"],
+                               None))
+        if "mesaframes" in ep:
+            mf = ep["mesaframes"]
+            lines.append(_line(f"mesa-frames {mf['version']} SEIR (after seeding), {n:,} agents", mf["ms_per_step"],
+                               ep["simcore"], None))
+            lines.append(_line("  same, mean over its whole epidemic", mf["ms_per_step_epidemic"], ep["simcore"], None))
     for row in out["recommender"]:
         lines.append(_line(f"OASIS {row['version']} {row['recommender']} update_rec_table, {row['users']:,} users",
                            row["update_rec_table_ms"], row["simcore"]["ms"], 100.0))
         lines.append(_line("  same, OASIS ranking function alone", row["rank_only_ms"], row["simcore"]["ms"], None))
     print("\n".join(lines))
+    checks = [ep for ep in out["epidemic"] if "mesa" in ep or "mesaframes" in ep]
+    if checks:
+        print("\n  same epidemic? whole runs on the same graph and parameters (own random streams)")
+        print(f"  {'agents':>10} {'peer':<12} {'attack rate':>12} {'peak step':>10} {'peak infectious':>16} {'E+I at end':>11}")
+        for ep in checks:
+            for name, e in (("simcore", ep["simcore_epidemic"]), ("mesa", ep.get("mesa")),
+                            ("mesa-frames", ep.get("mesaframes"))):
+                if e is not None:
+                    print(f"  {ep['n']:>10,} {name:<12} {e['attack_rate']:12.3f} {e['peak_step']:10d} "
+                          f"{e['peak_infectious']:16.3f} {e['active_at_end']:11d}")
     out["load_end"] = list(os.getloadavg())
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -2,7 +2,9 @@
 
 Runs inside the ``mesa`` peer environment (``benchmarks/peers/setup.sh mesa``): numpy, networkx
 and mesa only. Times ``--steps`` steps right after seeding (Mesa's cost grows with the number of
-infectious agents, so this is its cheapest phase). Prints one JSON line.
+infectious agents, so this is its cheapest phase); with ``--epidemic`` it then runs on until no
+agent is E or I (at most ``--max-steps`` steps in all) and reports the attack rate and peak, to
+check other peers' epidemics against it. Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--beta", type=float, default=0.055)
     ap.add_argument("--initial-infected", type=float, default=0.001)
+    ap.add_argument("--epidemic", action="store_true", help="then run on until no agent is E or I")
+    ap.add_argument("--max-steps", type=int, default=300)
     args = ap.parse_args()
     from importlib.metadata import version
 
@@ -46,8 +50,18 @@ def main() -> None:
         t0 = time.perf_counter()
         model.step()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"peer": "mesa", "version": version("mesa"), "n_agents": n, "setup_s": setup,
-                      "steps": len(times), "ms_per_step": 1e3 * float(np.median(times))}))
+    out = {"peer": "mesa", "version": version("mesa"), "n_agents": n, "setup_s": setup,
+           "steps": len(times), "ms_per_step": 1e3 * float(np.median(times))}
+    if args.epidemic:
+        t0 = time.perf_counter()
+        done = len(times) + model.run(args.max_steps - len(times))
+        counts = model.counts()  # row 0: the initial state
+        out.update({"epidemic_steps": done,
+                    "ms_per_step_epidemic": 1e3 * (sum(times) + time.perf_counter() - t0) / done,
+                    "attack_rate": float(counts["R"][-1]) / n, "peak_step": int(np.argmax(counts["I"])),
+                    "peak_infectious": float(counts["I"].max()) / n,
+                    "active_at_end": int(counts["E"][-1] + counts["I"][-1])})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

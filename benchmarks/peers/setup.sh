@@ -3,6 +3,7 @@
 #
 #   benchmarks/peers/setup.sh                  # every peer
 #   benchmarks/peers/setup.sh agenttorch mesa  # some of them
+#   benchmarks/peers/setup.sh mesaframes       # one
 #
 # Environments go under $SIMCORE_PEERS_DIR (default: <repo>/.peers, gitignored), one folder per
 # peer; a peer's folder gets a READY file (its `pip freeze`) only when its install finished, and
@@ -17,7 +18,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="${SIMCORE_PEERS_DIR:-$root/.peers}"
 py="${PEERS_PYTHON:-python3.11}"   # camel-oasis 0.2.5 needs Python >=3.10,<3.12
 torch_spec="${TORCH_SPEC:-torch==2.13.0+cpu}"
-all=(agenttorch oasis mesa)
+all=(agenttorch oasis mesa mesaframes)
 peers=("$@")
 [[ ${#peers[@]} -gt 0 ]] || peers=("${all[@]}")
 
@@ -27,6 +28,8 @@ install_peer() {
     agenttorch)  pkgs=("$torch_spec" "agent-torch==0.6.0") ;;
     oasis)       pkgs=("$torch_spec" "camel-oasis==0.2.5" "mcp>=1.3,<2") ;;  # camel-ai 0.2.78 imports mcp.server.FastMCP (gone in mcp 2)
     mesa)        pkgs=("mesa>=3.1,<4" "networkx>=3.2" "numpy>=1.26") ;;
+    # mesa-frames' only release on PyPI is the pre-release 0.1.0a0 (Python >=3.8; numpy~=1.26, polars>=1)
+    mesaframes)  pkgs=("mesa-frames==0.1.0a0" "polars>=1.0,<2" "numpy~=1.26") ;;
     *) echo "setup.sh: unknown peer '$name' (known: ${all[*]})" >&2; return 2 ;;
   esac
   echo "== $name -> $env: ${pkgs[*]}"
