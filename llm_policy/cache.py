@@ -384,22 +384,38 @@ class CachedBackend:
         stop = list(stop)
         out: list[ThreadResult | None] = [None] * len(requests)
         miss: list[int] = []
+        forward: list[ThreadRequest] = []
+        known: dict[int, tuple[str, list]] = {}  # a cached continuation, its questions' cache hits (None: missing)
         for i, r in enumerate(requests):
             text: str | None = ""
             if r.generate:
                 text = self.cache.get_text(self.identity, r.prompt, max_tokens, stop, 0.0, 0)
             if text is None:
                 miss.append(i)
+                forward.append(r)
                 continue
             hits = self.cache.get_many(self.identity, [ScoreRequest(r.prompt + text + q.prompt, q.options,
                                                                     q.temperature) for q in r.questions])
             if any(h is None for h in hits):
+                # never generate a stored continuation again (a thread's text depends on its group, and the
+                # stored one is what a replay finds): ask the questions after it, as the request defines them
                 miss.append(i)
+                known[i] = (text, hits)
+                forward.append(ThreadRequest(r.prompt + text, tuple(q for q, h in zip(r.questions, hits) if h is None)))
                 continue
             out[i] = ThreadResult(text, tuple(hits))  # type: ignore[arg-type]
-        fresh = run_threads(self.backend, [requests[i] for i in miss], max_tokens=max_tokens, stop=stop)
+        fresh = run_threads(self.backend, forward, max_tokens=max_tokens, stop=stop)
         for i, res in zip(miss, fresh):
             r = requests[i]
+            if i in known:
+                text, hits = known[i]
+                new = iter(res.scores)
+                scores = tuple(h if h is not None else next(new) for h in hits)
+                self.cache.put_many(self.identity, [
+                    (ScoreRequest(r.prompt + text + q.prompt, q.options, q.temperature), sc)
+                    for q, sc, h in zip(r.questions, scores, hits) if h is None])
+                out[i] = ThreadResult(text, scores, res.error, res.latency_s)
+                continue
             if res.text is not None:
                 if r.generate:
                     self.cache.put_text(self.identity, r.prompt, max_tokens, stop, 0.0, 0, res.text)

@@ -144,6 +144,9 @@ def check_deep_agents(spec, *, n_agents: int, features: Mapping[str, tuple] | It
             if unknown:
                 raise ScenarioError(f"deep_agents.rule.{f}", f"unknown level {unknown[0]!r} "
                                     f"(levels: {', '.join(levels[f])})")
+    if spec.reflect_every % spec.every:
+        raise ScenarioError("deep_agents.reflect_every", f"must be a multiple of every ({spec.every}): reflections "
+                            f"are written on decision steps, got {spec.reflect_every}")
     if spec.context:
         check_template("deep_agents.context", spec.context, set(CONTEXT_FIELDS))
     targets = tuple(decision_targets)
@@ -188,11 +191,20 @@ class DeepAgents:
         self._logged = 0
         self._idx = None
         self.owns_backend = False  # set by make_deep_agents when it opened the backend itself
+        self._cache = None  # the response cache attach opened (closed with the policy)
 
     # -- set-up ------------------------------------------------------------------------------
     def attach(self, run_dir: Path) -> None:
+        """Log next to the run; an own backend's answers go to the run's response cache, as the archetype
+        policy's do, so an interview's restore replays them instead of asking the model again."""
+        from .backends.replay import ReplayBackend
+        from .cache import CachedBackend, ResponseCache
+
         self._log = TableAppender(run_dir, "deep_agents")
         self._logged = len(self.rows)
+        if not isinstance(self.backend, (CachedBackend, ReplayBackend)):
+            self._cache = ResponseCache(Path(run_dir) / "llm_cache.sqlite")
+            self.backend = CachedBackend(self.backend, self._cache)
 
     # -- the round ---------------------------------------------------------------------------
     def update(self, sim) -> None:
@@ -330,7 +342,8 @@ class DeepAgents:
                 text = f"(no reflection: {why}) " + (tops[j][0].text if tops[j] else "")
             else:
                 text = f"This person {text}"[:4 * bound]
-            self.stats.prompt_tokens += len(reqs[j].prompt.split())  # words: the backend counts tokens per question
+            if not reqs[j].questions:  # a reflection alone: its words (a thread's questions count its tokens)
+                self.stats.prompt_tokens += len(reqs[j].prompt.split())
             self._remember(j, step, "reflection", text, REFLECTION_IMPORTANCE)
 
     def _decisions(self, step: int, d, results: list[ScoreResult]) -> None:
@@ -381,7 +394,8 @@ class DeepAgents:
 
     def state_dict(self) -> dict:
         self._flush()
-        return {"kind": "deep_agents", "ids": [int(i) for i in self.ids], "rows_logged": len(self.rows),
+        # "deep_rows_logged", not "rows_logged": that key counts the archetype policy's llm_calls rows
+        return {"kind": "deep_agents", "ids": [int(i) for i in self.ids], "deep_rows_logged": len(self.rows),
                 "memories": [[vars(m).copy() for m in ms] for ms in self.memories],
                 "last_codes": self.last_codes, "last_seen": self.last_seen, "stats": vars(self.stats).copy(),
                 "targets": list(self.values), "arrays": {f"deep_{t}": v for t, v in self.values.items()}}
@@ -391,11 +405,16 @@ class DeepAgents:
             raise ScenarioError("checkpoint", "the checkpoint's deep agents are not this run's")
         self.memories = [[Memory(**m) for m in ms] for ms in blob["memories"]]
         self.last_codes = [None if c is None else {k: int(v) for k, v in c.items()} for c in blob["last_codes"]]
-        self.last_seen = list(blob["last_seen"])
+        if "last_seen" in blob:
+            self.last_seen = list(blob["last_seen"])
+        else:  # a checkpoint from before observations said only what changed: rebuild what they compare with
+            self.last_seen = [None if c is None else {
+                "f": {k: (self.model.labels[k][v] if self.model.labels.get(k) else str(v)) for k, v in c.items()},
+                "s": {}, "active": None} for c in self.last_codes]
         self.stats = RoundStats(**blob["stats"])
         arrays = blob.get("arrays") or {}
         self.values = {t: np.asarray(arrays[f"deep_{t}"], np.float32) for t in blob.get("targets") or []}
-        self.rows = [r for r in self.rows][: int(blob["rows_logged"])]
+        self.rows = [r for r in self.rows][: int(blob.get("deep_rows_logged", blob.get("rows_logged", 0)))]
         self._logged = len(self.rows)  # the table was truncated to the checkpoint's step by the resume
         if self._idx is None:
             import jax.numpy as jnp
@@ -411,6 +430,9 @@ class DeepAgents:
             self._log.close()
         if self.owns_backend and hasattr(self.backend, "close"):
             self.backend.close()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
 
 
 def _name(key: str) -> str:
@@ -434,20 +456,23 @@ def make_deep_agents(scenario, built, policy=None, *, backend: Any = None, seed:
                       policy_every=policy.every if policy is not None else None, need_backend=backend is None)
     feats = (jax.device_get(model.features(built.state, built.params)) if spec.select == "rule" else None)
     ids = select_agents(spec, feats, levels, built.n_agents, seed)
-    owned = backend is None
-    if backend is not None:
-        backend = backend() if callable(backend) and not hasattr(backend, "score") else backend
+    owned = False
+    if spec.backend is None and policy is not None:
+        backend = policy.backend  # the run's own backend, already wrapped in its response cache: shared
+    elif backend is not None:  # the session's (a replay in an interview's restore, a test double)
+        if callable(backend) and not hasattr(backend, "score"):
+            backend, owned = backend(), True
     elif spec.backend is not None:
         from .policy import open_backend
 
-        backend = open_backend(dict(spec.backend))
-    else:
-        backend = policy.backend
+        backend, owned = open_backend(dict(spec.backend)), True
+    if backend is None:
+        raise ScenarioError("deep_agents.backend", "needs a backend (or a policy: block whose backend it shares)")
     if spec.relevance == "embedding" and not hasattr(backend, "embed"):
         raise ScenarioError("deep_agents.relevance", "embedding relevance needs a backend with embed(); "
                             "use relevance: lexical")
     temperature = scenario.policy.temperature if scenario.policy is not None else 1.0
     deep = DeepAgents(spec, model, backend, ids, policy_every=policy.every if policy is not None else None,
                       interventions=scenario.interventions, temperature=temperature)
-    deep.owns_backend = backend is not None and spec.backend is not None and owned
+    deep.owns_backend = owned
     return deep

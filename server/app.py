@@ -491,12 +491,10 @@ def create_app(cfg: ServerConfig, manager: RunManager | None = None) -> FastAPI:
 
     @api.get("/runs/{run_id}/interviews", summary="A run's interviews, oldest first", responses=ERR_404)
     def list_interviews_(run_id: str) -> list[dict[str, Any]]:
-        from simcore import rundir
+        from simcore.session import read_interviews  # the interviews table has one reader
 
         d = run_dir_or_404(run_id)
-        if d is None or not rundir.has_table(d, "interviews"):
-            return []
-        return rundir.read_table(d, "interviews").to_pylist()
+        return read_interviews(d) if d is not None else []
 
     @api.get("/runs/{run_id}/metrics", summary="Per-step metrics from metrics.parquet",
              responses={200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}},

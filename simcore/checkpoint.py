@@ -421,7 +421,8 @@ def resume_manifest(run_dir: Path, ckpt: Checkpoint, fresh: Mapping[str, Any]) -
     if old.get("seed") is not None and int(old["seed"]) != ckpt.seed:
         raise CheckpointError("checkpoint", f"{ckpt.path}: seed {ckpt.seed} but the run directory has {old['seed']}")
     # an LLM policy's checkpoint counts its call-log rows and cuts llm_calls itself (load_state_dict)
-    counted = any("rows_logged" in blob for blob in (ckpt.meta.get("policies") or []))
+    counted = any("rows_logged" in blob and blob.get("kind", "archetype_policy") == "archetype_policy"
+                  for blob in (ckpt.meta.get("policies") or []))
     rundir.truncate_run(run_dir, ckpt.step,
                         tables=[t for t in rundir.APPENDED + rundir.PARTITIONED if not (counted and t == "llm_calls")])
     history = list(old.get("resumed") or [])

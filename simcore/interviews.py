@@ -66,6 +66,7 @@ class Restored:
     step: int
     checkpoint_step: int
     seconds: float
+    seed: int = 0  # the run's seed (the checkpoint's: an experiment's or an overridden one, not always run.seed)
 
 
 # -- input -------------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def restore(run_dir: str | Path, step: int, *, backend: Any = None) -> Restored:
     scenario = ckpt.scenario()
     total = int(ckpt.meta.get("steps") or manifest.get("steps") or scenario.run.steps)
     cache = _run_cache(run_dir, manifest)
-    if scenario.policy is not None and backend is None:
+    if (scenario.policy is not None or scenario.deep_agents is not None) and backend is None:
         if cache is None:
             raise ScenarioError("run_dir", "the run's LLM answers cannot be replayed: no llm_cache.sqlite")
         from llm_policy.backends import ReplayBackend
@@ -209,7 +210,8 @@ def restore(run_dir: str | Path, step: int, *, backend: Any = None) -> Restored:
     scratch = Path(tempfile.mkdtemp(prefix="simcore-interview-"))
     try:
         counted = max([int(b.get("rows_logged", 0)) for b in ckpt.meta.get("policies") or []
-                       if isinstance(b, Mapping) and "rows_logged" in b], default=0)
+                       if isinstance(b, Mapping) and "rows_logged" in b
+                       and b.get("kind", "archetype_policy") == "archetype_policy"], default=0)
         if counted:  # the policy restores its call log up to the checkpoint: a copy, so the run's stays as it is
             log = rundir.read_table(run_dir, "llm_calls").slice(0, counted)
             appender = rundir.TableAppender(scratch, "llm_calls")
@@ -234,7 +236,8 @@ def restore(run_dir: str | Path, step: int, *, backend: Any = None) -> Restored:
         shutil.rmtree(scratch, ignore_errors=True)
     if reached != int(step):
         raise RuntimeError(f"restore reached step {reached}, wanted {step}")
-    return Restored(scenario, built, state, params, schedule, int(step), ckpt.step, time.perf_counter() - t0)
+    return Restored(scenario, built, state, params, schedule, int(step), ckpt.step, time.perf_counter() - t0,
+                    int(ckpt.seed))
 
 
 # -- context -----------------------------------------------------------------------------------------
@@ -337,7 +340,7 @@ def build_context(r: Restored, run_dir: str | Path, *, agent: int | None = None,
                                              f"at step {r.step}")
         codes = dict(levels)
     try:
-        persona = render_persona(sc.personas, sc.run.seed, codes)
+        persona = render_persona(sc.personas, r.seed, codes)
     except KeyError as exc:  # an archetype key that leaves out a field the persona templates name
         raise ScenarioError("archetype", f"the persona templates name {exc}: include it in the key") from None
     date = ""

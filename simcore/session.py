@@ -468,6 +468,7 @@ class RunSession:
             self.manifest = extra
         if self.resume_from is not None:
             self.resume_from.restore_into(sim, self.policies)
+        self.record_network(force=True)  # the states at the start: step 0, or the resumed step (truncated away)
         self.start_step = sim.step
         if self.checkpoint_every and self.write:
             from .checkpoint import Checkpointer
@@ -509,8 +510,7 @@ class RunSession:
         if self.network is None:
             self.writer.update_manifest(network_error=self.network_error)
             return
-        self._net_out = rundir.TableAppender(self.run_dir, "network_states")
-        self.record_network(force=True)
+        self._net_out = rundir.TableAppender(self.run_dir, "network_states")  # first states: after a resume's restore
 
     def record_network(self, force: bool = False) -> None:
         """Append the network view's node states at the current step (at most every 5% of the run, unless

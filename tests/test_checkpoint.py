@@ -136,6 +136,12 @@ def test_stopped_run_resumes_in_process(tmp_path):
     # agent samples: same partitions, same rows
     for part in sorted((ref / "agents").iterdir()):
         assert pl.read_parquet(part / "part-0.parquet").equals(pl.read_parquet(run_dir / "agents" / part.name / "part-0.parquet"))
+    # the network view's states: each recorded step once, the resumed step included, as in the uninterrupted run
+    from simcore import rundir
+
+    states = [pl.from_arrow(rundir.read_table(d, "network_states")).sort(["step", "node"]) for d in (ref, run_dir)]
+    assert states[0].height > 0 and states[0]["step"].n_unique() > 2
+    assert states[1].equals(states[0]), (states[0]["step"].unique().to_list(), states[1]["step"].unique().to_list())
     with pytest.raises(CheckpointError, match="nothing to resume"):
         resume_run(run_dir)
 

@@ -138,6 +138,7 @@ def test_reflections_every_r_steps_and_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("deep, field", [
     ({"select": "ids", "ids": [5, 2000]}, "deep_agents.ids"),
     ({"select": "sample", "k": 2001}, "deep_agents.k"),
+    ({"select": "sample", "k": 3, "every": 7, "reflect_every": 10}, "deep_agents.reflect_every"),
     ({"select": "rule", "k": 3, "rule": {"shoe_size": ["42"]}}, "deep_agents.rule.shoe_size"),
     ({"select": "sample", "k": 3, "decisions": [{**DEEP["decisions"][0], "target": "fly"}]},
      "deep_agents.decisions[0].target"),
@@ -239,3 +240,26 @@ def test_context_mode_validation_names_the_field():
     with pytest.raises(ScenarioError) as exc:
         check_scenario(scenario(14, deep), memory=False)
     assert exc.value.field == "deep_agents.decisions[0].prompt"
+
+
+def test_a_deep_agent_run_without_a_policy_is_interviewed_from_its_own_cache(tmp_path):
+    """No policy: block (as covid_deep_small): the deep agents' answers go to the run's response cache, the
+    checkpoint's deep row count is not taken for an llm_calls count, and an interview's restore replays the
+    deep rounds from the cache instead of failing."""
+    from simcore.interviews import interview
+    from simcore import rundir
+
+    made = []
+
+    def make():
+        made.append(backend())
+        return made[-1]
+
+    sc = scenario(14, {**DEEP, "reflect_every": 7}, "policy=null")
+    from simcore.session import RunSession
+
+    with RunSession(sc, tmp_path / "r", backend=make, checkpoint_every=7) as s:
+        s.run()
+    assert (tmp_path / "r" / "llm_cache.sqlite").is_file() and not rundir.has_table(tmp_path / "r", "llm_calls")
+    row = interview(tmp_path / "r", 10, "How are you?", agent=IDS[0], options="fine|not fine", backend=backend)
+    assert row["step"] == 10 and "Your memories:" in row["prompt"]

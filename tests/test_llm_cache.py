@@ -181,3 +181,24 @@ def test_threads_are_cached_as_completions_and_scores_and_replay(tmp_path):
     replay = run_threads(ReplayBackend(cache, identity=inner.identity), reqs, max_tokens=8)
     assert [r.text for r in replay] == [r.text for r in first]
     assert [r.scores[0].probs for r in replay] == [r.scores[0].probs for r in first]
+
+
+def test_a_cached_continuation_is_never_generated_again(tmp_path):
+    """A thread whose continuation is cached but one of whose questions is not (failed before, or new) asks only
+    the questions, after the stored text: the stored continuation stays what a replay reads."""
+    import math
+
+    from llm_policy.backends import ScriptedBackend
+    from llm_policy.cache import CachedBackend, ResponseCache
+    from llm_policy.types import ScoreRequest, ThreadRequest
+
+    texts = iter([" first.\n", " second.\n"])
+    inner = ScriptedBackend(lambda p, o: [math.log(0.5), math.log(0.5)], text_fn=lambda prompt, seed: next(texts))
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    q1 = ScoreRequest("\nQ1:", (" a", " b"))
+    q2 = ScoreRequest("\nQ2:", (" a", " b"))
+    CachedBackend(inner, cache).threads([ThreadRequest("P", (q1,), True)], max_tokens=4)
+    again = CachedBackend(inner, cache).threads([ThreadRequest("P", (q1, q2), True)], max_tokens=4)
+    assert again[0].text == " first." and len(inner.completions) == 1
+    assert [r.prompt for r in inner.calls[-1]] == ["P first.\nQ2:"]
+    assert cache.get_text(inner.identity, "P", 4, ["\n"], 0.0, 0) == " first."

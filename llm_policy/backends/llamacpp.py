@@ -211,7 +211,7 @@ class _Threads:
         params.n_outputs_max = params.n_batch  # one logits row per sequence in a lockstep step (n_vocab floats each)
         self.ctx = lc.llama_init_from_model(model, params)
         if self.ctx is None:
-            raise BackendError(f"llama.cpp could not create a {n_seq}-sequence context of {n_ctx} tokens")
+            raise BackendError(f"llama.cpp could not create a {n_seq}-sequence context of {params.n_ctx} tokens")
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_batch = int(params.n_batch)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -530,15 +530,30 @@ class LlamaCppBackend:
         prompts = [self._tokenize(r.prompt) for r in reqs]
         q_len = max((len(self._tokenize(r.prompt + q.prompt + max(q.options, key=len))) - len(p)
                      for r, p in zip(reqs, prompts) for q in r.questions), default=0)
-        need = max(len(p) for p in prompts) + max_tokens + max(0, q_len) + 8
-        if need > self.n_ctx:
-            raise BackendError(f"a thread of up to {need} tokens exceeds n_ctx={self.n_ctx}")
+        # a thread too long for n_ctx fails alone (counted by its caller), the others go on
+        sizes = [len(p) + max_tokens + max(0, q_len) + 8 for p in prompts]
+        too_long = {i for i, n in enumerate(sizes) if n > self.n_ctx}
+        keep = [i for i in range(len(reqs)) if i not in too_long]
+        results_by: dict[int, ThreadResult] = {
+            i: ThreadResult(None, tuple(ScoreResult.failure(len(q.options), f"thread of {sizes[i]} tokens exceeds "
+                                                            f"n_ctx={self.n_ctx}") for q in reqs[i].questions),
+                            error=f"thread of {sizes[i]} tokens exceeds n_ctx={self.n_ctx}") for i in too_long}
+        if keep:
+            done = self._thread_run([reqs[i] for i in keep], [prompts[i] for i in keep], max_tokens, stop,
+                                    max(sizes[i] for i in keep))
+            results_by.update(zip(keep, done))
+        dt = (time.perf_counter() - t0) / max(1, len(reqs))
+        return [ThreadResult(x.text, x.scores, x.error, dt) for x in (results_by[i] for i in range(len(reqs)))]
+
+    def _thread_run(self, reqs: list[ThreadRequest], prompts: list[list[int]], max_tokens: int, stop: list[str],
+                    need: int) -> list[ThreadResult]:
         params = self._llama_cpp.llama_context_default_params()
         for name, _ in params._fields_:
             setattr(params, name, getattr(self._llm.context_params, name))
-        th = _Threads(self._llama_cpp, self._llm.model, params, len(reqs), -(-need // 256) * 256, self._n_vocab,
-                      self.prefix_block)
+        th = None
         try:
+            th = _Threads(self._llama_cpp, self._llm.model, params, len(reqs), -(-need // 256) * 256, self._n_vocab,
+                          min(self.prefix_block, _Threads.PROMPT_BLOCK))
             nxt: dict[int, int] = {}
             for i, (r, p) in enumerate(zip(reqs, prompts)):
                 dist = th.extend(i, p, th.PROMPT_BLOCK)
@@ -575,9 +590,9 @@ class LlamaCppBackend:
             results = [ThreadResult(None, tuple(ScoreResult.failure(len(q.options), str(exc)) for q in r.questions),
                                     error=str(exc)) for r in reqs]
         finally:
-            th.close()
-        dt = (time.perf_counter() - t0) / max(1, len(reqs))
-        return [ThreadResult(x.text, x.scores, x.error, dt) for x in results]
+            if th is not None:
+                th.close()
+        return results
 
     def _thread_question(self, th: "_Threads", i: int, prompt: str, q: ScoreRequest) -> ScoreResult:
         """Score ``q``'s options after ``prompt`` (= thread i's prompt, continuation and question), re-using
