@@ -179,6 +179,23 @@ class EmploymentParams(Strict):
     loss_cases: float = Field(0.001, ge=0)
     return_base: Fraction = 0.008
     return_lockdown_drag: Fraction = 0.7
+    borough_loss: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0] * 5,
+        description="per-borough multiplier of the job-loss hazard, in the population's borough order (fitted: "
+                    "boroughs' economies met the pause differently)")
+    baseline_unemployment: list[Fraction] | None = Field(
+        None, description="per-borough unemployment rate of the labour force at step 0 (e.g. LAUS for the month "
+                          "before the start); default: the population's own draw")
+
+    @model_validator(mode="after")
+    def _one_per_borough(self):
+        # the NYC population's five boroughs (populations.synthetic.BOROUGHS), in that order
+        for name in ("borough_loss", "baseline_unemployment"):
+            v = getattr(self, name)
+            if v is not None and len(v) != 5:
+                raise ValueError(f"{name}: needs one value per borough (5: Bronx, Brooklyn, Manhattan, Queens, "
+                                 f"Staten Island), got {len(v)}")
+        return self
 
 
 class LogitAffine(Strict):

@@ -46,7 +46,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -378,6 +378,7 @@ class Problem:
         self.base_state = built.state
         w = target.weights
         self.series_w = jnp.asarray([w["cases"], w["hospitalizations"], w["deaths"]], jnp.float32)
+        self.series_total = float(w["cases"] + w["hospitalizations"] + w["deaths"])
         obs = target.weekly[: target.fit_weeks]
         self.obs_fit = jnp.asarray(obs, jnp.float32)
         self.obs_max = jnp.asarray(np.maximum(obs.max(axis=0), 1.0), jnp.float32)  # [B, 3]
@@ -449,10 +450,12 @@ class Problem:
         return u / xp.maximum(lf, 1.0)
 
     def loss_from(self, daily, labor):
-        sim = self.weekly_sim(daily)[: self.target.fit_weeks]
-        rmse = jnp.sqrt(jnp.mean((sim - self.obs_fit) ** 2, axis=0))  # [B, 3]
-        nrmse2 = (rmse / self.obs_max) ** 2
-        loss = jnp.sum(jnp.mean(nrmse2, axis=0) * self.series_w) / jnp.sum(self.series_w)
+        loss = jnp.float32(0.0)
+        if self.series_total > 0:  # all three weighted 0: a fit of unemployment alone
+            sim = self.weekly_sim(daily)[: self.target.fit_weeks]
+            rmse = jnp.sqrt(jnp.mean((sim - self.obs_fit) ** 2, axis=0))  # [B, 3]
+            nrmse2 = (rmse / self.obs_max) ** 2
+            loss = jnp.sum(jnp.mean(nrmse2, axis=0) * self.series_w) / self.series_total
         if len(self.fit_months):
             un = self.monthly_unemployment(labor)[self.fit_months]
             obs_un = jnp.asarray(self.target.unemployment[self.fit_months], jnp.float32)
@@ -837,6 +840,18 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
             key = f"{PREFIX}{f.path}"
             entries[key] = value
         notes.setdefault(key, []).append(f"{f.path} 80%: {lo:.4g} .. {hi:.4g}")
+    # a fitted list inside a fitted mapping (employment.borough_loss.0 with employment.loss_lockdown) goes into
+    # the mapping's entry: written apart, the mapping's copy of the list (its defaults) would be applied after it
+    for key in sorted(entries, key=len, reverse=True):
+        parent = next((p for p in entries if key.startswith(p + ".") and isinstance(entries[p], dict)), None)
+        if parent is None:
+            continue
+        node: Any = entries[parent]
+        *route, last = key[len(parent) + 1:].split(".")
+        for part in route:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = entries.pop(key)
+        notes[parent] = notes.pop(key) + notes[parent]
     out = []
     for key, value in entries.items():
         text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]

@@ -288,7 +288,8 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
 
 def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     """README, "Calibrated to New York City": covid_nyc_wave1 at 50,000 agents, seed 0, weekly citywide deaths
-    NRMSE 0.206 against DOHMH (death-peak week exact); the run is deterministic, so the figure must come back."""
+    NRMSE 0.174 against DOHMH (death-peak week exact), and every borough-month of LAUS unemployment, Mar-Jun
+    2020, within 3 percentage points; the run is deterministic, so the figures must come back."""
     from analysis import read_manifest, scan_metrics
     from simcore.runs import run_scenario
 
@@ -296,9 +297,12 @@ def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     run = run_scenario(sc, tmp_path / "run")
     frame = validation.run_vs_observed(scan_metrics(run).collect(), read_manifest(run)["n_agents"])
     head = validation.headline(validation.validation_table(frame))
-    assert head["deaths_citywide_nrmse"] == pytest.approx(0.206, abs=0.01)
+    assert head["deaths_citywide_nrmse"] == pytest.approx(0.174, abs=0.01)
     assert head["deaths_peak_error_weeks"] == 0
-    assert head["deaths_borough_nrmse_max"] == pytest.approx(0.261, abs=0.015)
+    assert head["deaths_borough_nrmse_max"] == pytest.approx(0.213, abs=0.015)
+    errors = validation.unemployment_errors(frame)
+    assert errors.height == 20 and errors["error_pp"].abs().max() <= 3.0
+    assert head["unemployment_mae_pp"] == pytest.approx(1.18, abs=0.1)
 
 
 # -- intervention values ----------------------------------------------------------------------------------
@@ -437,3 +441,34 @@ def test_predictive_draws_carry_the_fitted_log_residual_spread():
     # shared by the boroughs: the citywide sum keeps the relative spread
     city = draws.sum(axis=2)
     assert np.std(np.log(city[:, 0, 0])) == pytest.approx(sd[0], rel=0.15)
+
+
+def test_overlay_puts_a_fitted_list_inside_its_fitted_mapping(tmp_path):
+    """employment.borough_loss.1 fitted with employment.loss_lockdown: written apart, the mapping's copy of the
+    list (defaults) would be applied after the fitted element; in one entry both hold after read_overlay."""
+    sc = load_scenario("covid_small")
+    fits = C.resolve_fit(sc, "employment.borough_loss.1,employment.loss_lockdown,employment.borough_loss.4")
+    post = np.array([[f.start for f in fits]] * 3)
+    C.write_overlay(tmp_path / "o.yaml", sc, fits, [1.7, 0.006, 0.5], post, "w", "nyc", "cmaes")
+    text = (tmp_path / "o.yaml").read_text()
+    assert text.count("model.params.employment") == 1 and "employment.borough_loss.1 80%" in text
+    got = load_scenario("covid_small", C.read_overlay(tmp_path / "o.yaml")).model.params.employment
+    assert got.borough_loss == [1.0, 1.7, 1.0, 1.0, 0.5] and got.loss_lockdown == 0.006
+
+
+def test_baseline_unemployment_sets_each_boroughs_rate_and_leaves_the_rest():
+    """With per-borough baseline rates the labour force's unemployment matches each borough's rate (to sampling
+    error) and no one enters or leaves the labour force; without them the population's states stand."""
+    from simcore.models.epidemic import baseline_labor
+
+    rng = np.random.default_rng(3)
+    borough = rng.integers(0, 5, 200_000)
+    labor = rng.choice(np.array([0, 1, 2], np.int8), 200_000, p=[0.4, 0.58, 0.02])
+    rates = [0.057, 0.043, 0.037, 0.037, 0.041]
+    got = baseline_labor(labor, borough, rates, seed=0)
+    assert ((got == 0) == (labor == 0)).all() and got.dtype == labor.dtype
+    for b, r in enumerate(rates):
+        lf = (borough == b) & (got != 0)
+        assert abs((got[lf] == 2).mean() - r) < 4 * np.sqrt(r * (1 - r) / lf.sum())
+    assert baseline_labor(labor, borough, None, seed=0) is labor
+    np.testing.assert_array_equal(got, baseline_labor(labor, borough, rates, seed=0))
