@@ -144,6 +144,10 @@ def check_deep_agents(spec, *, n_agents: int, features: Mapping[str, tuple] | It
             if unknown:
                 raise ScenarioError(f"deep_agents.rule.{f}", f"unknown level {unknown[0]!r} "
                                     f"(levels: {', '.join(levels[f])})")
+    for k, f in enumerate(spec.household):
+        if f not in levels:
+            raise ScenarioError(f"deep_agents.household[{k}]", f"unknown feature {f!r} (features: "
+                                f"{', '.join(sorted(levels))})")
     if spec.reflect_every % spec.every:
         raise ScenarioError("deep_agents.reflect_every", f"must be a multiple of every ({spec.every}): reflections "
                             f"are written on decision steps, got {spec.reflect_every}")
@@ -179,7 +183,11 @@ class DeepAgents:
         self.backend = backend
         self.ids = np.asarray(ids, np.int64)
         self.temperature = temperature
-        self.every = math.gcd(spec.every, policy_every) if policy_every else spec.every
+        self.observe_every = spec.observe_every or spec.every
+        own = math.gcd(spec.every, self.observe_every)
+        self.every = math.gcd(own, policy_every) if policy_every else own
+        self.mates: list[np.ndarray] = []  # each agent's household members (set by make_deep_agents)
+        self._mates_idx = None
         self.interventions = [(iv.name, int(iv.start), int(iv.end)) for iv in interventions]
         self.memories: list[list[Memory]] = [[] for _ in self.ids]
         self.last_codes: list[dict[str, int] | None] = [None] * len(self.ids)
@@ -209,15 +217,18 @@ class DeepAgents:
     # -- the round ---------------------------------------------------------------------------
     def update(self, sim) -> None:
         step = int(sim.step)
-        if step % self.spec.every == 0 and len(self.ids):
-            obs = self.observe(sim)
-            reflecting = bool(self.spec.reflect_every and step > 0 and step % self.spec.reflect_every == 0)
-            self.deliberate(step, obs, reflecting)
+        deciding = step % self.spec.every == 0
+        if len(self.ids) and (deciding or step % self.observe_every == 0):
+            obs = self.observe(sim, keep_unchanged=deciding)
+            if deciding:
+                reflecting = bool(self.spec.reflect_every and step > 0 and step % self.spec.reflect_every == 0)
+                self.deliberate(step, obs, reflecting)
         self.apply(sim)
         self._flush()
 
-    def observe(self, sim) -> list[str]:
-        """Gather the K rows on the device, one transfer; store one observation memory per agent."""
+    def observe(self, sim, keep_unchanged: bool = True) -> list[str]:
+        """Gather the K rows (and their households' members' rows) on the device, one transfer; store one
+        observation memory per agent -- on a step between decisions only where something changed."""
         import jax
         import jax.numpy as jnp
 
@@ -226,8 +237,13 @@ class DeepAgents:
         idx = self._idx
         feats = self.model.features(sim.state, sim.params) if self.model.features else {}
         stats = self.model.stats(sim.state, sim.params) if self.model.stats else {}
+        if self._mates_idx is None and self.spec.household and self.mates:
+            self._mates_idx = jnp.asarray(np.concatenate(self.mates).astype(np.int32))
         rows = jax.device_get({"f": {k: jnp.take(v, idx, axis=0) for k, v in feats.items()},
-                               "s": {k: jnp.take(v, idx, axis=0) for k, v in stats.items()}})
+                               "s": {k: jnp.take(v, idx, axis=0) for k, v in stats.items()},
+                               "h": {k: jnp.take(feats[k], self._mates_idx, axis=0) for k in self.spec.household}
+                               if self._mates_idx is not None else {}})
+        bounds = np.cumsum([0] + [len(m) for m in self.mates]) if rows["h"] else None
         step = int(sim.step)
         active = ", ".join(dict.fromkeys(n for n, a, b in self.interventions if n and a <= step < b)) or "none"
         texts = []
@@ -235,6 +251,12 @@ class DeepAgents:
             codes = {k: int(v[j]) for k, v in rows["f"].items()}
             level = {k: (self.model.labels[k][c] if self.model.labels.get(k) else str(c)) for k, c in codes.items()}
             stats_now = {k: _num(float(v[j])) for k, v in rows["s"].items()}
+            if bounds is not None:  # the household as one more statistic: "2 S, 1 I" per listed feature
+                a, b = bounds[j], bounds[j + 1]
+                for k, v in rows["h"].items():
+                    counts = np.bincount(np.asarray(v[a:b], np.int64), minlength=len(self.model.labels[k]))
+                    stats_now[f"household {k}"] = (", ".join(f"{n} {self.model.labels[k][c]}" for c, n in
+                                                             enumerate(counts) if n) or "lives alone")
             prev = self.last_codes[j]
             # the first observation is the whole row; later ones only what changed (a feature with its former
             # level, a statistic, the interventions in force): an unchanged row costs no prompt tokens
@@ -252,7 +274,8 @@ class DeepAgents:
             importance = float(min(10, 1 + 3 * (changed if prev is not None else 1)))
             self.last_codes[j] = codes
             self.last_seen[j] = {"f": level, "s": stats_now, "active": active}
-            self._remember(j, step, "observation", text, importance)
+            if parts or keep_unchanged:  # between decisions an unchanged day is not a memory
+                self._remember(j, step, "observation", text, importance)
             texts.append(text)
         return texts
 
@@ -475,4 +498,12 @@ def make_deep_agents(scenario, built, policy=None, *, backend: Any = None, seed:
     deep = DeepAgents(spec, model, backend, ids, policy_every=policy.every if policy is not None else None,
                       interventions=scenario.interventions, temperature=temperature)
     deep.owns_backend = owned
+    if spec.household:
+        attrs = getattr(built.population, "attributes", None) or {}
+        if "household" not in attrs:
+            raise ScenarioError("deep_agents.household", f"the {scenario.population.kind!r} population has no "
+                                "households")
+        hh = np.asarray(attrs["household"])
+        members = [np.flatnonzero(hh == hh[a]) for a in ids]  # K scans of the population, once
+        deep.mates = [m[m != a] for m, a in zip(members, ids)]
     return deep

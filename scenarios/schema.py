@@ -734,6 +734,10 @@ class DeepAgentsSpec(Strict):
     ids: list[Annotated[int, Field(ge=0)]] = []
     rule: dict[str, list[str]] = {}
     every: PositiveInt = 7
+    observe_every: PositiveInt | None = Field(None, description="observation cadence (default: every); "
+                                              "1 = every step, the decisions still every `every` steps")
+    household: list[str] = Field(default_factory=list, description="features whose levels among the agent's "
+                                 "household members each observation counts (e.g. [disease, isolating])")
     reflect_every: PositiveInt = 14
     top_k: PositiveInt = 5
     decay: float = Field(0.99, gt=0, le=1, description="recency = decay ** (steps since the memory)")

@@ -263,3 +263,32 @@ def test_a_deep_agent_run_without_a_policy_is_interviewed_from_its_own_cache(tmp
     assert (tmp_path / "r" / "llm_cache.sqlite").is_file() and not rundir.has_table(tmp_path / "r", "llm_calls")
     row = interview(tmp_path / "r", 10, "How are you?", agent=IDS[0], options="fine|not fine", backend=backend)
     assert row["step"] == 10 and "Your memories:" in row["prompt"]
+
+
+def test_daily_observations_with_the_household_between_weekly_decisions(tmp_path):
+    """observe_every: 1 stores an observation on every step where something changed (always at a decision step),
+    each with the agent's household members' levels counted; decisions stay weekly; an unknown household
+    feature is refused by name."""
+    from simcore.session import RunSession
+
+    deep = {**DEEP, "observe_every": 1, "household": ["disease", "isolating"]}
+    with RunSession(scenario(14, deep), tmp_path / "r", backend=backend) as s:
+        s.run()
+        mates = s.deep_agents.mates
+        hh = np.asarray(s.built.population.attributes["household"])
+    rows = deep_rows(tmp_path / "r")
+    obs = rows.filter(pl.col("kind") == "observation")
+    steps = sorted(obs["step"].unique().to_list())
+    assert {0, 7} <= set(steps) and len(steps) > 2  # days between the decisions, where something changed
+    assert sorted(rows.filter(pl.col("kind") == "decision")["step"].unique().to_list()) == [0, 7]
+    for j, a in enumerate(IDS):
+        assert sorted(mates[j].tolist()) == sorted(set(np.flatnonzero(hh == hh[a]).tolist()) - {a})
+        first = obs.filter((pl.col("agent_id") == a) & (pl.col("step") == 0))["text"][0]
+        if len(mates[j]):
+            assert "household disease" in first and "household isolating" in first
+        else:
+            assert "household disease lives alone" in first
+    bad = {**DEEP, "household": ["shoe_size"]}
+    with pytest.raises(ScenarioError) as exc:
+        check_scenario(scenario(14, bad), memory=False)
+    assert exc.value.field == "deep_agents.household[0]"
