@@ -2,6 +2,7 @@
 
     python -m benchmarks.experiments            # defaults: 100k agents, 32 replicates
     python -m benchmarks.experiments --agents 20000 --replicates 8 --json out.json
+    python -m benchmarks.experiments --only-replicates   # the replicates comparison alone
 
 Measured (all after a warm-up that compiles every program, so compile time is excluded):
 
@@ -9,22 +10,29 @@ Measured (all after a warm-up that compiles every program, so compile time is ex
    a counterfactual arm then continues from that state (a fork) versus running the arm from
    step 0 (re-running the prefix). Also the same through a real on-disk checkpoint
    (save + load + restore) and an ``Experiment`` with 3 arms, branched vs unbranched.
-2. **vmap vs sequential**: ``R`` replicates (same population, different root keys) stepped as one
-   ``jax.vmap`` batch versus one after another with the same compiled single-replicate program.
-   Repeated with the dense neighbour pull only (``sparse_capacity=0``): under ``vmap`` the
-   sparse/dense ``lax.cond`` evaluates both branches, which the dense-only model avoids.
+2. **replicates: split vs vmap vs sequential**: ``R`` replicates (same population, different root
+   keys) split over one host device per core (one replicate per device at a time, the experiments'
+   CPU default; the flag is set below before jax is imported), stepped as one ``jax.vmap`` batch on
+   one device, and one after another with the compiled single-replicate program; with CPU
+   utilisation, load and whether the metrics are identical. Repeated with the dense neighbour
+   pull only (``sparse_capacity=0``).
 3. **checkpoint size**: bytes per agent of a checkpoint for SEIR and for the epidemic model.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+from simcore.cli import request_host_devices
+
+request_host_devices()  # one host device per core (before jax is imported), as `simcore experiment` does
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _scenario(n: int, steps: int, sparse: float = 0.1) -> dict:
@@ -117,6 +125,11 @@ def bench_fork(n: int, steps: int, seeds: int) -> dict:
 
 
 def bench_vmap(n: int, steps: int, replicates: int, sparse: float) -> dict:
+    """Split over the host devices (the experiments' CPU default) vs one vmapped batch vs sequential.
+
+    Same process, same population, one after another; each after a warm-up that compiles it.
+    ``*_cpu_util``: process CPU seconds per wall second (2.0 = both cores busy).
+    """
     from scenarios import load_scenario
     from simcore.engine.ensemble import ChunkPrograms, Ensemble, replicate_state
     from simcore.session import run_metrics
@@ -125,21 +138,36 @@ def bench_vmap(n: int, steps: int, replicates: int, sparse: float) -> dict:
     sc = load_scenario(_scenario(n, steps, sparse))
     b = build(sc, seed=0)
     seeds = list(range(replicates))
-    out = {"agents": n, "steps": steps, "replicates": replicates, "sparse_capacity": sparse}
-    for label, batch in (("vmap", replicates), ("sequential", 1)):
+    devices = jax.local_device_count()
+    out = {"agents": n, "steps": steps, "replicates": replicates, "sparse_capacity": sparse, "devices": devices,
+           "load_before": os.getloadavg()[0]}
+    layouts = (("split", 1, devices), ("vmap", replicates, 1), ("sequential", 1, 1))
+    metrics = {}
+    for label, batch, dev in layouts:
+        if label == "split" and dev < 2:
+            continue
         programs = ChunkPrograms()
-        run_metrics(Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds, chunk_size=25,
-                             batch_size=batch, programs=programs), 25)  # warm-up compile
-        e = Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds, chunk_size=25,
-                     batch_size=batch, programs=programs)
-        t0 = time.perf_counter()
+        make = lambda: Ensemble(b.model, replicate_state(b.state, replicates), b.params, b.schedule, seeds,  # noqa: E731
+                                chunk_size=25, batch_size=batch, devices=dev, programs=programs)
+        run_metrics(make(), 25)  # warm-up compile
+        e = make()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = run_metrics(e, steps)
         _block(e)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         out[f"{label}_s"] = dt
+        out[f"{label}_cpu_util"] = cpu / dt
         out[f"{label}_agent_steps_per_s"] = n * steps * replicates / dt
         out[f"{label}_final_R_mean"] = float(m["R"][:, -1].mean())
+        metrics[label] = m
+    out["load_after"] = os.getloadavg()[0]
     out["vmap_speedup"] = out["sequential_s"] / out["vmap_s"]
+    if "split_s" in out:
+        out["split_speedup"] = out["sequential_s"] / out["split_s"]
+        out["split_equals_sequential"] = all(np.array_equal(metrics["split"][k], metrics["sequential"][k])
+                                             for k in metrics["sequential"])
+    out["vmap_equals_sequential"] = all(np.array_equal(metrics["vmap"][k], metrics["sequential"][k])
+                                        for k in metrics["sequential"])
     return out
 
 
@@ -173,33 +201,43 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--fork-seeds", type=int, default=4)
     p.add_argument("--epidemic-agents", type=int, default=50_000)
+    p.add_argument("--only-replicates", action="store_true", help="run only the replicates comparison")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {jax.device_count()} device(s)")
     results = {"device": jax.devices()[0].device_kind}
     t0 = time.perf_counter()
-    results["fork"] = r = bench_fork(args.agents, 2 * args.steps, args.fork_seeds)
-    print(f"\n[fork] {r['agents']:,} agents, {r['replicates']} replicates, {r['steps']} steps, fork at {r['branch_step']}")
-    print(f"  fork from the baseline state : {r['fork_from_state_s']:.2f} s")
-    print(f"  re-run the arm from step 0   : {r['rerun_from_step0_s']:.2f} s  -> fork is {r['fork_speedup']:.2f}x faster"
-          f" (identical metrics: {r['fork_equals_rerun']})")
-    print(f"  on-disk checkpoint of 1 replicate: save {r['checkpoint_save_s']:.3f} s, load+restore "
-          f"{r['checkpoint_load_restore_s']:.3f} s, {r['checkpoint_bytes'] / r['agents']:.2f} B/agent")
-    print(f"  Experiment, 3 arms: branched {r['experiment_3arms_branched_s']:.2f} s vs unbranched "
-          f"{r['experiment_3arms_unbranched_s']:.2f} s ({r['experiment_saving_ratio']:.2f}x)")
+    if not args.only_replicates:
+        results["fork"] = r = bench_fork(args.agents, 2 * args.steps, args.fork_seeds)
+        print(f"\n[fork] {r['agents']:,} agents, {r['replicates']} replicates, {r['steps']} steps, fork at {r['branch_step']}")
+        print(f"  fork from the baseline state : {r['fork_from_state_s']:.2f} s")
+        print(f"  re-run the arm from step 0   : {r['rerun_from_step0_s']:.2f} s  -> fork is {r['fork_speedup']:.2f}x faster"
+              f" (identical metrics: {r['fork_equals_rerun']})")
+        print(f"  on-disk checkpoint of 1 replicate: save {r['checkpoint_save_s']:.3f} s, load+restore "
+              f"{r['checkpoint_load_restore_s']:.3f} s, {r['checkpoint_bytes'] / r['agents']:.2f} B/agent")
+        print(f"  Experiment, 3 arms: branched {r['experiment_3arms_branched_s']:.2f} s vs unbranched "
+              f"{r['experiment_3arms_unbranched_s']:.2f} s ({r['experiment_saving_ratio']:.2f}x)")
     for sparse in (0.1, 0.0):
         key = f"vmap_sparse{sparse}"
         results[key] = r = bench_vmap(args.agents, args.steps, args.replicates, sparse)
-        print(f"\n[vmap] {r['agents']:,} agents x {r['replicates']} replicates x {r['steps']} steps, "
-              f"sparse_capacity={sparse}")
-        print(f"  vmap batch of {r['replicates']} : {r['vmap_s']:.2f} s ({r['vmap_agent_steps_per_s']:.3g} agent-steps/s)")
-        print(f"  sequential        : {r['sequential_s']:.2f} s ({r['sequential_agent_steps_per_s']:.3g} agent-steps/s)")
-        print(f"  -> vmap speedup {r['vmap_speedup']:.2f}x")
-    results["checkpoint"] = r = bench_checkpoint_size(args.epidemic_agents)
-    print(f"\n[checkpoint] epidemic model, {r['epidemic_agents']:,} agents after 30 steps: "
-          f"{r['compressed_bytes_per_agent']:.2f} B/agent compressed ({r['compressed_save_s']:.3f} s), "
-          f"{r['raw_bytes_per_agent']:.2f} B/agent raw ({r['raw_save_s']:.3f} s); "
-          f"graph+params not saved: {r['graph_and_params_bytes_per_agent_not_saved']:.0f} B/agent")
+        print(f"\n[replicates] {r['agents']:,} agents x {r['replicates']} replicates x {r['steps']} steps, "
+              f"sparse_capacity={sparse}, load {r['load_before']:.2f} -> {r['load_after']:.2f}")
+        if "split_s" in r:
+            print(f"  split over {r['devices']} host devices, 1 each : {r['split_s']:.2f} s "
+                  f"({r['split_agent_steps_per_s']:.3g} agent-steps/s, CPU util {r['split_cpu_util']:.2f})")
+        print(f"  one vmap batch of {r['replicates']:<3}         : {r['vmap_s']:.2f} s "
+              f"({r['vmap_agent_steps_per_s']:.3g} agent-steps/s, CPU util {r['vmap_cpu_util']:.2f})")
+        print(f"  sequential                    : {r['sequential_s']:.2f} s "
+              f"({r['sequential_agent_steps_per_s']:.3g} agent-steps/s, CPU util {r['sequential_cpu_util']:.2f})")
+        if "split_s" in r:
+            print(f"  -> split {r['split_speedup']:.2f}x sequential (identical metrics: {r['split_equals_sequential']})")
+        print(f"  -> vmap {r['vmap_speedup']:.2f}x sequential (identical metrics: {r['vmap_equals_sequential']})")
+    if not args.only_replicates:
+        results["checkpoint"] = r = bench_checkpoint_size(args.epidemic_agents)
+        print(f"\n[checkpoint] epidemic model, {r['epidemic_agents']:,} agents after 30 steps: "
+              f"{r['compressed_bytes_per_agent']:.2f} B/agent compressed ({r['compressed_save_s']:.3f} s), "
+              f"{r['raw_bytes_per_agent']:.2f} B/agent raw ({r['raw_save_s']:.3f} s); "
+              f"graph+params not saved: {r['graph_and_params_bytes_per_agent_not_saved']:.0f} B/agent")
     results["total_s"] = time.perf_counter() - t0
     print(f"\ntotal {results['total_s']:.0f} s")
     if args.json:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+from typing import MutableMapping
 
 EXIT_USAGE = 2
 
@@ -386,12 +388,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def request_host_devices(environ: MutableMapping[str, str] = os.environ, count: int | None = None) -> bool:
+    """Ask XLA for ``count`` host (CPU) devices (default: the usable cores), before jax is imported.
+
+    Experiments split their replicates over the host devices, one per core, which runs them
+    concurrently (docs/experiments.md, Batching). ``XLA_FLAGS`` is extended, never replaced,
+    and left alone when it already sets a device count. Returns whether it changed anything.
+    Without effect once jax has initialised its backends; only for the CPU platform.
+    """
+    flags = environ.get("XLA_FLAGS", "")
+    if HOST_DEVICES_FLAG in flags:
+        return False
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if count < 2:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICES_FLAG}={int(count)}".strip()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     from scenarios import ScenarioError
 
+    args = build_parser().parse_args(argv)
+    if args.func is cmd_experiment and "jax" not in sys.modules:
+        request_host_devices()  # replicates split over the cores (before jax is imported, below)
+
     from simcore.distributed import DistributedError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ScenarioError, DistributedError) as exc:

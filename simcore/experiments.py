@@ -18,11 +18,15 @@ interventions give exactly zero difference.
 and graph (from the scenario's ``run.seed``) and the same initial infections for
 every seed: replicates are over epidemic noise on a fixed synthetic population.
 They run batched under ``jax.vmap`` (params shared), ``batch_size`` replicates at a
-time. The default on accelerators is the number of seeds (capped by half the free
-memory), so the baseline prefix and every arm reuse one compiled program; on CPU
-it is 1 (replicates one after another on one compiled program), because there
-``vmap`` measured slower: 0.54x dense-only, 0.14x for models whose neighbour pull
-switches sparse/dense with ``lax.switch`` (``benchmarks/experiments.py``).
+time per device, split over ``devices`` local devices that step their replicates
+concurrently. The default on accelerators is one device and the number of seeds
+per batch (capped by half the free memory), so the baseline prefix and every arm
+reuse one compiled program; on CPU it is every local CPU device with one replicate
+each at a time: one vmapped batch on one device measured only about even with
+sequential runs on 2 cores, splitting the replicates over one host device per core
+1.7x faster (``benchmarks/experiments.py``). ``simcore experiment`` asks XLA for one
+host device per core (``XLA_FLAGS``, unless it already sets a device count); in a
+notebook call :func:`simcore.cli.request_host_devices` before importing jax.
 ``replicates="independent"`` rebuilds population, graph and initial state for
 every seed exactly as ``simcore run --seed S`` does; seeds then run one after
 another (their graphs differ), arms of one seed still batched.
@@ -132,6 +136,7 @@ class ExperimentSpec(_Strict):
     steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = None
     replicates: Literal["shared", "independent"] = "shared"
     batch_size: Annotated[int, Field(gt=0)] | None = None
+    devices: Annotated[int, Field(gt=0, le=65_536)] | None = None
     branch_step: Annotated[int, Field(ge=0)] | None = None
     arms: list[ArmSpec] = Field(min_length=1)
     outcomes: list[str] = []
@@ -175,7 +180,7 @@ class Experiment:
     def __init__(self, scenario: Scenario | str | Path | Mapping[str, Any], seeds: Iterable[int] = (0, 1, 2, 3), *,
                  overrides: Sequence[str] = (), steps: int | None = None, replicates: str = "shared",
                  batch_size: int | None = None, name: str | None = None, chunk_size: int | None = None,
-                 backend: Any = None):
+                 backend: Any = None, devices: int | None = None):
         self.scenario = _as_scenario(scenario, overrides)
         self.backend = backend  # replaces every LLM arm's policy.backend (an object or a factory; tests)
         self.programs = ChunkPrograms()  # compiled chunk programs of every ensemble this experiment runs
@@ -190,6 +195,9 @@ class Experiment:
             raise ExperimentError("replicates", f"must be 'shared' or 'independent', got {replicates!r}")
         self.replicates = replicates
         self.batch_size = batch_size
+        if devices is not None and devices < 1:
+            raise ExperimentError("devices", f"must be >= 1, got {devices}")
+        self.devices = devices
         self.chunk_size = int(chunk_size or self.scenario.run.chunk_size)
         self.name = name or self.scenario.name
         self.branch_step: int | None = None
@@ -331,6 +339,12 @@ class Experiment:
 
             scratch = tempfile.TemporaryDirectory(prefix="simcore-experiment-")
         prefix: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+        layouts: list[dict[str, int]] = []  # how each ensemble split its replicates (recorded in info)
+
+        def layout(built: Built, n: int) -> dict[str, int]:
+            layouts.append(self._layout(built, n))
+            return layouts[-1]
+
         by_pop: dict[int, list[int]] = {}
         for s in self.seeds:
             by_pop.setdefault(pop_of[s], []).append(s)
@@ -340,8 +354,7 @@ class Experiment:
             for pop_seed, seeds in by_pop.items():
                 b = get_build(baseline, pop_seed)
                 ens = Ensemble(b.model, replicate_state(b.state, len(seeds)), b.params, schedules[BASELINE], seeds,
-                               chunk_size=self.chunk_size, batch_size=self._batch(b, len(seeds)),
-                               programs=self.programs)
+                               chunk_size=self.chunk_size, programs=self.programs, **layout(b, len(seeds)))
                 m = run_metrics(ens, t_b)
                 for i, s in enumerate(seeds):
                     prefix[s] = (ens.replicate(i), {k: v[i] for k, v in m.items()})
@@ -360,8 +373,8 @@ class Experiment:
                 states = [prefix[s][0] for _, s in batched] if t_b else replicate_state(b.state, len(batched))
                 sched = {k: np.stack([schedules[a.name][k] for a, _ in batched]) for k in b.schedule}
                 ens = Ensemble(b.model, states, b.params, sched, [s for _, s in batched], chunk_size=self.chunk_size,
-                               step=t_b, batch_size=self._batch(b, len(batched)), per_replicate_schedule=True,
-                               programs=self.programs)
+                               step=t_b, per_replicate_schedule=True, programs=self.programs,
+                               **layout(b, len(batched)))
                 m = run_metrics(ens, T - t_b)
                 for i, (a, s) in enumerate(batched):
                     rows = {k: v[i] for k, v in m.items()}
@@ -392,7 +405,8 @@ class Experiment:
             info={"name": self.name, "scenario": self.scenario.model_dump(mode="json"), "replicates": self.replicates,
                   "population_seeds": {str(s): p for s, p in pop_of.items()}, "n_agents": any_build.n_agents,
                   "model": any_build.model.name, "arm_specs": [a.spec for a in arms[1:]],
-                  "outcomes": list(outcomes) if outcomes else None, **self.info})
+                  "outcomes": list(outcomes) if outcomes else None,
+                  "replicate_layout": layouts[-1] if layouts else None, **self.info})
         if out is not None:
             self._write(Path(out), results, arms, schedules, builds, prefix, pop_of, llm, ci=ci, n_boot=n_boot)
         return results
@@ -428,13 +442,29 @@ class Experiment:
                       "llm_backend": session.manifest.get("llm_backend")}
         return rows, record
 
-    def _batch(self, built: Built, n: int) -> int:
+    def _layout(self, built: Built, n: int) -> dict[str, int]:
+        """``batch_size`` (per device) and ``devices`` of an ensemble of ``n`` replicates.
+
+        On CPU the replicates are split over every local CPU device (one per core when
+        ``XLA_FLAGS=--xla_force_host_platform_device_count`` asks for them; ``simcore experiment``
+        does), one replicate per device at a time: measured (benchmarks/experiments.py) that
+        is the fastest layout on 2 cores, where one vmapped batch on one device is only about
+        even with sequential runs. Elsewhere one device, one arm's seeds per batch (capped by
+        memory), so the prefix and every arm reuse one compiled program.
+        """
+        cpu = jax.default_backend() == "cpu"
+        devices = self.devices if self.devices is not None else (jax.local_device_count() if cpu else 1)
+        if devices > jax.local_device_count():
+            raise ExperimentError("devices", f"{devices} requested but only {jax.local_device_count()} available "
+                                             f"({jax.default_backend()}); on CPU set XLA_FLAGS="
+                                             f"--xla_force_host_platform_device_count=N before jax is imported")
         if self.batch_size:
-            return self.batch_size
-        if jax.default_backend() == "cpu":
-            return 1  # measured (benchmarks/experiments.py): on 2 CPU cores vmap is about even with sequential (0.7-1.2x)
-        # one arm's seeds per batch, so the prefix and every arm reuse one compiled program
-        return min(len(self.seeds), batch_size_for(built.state, n))
+            batch = self.batch_size
+        elif cpu:
+            batch = 1
+        else:
+            batch = min(len(self.seeds), batch_size_for(built.state, n))
+        return {"batch_size": batch, "devices": min(devices, n)}
 
     def _check_branch(self, arms, schedules, get_build, pop_seed, t_b) -> None:
         from .checkpoint import params_fingerprint
@@ -524,7 +554,7 @@ def experiment_from_spec(spec: ExperimentSpec, base_dir: str | Path = ".") -> Ex
     seeds = list(range(spec.seeds)) if isinstance(spec.seeds, int) else spec.seeds
     try:
         exp = Experiment(scenario, seeds, overrides=spec.overrides, steps=spec.steps, replicates=spec.replicates,
-                         batch_size=spec.batch_size, name=spec.name)
+                         batch_size=spec.batch_size, name=spec.name, devices=spec.devices)
     except ScenarioError as exc:
         if isinstance(exc, ExperimentError):
             raise

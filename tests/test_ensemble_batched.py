@@ -90,3 +90,105 @@ def test_batched_replicates_equal_sequential_runs(spec):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     first = next(iter(seq))
     assert not np.array_equal(seq[first][0], seq[first][1])  # replicates differ (own keys)
+
+
+SPLIT_SCRIPT = r"""
+import json
+import jax, numpy as np
+from scenarios import load_scenario
+from simcore.engine.ensemble import ChunkPrograms, Ensemble, replicate_state
+from simcore.experiments import Experiment
+from simcore.models import build
+from simcore.session import run_metrics
+
+SEIR = %r
+out = {"devices": jax.local_device_count()}
+for spec in ("seir", "epidemic"):
+    sc = load_scenario(SEIR) if spec == "seir" else load_scenario(
+        "covid_small", ["population.size=6000", "run.steps=40", "run.chunk_size=10", "output.sample_agents=0"])
+    b = build(sc, seed=0)
+    seeds = [11, 12, 13, 14, 15]
+    programs = ChunkPrograms()
+
+    def run(batch, devices):
+        e = Ensemble(b.model, replicate_state(b.state, len(seeds)), b.params, b.schedule, seeds, chunk_size=10,
+                     batch_size=batch, devices=devices, programs=programs)
+        m = run_metrics(e, 37)  # the last chunk is cut short
+        return m, [np.asarray(x) for x in jax.tree_util.tree_leaves(e.state)], e
+
+    seq, seq_state, _ = run(1, 1)
+    for batch, devices in ((1, 2), (1, 4), (2, 3), (2, 4)):  # (1, 2), (2, 3), (2, 4): the last call padded
+        m, st, e = run(batch, devices)
+        out[f"{spec}_{batch}x{devices}_metrics"] = set(m) == set(seq) and all(np.array_equal(m[k], seq[k]) for k in seq)
+        out[f"{spec}_{batch}x{devices}_state"] = all(np.array_equal(a, c) for a, c in zip(st, seq_state))
+        out[f"{spec}_{batch}x{devices}_split"] = len(jax.tree_util.tree_leaves(e.state)[0].sharding.device_set)
+    out[f"{spec}_replicates_differ"] = not np.array_equal(seq["I"][0], seq["I"][1]) if "I" in seq else None
+
+# an Experiment on CPU splits its replicates over every host device by default, one replicate each
+def design(**kw):
+    ex = Experiment(SEIR, seeds=[3, 4, 5], steps=30, **kw)
+    ex.branch(from_step=10)
+    ex.arm("strong", interventions=[{"name": "d", "param": "contact_scale", "start": 10, "end": 30, "value": 0.3}])
+    return ex.run()
+split, one = design(), design(devices=1)
+out["experiment_layout"] = split.info["replicate_layout"]
+out["experiment_one_layout"] = one.info["replicate_layout"]
+out["experiment_equal"] = split.metrics.equals(one.metrics)
+print(json.dumps(out))
+""" % (SEIR,)
+
+
+def test_replicates_split_over_devices_equal_sequential_runs(cli_env):
+    """The replicate axis split over host devices (each stepping its own replicates, vmapped):
+    every replicate's metrics and final state equal its sequential run, bit for bit, whatever
+    the devices, the per-device batch and the padding of the last call."""
+    from conftest import run_script_on_devices
+
+    out = run_script_on_devices(SPLIT_SCRIPT, cli_env, n_devices=4)
+    assert out["devices"] == 4
+    for spec in ("seir", "epidemic"):
+        for batch, devices in ((1, 2), (1, 4), (2, 3), (2, 4)):
+            assert out[f"{spec}_{batch}x{devices}_metrics"] is True, (spec, batch, devices)
+            assert out[f"{spec}_{batch}x{devices}_state"] is True, (spec, batch, devices)
+            assert out[f"{spec}_{batch}x{devices}_split"] == min(devices, 5), (spec, batch, devices)
+    assert out["seir_replicates_differ"] is True
+    assert out["experiment_layout"] == {"batch_size": 1, "devices": 4}
+    assert out["experiment_one_layout"] == {"batch_size": 1, "devices": 1}
+    assert out["experiment_equal"] is True
+
+
+def test_request_host_devices_extends_xla_flags_only_without_a_count():
+    from simcore.cli import request_host_devices
+
+    env = {}
+    assert request_host_devices(env, 4) and env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert request_host_devices(env, 2)
+    assert env["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}  # the user's count wins
+    assert not request_host_devices(env, 2) and env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+    env = {}
+    assert not request_host_devices(env, 1) and env == {}  # one core: nothing to split over
+
+
+def test_experiment_cli_splits_replicates_over_the_cores(cli_env, tmp_path):
+    """`simcore experiment` asks for one host device per core, unless XLA_FLAGS already sets a count."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import SIMCORE
+    from test_experiments import EXPERIMENT_YAML, _write_files
+
+    cores = len(os.sched_getaffinity(0))
+    path = _write_files(tmp_path, EXPERIMENT_YAML)
+    env = {k: v for k, v in cli_env.items() if k != "XLA_FLAGS"}
+    layouts = {}
+    for label, extra in (("default", {}), ("user", {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})):
+        out = tmp_path / label
+        res = subprocess.run(SIMCORE + ["experiment", str(path), "--out", str(out), "--quiet"], capture_output=True,
+                             text=True, env={**env, **extra}, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        layouts[label] = json.loads((out / "experiment.json").read_text())["replicate_layout"]
+    assert layouts["default"] == {"batch_size": 1, "devices": min(cores, 3)}  # 3 seeds: at most 3 devices used
+    assert layouts["user"] == {"batch_size": 1, "devices": 1}

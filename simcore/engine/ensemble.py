@@ -17,9 +17,12 @@ tiered sparse/dense neighbour pull has its own batching rule
 (``simcore.engine.ops``): a batch is one population of R disjoint graph copies
 with one real ``lax.switch``, instead of a select that would run every branch,
 and every replicate's numbers stay bit-identical to a run of its own
-(``tests/test_ensemble_batched.py``). Measured on 2 CPU cores
-(``benchmarks/experiments.py``, docs/experiments.md) batching is now about even
-with sequential runs, not yet faster.
+(``tests/test_ensemble_batched.py``). With ``devices=D`` the replicate axis is split
+over D local devices (``shard_map`` of the vmapped chunk): on CPU, with one host
+device per core (``XLA_FLAGS=--xla_force_host_platform_device_count``), that keeps
+both cores busy and measured 1.5x (tiered pull) to 1.9x (dense pull) sequential runs on 2
+cores, where one vmapped batch on one device is only about even
+(``benchmarks/experiments.py``, docs/experiments.md).
 
 Only per-step metrics come back to the host; agent samples and event traces are
 not recorded for ensembles. The loop over chunks (and host policies, for a
@@ -36,11 +39,15 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .model import Model, Params, State, replacement_param
 from .rng import root_key
 from .runner import step_body
 from .schedule import extend_schedule
+
+REPLICAS = "replicas"  # the mesh axis the replicate axis is split over
+
 
 class _Compiled:
     """The jitted chunk functions of one model (single replicate and vmapped over replicates).
@@ -66,10 +73,35 @@ class _Compiled:
             ts = t0 + jnp.arange(length, dtype=jnp.int32)
             return jax.lax.scan(body, state, (ts, rows))
 
-        donate = (0,) if jax.default_backend() != "cpu" else ()
+        self._donate = donate = (0,) if jax.default_backend() != "cpu" else ()
         self.single = jax.jit(chunk, static_argnums=(6,), donate_argnums=donate)
-        batched = jax.vmap(chunk, in_axes=(0, None, 0, 0, None, None, None))
+        self._vmapped = batched = jax.vmap(chunk, in_axes=(0, None, 0, 0, None, None, None))
         self.batched = jax.jit(batched, static_argnums=(6,), donate_argnums=donate)
+        self._split: dict[int, tuple[Mesh, Any]] = {}
+
+    def split(self, n_devices: int) -> tuple[Mesh, Any]:
+        """The mesh of the first ``n_devices`` local devices and the chunk program that splits the
+        replicate axis over it: each device steps its own replicates (vmapped) at the same time."""
+        hit = self._split.get(n_devices)
+        if hit is None:
+            devices = jax.local_devices()
+            if n_devices > len(devices):
+                raise ValueError(f"devices: {n_devices} requested but only {len(devices)} available "
+                                 f"({jax.default_backend()}); on CPU set XLA_FLAGS="
+                                 f"--xla_force_host_platform_device_count=N before jax is imported")
+            mesh = Mesh(np.array(devices[:n_devices]), (REPLICAS,))
+            batched, rep, whole = self._vmapped, PartitionSpec(REPLICAS), PartitionSpec()
+
+            def chunk(state, params, rows, roots, t0, t_end, length):
+                # no collectives: every replicate is independent. check_vma is off because the
+                # skipped-step branch's zeros are the same on every device while stepped metrics vary.
+                part = jax.shard_map(lambda st, p, r, k, a, e: batched(st, p, r, k, a, e, length), mesh=mesh,
+                                     in_specs=(rep, whole, rep, rep, whole, whole), out_specs=(rep, rep),
+                                     check_vma=False)
+                return part(state, params, rows, roots, t0, t_end)
+
+            hit = self._split[n_devices] = (mesh, jax.jit(chunk, static_argnums=(6,), donate_argnums=self._donate))
+        return hit
 
 
 def _fn_key(fn):
@@ -178,13 +210,15 @@ class Ensemble:
     ``states``: a list of R state pytrees, or one pytree with a leading axis of R.
     ``schedule``: ``{name: rows}`` with rows ``[T, ...]`` shared by all replicates, or
     ``[R, T, ...]`` (one schedule per replicate) with ``per_replicate_schedule=True``;
-    ``seeds``: R root seeds.
+    ``seeds``: R root seeds. ``devices``: local devices the replicate axis is split over
+    (each steps ``batch_size`` replicates at a time, vmapped, concurrently with the others);
+    ``batch_size`` is per device.
     """
 
     def __init__(self, model: Model, states: State | Sequence[State], params: Params,
                  schedule: Mapping[str, np.ndarray], seeds: Sequence[int], *, chunk_size: int = 32,
                  step: int = 0, batch_size: int | None = None, per_replicate_schedule: bool = False,
-                 programs: ChunkPrograms | None = None):
+                 programs: ChunkPrograms | None = None, devices: int = 1):
         self.model = model
         self.seeds = [int(s) for s in seeds]
         r = len(self.seeds)
@@ -205,9 +239,14 @@ class Ensemble:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
-        self.batch_size = r if batch_size is None else max(1, min(int(batch_size), r))
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1, got {devices}")
+        self.devices = min(int(devices), r)
+        per_device = -(-r // self.devices)
+        self.batch_size = per_device if batch_size is None else max(1, min(int(batch_size), per_device))
         self.programs = programs if programs is not None else ChunkPrograms()
         self._fns = self.programs.for_model(model)
+        self._placed: tuple[tuple, Any] | None = None  # (the param leaves, their copies on the replicate mesh)
 
     def _per_replicate(self, name: str, table: np.ndarray, per_replicate: bool) -> np.ndarray:
         r = len(self.seeds)
@@ -257,18 +296,18 @@ class Ensemble:
         start, length = self.step, self.chunk_size
         self._ensure_rows(start + length)
         rows = {k: v[:, start:start + length] for k, v in self.schedule.items()}
-        r, b = self.n_replicates, self.batch_size
+        r, g = self.n_replicates, self.batch_size * self.devices  # g: replicates per call
         t0 = (jnp.int32(start), jnp.int32(start + n_steps))
-        if b == r:
-            state, out = self._call(self.state, rows, self.roots, t0, length, batched=r > 1 or b > 1)
+        if g == r:
+            state, out = self._call(self.state, rows, self.roots, t0, length, batched=r > 1)
         else:
             states, outs = [], []
-            for lo in range(0, r, b):
-                idx = np.arange(lo, min(lo + b, r))
-                pad = np.concatenate([idx, np.full(b - len(idx), idx[-1])])  # same batch shape: no recompilation
+            for lo in range(0, r, g):
+                idx = np.arange(lo, min(lo + g, r))
+                pad = np.concatenate([idx, np.full(g - len(idx), idx[-1])])  # same batch shape: no recompilation
                 sub = jax.tree_util.tree_map(lambda x: x[pad], self.state)
                 st, o = self._call(sub, {k: v[pad] for k, v in rows.items()}, self.roots[pad], t0, length,
-                                   batched=b > 1)
+                                   batched=g > 1)
                 keep = len(idx)
                 states.append(jax.tree_util.tree_map(lambda x: x[:keep], st))
                 outs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:keep], o))
@@ -280,11 +319,24 @@ class Ensemble:
         return {k: np.asarray(v)[:, :n_steps] for k, v in host["metrics"].items()}
 
     def _call(self, state, rows, roots, t0, n, *, batched: bool):
+        if self.devices > 1:
+            mesh, fn = self._fns.split(self.devices)
+            rep = NamedSharding(mesh, PartitionSpec(REPLICAS))
+            return fn(jax.device_put(state, rep), self._params_on(mesh), jax.device_put(rows, rep),
+                      jax.device_put(roots, rep), *t0, n)
         if batched:
             return self._fns.batched(state, self.params, rows, roots, *t0, n)
         one = jax.tree_util.tree_map(lambda x: x[0], state)
         st, out = self._fns.single(one, self.params, {k: v[0] for k, v in rows.items()}, roots[0], *t0, n)
         return (jax.tree_util.tree_map(lambda x: x[None], st), jax.tree_util.tree_map(lambda x: x[None], out))
+
+    def _params_on(self, mesh: Mesh) -> Params:
+        """The shared params replicated on every device of ``mesh`` (copied once, again after a change)."""
+        leaves = jax.tree_util.tree_leaves(self.params)
+        if (self._placed is None or len(self._placed[0]) != len(leaves)
+                or any(a is not b for a, b in zip(self._placed[0], leaves))):
+            self._placed = (tuple(leaves), jax.device_put(self.params, NamedSharding(mesh, PartitionSpec())))
+        return self._placed[1]
 
     def set_param(self, name: str, value: Any) -> None:
         """Replace a shared parameter with an array of the same shape and dtype (no recompilation)."""

@@ -73,7 +73,7 @@ def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
     dst = indices[pos] if reps == 1 else indices[pos] + (src - src_local)  # same replicate as the source
     dst = jnp.where(valid, dst, total_n)
     out = jnp.zeros(total_n, jnp.float32).at[dst].add(flat_x[src].astype(jnp.float32), mode="drop")
-    return out if reps == 1 else out.reshape(reps, n)
+    return out.reshape(x.shape)  # [N], or [R, N] (also for a batch of one)
 
 
 def _tier_sizes(node_capacity: int, edge_capacity: int, tiers: int) -> list[tuple[int, int]]:
