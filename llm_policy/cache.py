@@ -405,23 +405,18 @@ class CachedBackend:
                 continue
             out[i] = ThreadResult(text, tuple(hits))  # type: ignore[arg-type]
         fresh = run_threads(self.backend, forward, max_tokens=max_tokens, stop=stop)
-        for i, res in zip(miss, fresh):
-            r = requests[i]
-            if i in known:
+        for i, f, res in zip(miss, forward, fresh):
+            if res.text is not None:  # stored as what the forwarded thread is equivalent to
+                if f.generate:
+                    self.cache.put_text(self.identity, f.prompt, max_tokens, stop, 0.0, 0, res.text)
+                self.cache.put_many(self.identity, [
+                    (ScoreRequest(f.prompt + res.text + q.prompt, q.options, q.temperature), sc)
+                    for q, sc in zip(f.questions, res.scores)])
+            if i in known:  # the stored continuation, its cached answers and the new ones, in question order
                 text, hits = known[i]
                 new = iter(res.scores)
-                scores = tuple(h if h is not None else next(new) for h in hits)
-                self.cache.put_many(self.identity, [
-                    (ScoreRequest(r.prompt + text + q.prompt, q.options, q.temperature), sc)
-                    for q, sc, h in zip(r.questions, scores, hits) if h is None])
-                out[i] = ThreadResult(text, scores, res.error, res.latency_s)
-                continue
-            if res.text is not None:
-                if r.generate:
-                    self.cache.put_text(self.identity, r.prompt, max_tokens, stop, 0.0, 0, res.text)
-                self.cache.put_many(self.identity, [
-                    (ScoreRequest(r.prompt + res.text + q.prompt, q.options, q.temperature), sc)
-                    for q, sc in zip(r.questions, res.scores)])
+                res = ThreadResult(text, tuple(h if h is not None else next(new) for h in hits), res.error,
+                                   res.latency_s)
             out[i] = res
         return out  # type: ignore[return-value]
 

@@ -190,7 +190,6 @@ class DeepAgents:
         self._mates_idx = None
         self.interventions = [(iv.name, int(iv.start), int(iv.end)) for iv in interventions]
         self.memories: list[list[Memory]] = [[] for _ in self.ids]
-        self.last_codes: list[dict[str, int] | None] = [None] * len(self.ids)
         self.last_seen: list[dict | None] = [None] * len(self.ids)  # levels, statistics, interventions as shown
         self.values: dict[str, np.ndarray] = {}  # target -> K values (NaN: heuristic)
         self.rows: list[dict] = []
@@ -257,22 +256,22 @@ class DeepAgents:
                     counts = np.bincount(np.asarray(v[a:b], np.int64), minlength=len(self.model.labels[k]))
                     stats_now[f"household {k}"] = (", ".join(f"{n} {self.model.labels[k][c]}" for c, n in
                                                              enumerate(counts) if n) or "lives alone")
-            prev = self.last_codes[j]
+            was = self.last_seen[j]
             # the first observation is the whole row; later ones only what changed (a feature with its former
             # level, a statistic, the interventions in force): an unchanged row costs no prompt tokens
-            if prev is None:
+            if was is None:
                 parts = [f"{_name(k)} {v}" for k, v in level.items()] + [f"{_name(k)} {v}" for k, v in stats_now.items()]
                 parts.append(f"interventions in force: {active}")
+                changed = 1
             else:
-                was = self.last_seen[j]
-                parts = [f"{_name(k)} {v} (was {was['f'][k]})" for k, v in level.items() if was["f"].get(k) != v]
+                moved = [k for k, v in level.items() if was["f"].get(k) != v]  # a level per code: changed codes
+                parts = [f"{_name(k)} {level[k]} (was {was['f'][k]})" for k in moved]
                 parts += [f"{_name(k)} {v}" for k, v in stats_now.items() if was["s"].get(k) != v]
                 if was["active"] != active:
                     parts.append(f"interventions in force: {active}")
+                changed = len(moved)
             text = f"Day {step}: " + ("; ".join(parts) if parts else "no change") + "."
-            changed = 0 if prev is None else sum(prev.get(k) != c for k, c in codes.items())
-            importance = float(min(10, 1 + 3 * (changed if prev is not None else 1)))
-            self.last_codes[j] = codes
+            importance = float(min(10, 1 + 3 * changed))
             self.last_seen[j] = {"f": level, "s": stats_now, "active": active}
             if parts or keep_unchanged:  # between decisions an unchanged day is not a memory
                 self._remember(j, step, "observation", text, importance)
@@ -420,20 +419,19 @@ class DeepAgents:
         # "deep_rows_logged", not "rows_logged": that key counts the archetype policy's llm_calls rows
         return {"kind": "deep_agents", "ids": [int(i) for i in self.ids], "deep_rows_logged": len(self.rows),
                 "memories": [[vars(m).copy() for m in ms] for ms in self.memories],
-                "last_codes": self.last_codes, "last_seen": self.last_seen, "stats": vars(self.stats).copy(),
+                "last_seen": self.last_seen, "stats": vars(self.stats).copy(),
                 "targets": list(self.values), "arrays": {f"deep_{t}": v for t, v in self.values.items()}}
 
     def load_state_dict(self, blob: Mapping[str, Any]) -> None:
         if [int(i) for i in blob["ids"]] != [int(i) for i in self.ids]:
             raise ScenarioError("checkpoint", "the checkpoint's deep agents are not this run's")
         self.memories = [[Memory(**m) for m in ms] for ms in blob["memories"]]
-        self.last_codes = [None if c is None else {k: int(v) for k, v in c.items()} for c in blob["last_codes"]]
         if "last_seen" in blob:
             self.last_seen = list(blob["last_seen"])
         else:  # a checkpoint from before observations said only what changed: rebuild what they compare with
             self.last_seen = [None if c is None else {
-                "f": {k: (self.model.labels[k][v] if self.model.labels.get(k) else str(v)) for k, v in c.items()},
-                "s": {}, "active": None} for c in self.last_codes]
+                "f": {k: (self.model.labels[k][int(v)] if self.model.labels.get(k) else str(v)) for k, v in c.items()},
+                "s": {}, "active": None} for c in blob["last_codes"]]
         self.stats = RoundStats(**blob["stats"])
         arrays = blob.get("arrays") or {}
         self.values = {t: np.asarray(arrays[f"deep_{t}"], np.float32) for t in blob.get("targets") or []}

@@ -240,6 +240,16 @@ class Checkpoint:
     def seed(self) -> int:
         return int(self.meta["seed"])
 
+    @property
+    def llm_calls_logged(self) -> int | None:
+        """The llm_calls rows the archetype policy had logged (its blob's ``rows_logged``), or None when the
+        checkpoint holds no archetype policy. Other policies' blobs are not counted, even an older deep-agents
+        blob that used the same key for its own table."""
+        counts = [int(b["rows_logged"]) for b in self.meta.get("policies") or []
+                  if isinstance(b, Mapping) and "rows_logged" in b
+                  and b.get("kind", "archetype_policy") == "archetype_policy"]
+        return max(counts) if counts else None
+
     def scenario(self) -> Scenario:
         from scenarios import validate
 
@@ -421,8 +431,7 @@ def resume_manifest(run_dir: Path, ckpt: Checkpoint, fresh: Mapping[str, Any]) -
     if old.get("seed") is not None and int(old["seed"]) != ckpt.seed:
         raise CheckpointError("checkpoint", f"{ckpt.path}: seed {ckpt.seed} but the run directory has {old['seed']}")
     # an LLM policy's checkpoint counts its call-log rows and cuts llm_calls itself (load_state_dict)
-    counted = any("rows_logged" in blob and blob.get("kind", "archetype_policy") == "archetype_policy"
-                  for blob in (ckpt.meta.get("policies") or []))
+    counted = ckpt.llm_calls_logged is not None
     rundir.truncate_run(run_dir, ckpt.step,
                         tables=[t for t in rundir.APPENDED + rundir.PARTITIONED if not (counted and t == "llm_calls")])
     history = list(old.get("resumed") or [])

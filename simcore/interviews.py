@@ -209,9 +209,7 @@ def restore(run_dir: str | Path, step: int, *, backend: Any = None) -> Restored:
         backend = lambda: ReplayBackend(cache, identity=identity)  # noqa: E731 - a factory, opened by the session
     scratch = Path(tempfile.mkdtemp(prefix="simcore-interview-"))
     try:
-        counted = max([int(b.get("rows_logged", 0)) for b in ckpt.meta.get("policies") or []
-                       if isinstance(b, Mapping) and "rows_logged" in b
-                       and b.get("kind", "archetype_policy") == "archetype_policy"], default=0)
+        counted = ckpt.llm_calls_logged or 0
         if counted:  # the policy restores its call log up to the checkpoint: a copy, so the run's stays as it is
             log = rundir.read_table(run_dir, "llm_calls").slice(0, counted)
             appender = rundir.TableAppender(scratch, "llm_calls")

@@ -437,27 +437,9 @@ class LlamaCppBackend:
         # next-token distributions after ctx + option prefix; option tokens are
         # always decoded one at a time (canonical), prefixes shared across options
         slot, first = self._eval_context(ctx)
-        dists: dict[tuple[int, ...], np.ndarray] = {(): first}
-        logprobs = []
-        n_completion = 0
-        for j in joint:
-            opt = j[k:]
-            total = 0.0
-            for pos in range(len(opt)):
-                pre = tuple(opt[:pos])
-                dist = dists.get(pre)
-                if dist is None:
-                    have = _lcp(slot.tokens[k:], pre)
-                    slot.rollback(k + have)
-                    for t in pre[have:]:
-                        logits = slot.decode([t], len(slot.tokens))
-                        self.stats["evaluated_tokens"] += 1
-                        self.stats["decode_calls"] += 1
-                    dist = _log_softmax(logits)
-                    dists[pre] = dist
-                total += float(dist[opt[pos]])
-            logprobs.append(total)
-            n_completion += len(opt)
+        logprobs, n_completion = self._option_logprobs(
+            joint, k, first, lambda: slot.tokens, slot.rollback,
+            lambda t: _log_softmax(slot.decode([t], len(slot.tokens))))
         dt = time.perf_counter() - t0
         self.stats["prompt_tokens"] += len(p_tok)
         self.stats["completion_tokens"] += n_completion
@@ -468,6 +450,34 @@ class LlamaCppBackend:
             completion_tokens=n_completion,
             latency_s=dt,
         )
+
+    def _option_logprobs(self, joint: list[list[int]], k: int, first: np.ndarray, held, cut, decode_one
+                         ) -> tuple[list[float], int]:
+        """Each option's summed log-probability after the context ``joint[0][:k]``, whose next-token
+        log-softmax is ``first``, and the option tokens scored.  Option tokens are decoded one at a time
+        (canonical) and prefixes shared across options are decoded once.  ``held()``: the tokens in the
+        KV cache; ``cut(n)``: drop positions >= n; ``decode_one(t)``: decode ``t`` after them and return
+        the next-token log-softmax (a slot for :meth:`score`, a thread's spare sequence for :meth:`threads`)."""
+        dists: dict[tuple[int, ...], np.ndarray] = {(): first}
+        logprobs, n_completion = [], 0
+        for j in joint:
+            opt = j[k:]
+            total = 0.0
+            for pos in range(len(opt)):
+                pre = tuple(opt[:pos])
+                dist = dists.get(pre)
+                if dist is None:
+                    have = _lcp(held()[k:], pre)
+                    cut(k + have)
+                    for t in pre[have:]:
+                        dist = decode_one(t)
+                        self.stats["evaluated_tokens"] += 1
+                        self.stats["decode_calls"] += 1
+                    dists[pre] = dist
+                total += float(dist[opt[pos]])
+            logprobs.append(total)
+            n_completion += len(opt)
+        return logprobs, n_completion
 
     # -- Backend protocol -------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -605,24 +615,9 @@ class LlamaCppBackend:
         dist = th.extend(th.spare, ctx[keep:])
         self.stats["evaluated_tokens"] += len(ctx) - keep
         self.stats["reused_tokens"] += keep
-        dists: dict[tuple[int, ...], np.ndarray] = {(): dist}
-        logprobs, n_completion = [], 0
-        for j in joint:
-            opt = j[k:]
-            total = 0.0
-            for pos in range(len(opt)):
-                pre = tuple(opt[:pos])
-                if pre not in dists:
-                    have = _lcp(th.held[th.spare][k:], pre)
-                    th.truncate(th.spare, k + have)
-                    d = None
-                    for t in pre[have:]:
-                        d = th.extend(th.spare, [t])
-                        self.stats["evaluated_tokens"] += 1
-                    dists[pre] = d  # type: ignore[assignment]
-                total += float(dists[pre][opt[pos]])
-            logprobs.append(total)
-            n_completion += len(opt)
+        logprobs, n_completion = self._option_logprobs(
+            joint, k, dist, lambda: th.held[th.spare], lambda n: th.truncate(th.spare, n),
+            lambda t: th.extend(th.spare, [t]))
         self.stats["requests"] += 1
         return ScoreResult.from_logprobs(logprobs, q.temperature, prompt_tokens=len(p_tok),
                                          completion_tokens=n_completion, latency_s=time.perf_counter() - t0)
