@@ -10,15 +10,16 @@
   case: KV re-use of whole 32-token blocks).
 * rounds: the shipped covid_nyc archetype prompts (both decisions, every level),
   scored the way the policy asks for them: one ``score`` call per decision per
-  round, the two decisions alternating.  Configurations are
-  ``BLOCK:SLOTS:THREADS[:every]`` (THREADS ``auto`` = the backend's load-based
-  default; ``every`` = logits on every 16/32-token block, as the backend did
-  before it skipped the output layer on all but a context's last block).  The
-  default compares the path issue 16 measured (one KV cache, 32-token blocks,
-  one thread, logits on every block: ``32:1:1:every``) with today's default at
-  one thread and at the default thread count.  Prints prompts/s (wall and per CPU-second), tokens
-  decoded and decode calls per prompt, and the largest probability difference
-  between the configurations.
+  round, the two decisions alternating.  Configurations are ``MODE:THREADS``
+  (MODE ``alone`` = every request scored by itself, ``reuse_prefix=False``: the
+  one-at-a-time path; ``batched`` = the default, a round's prompts decoded as
+  one token trie; THREADS ``auto`` = the backend's load-based default).  With
+  ``--former COMMIT`` the backend file of that commit is loaded from git and
+  measured first, as issue 16 asked (``32:1:1:every`` = one KV cache, 32-token
+  blocks, one thread, logits on every block: the path issue 16 measured, at
+  commit 78f7187 or before).  Prints prompts/s (wall and per CPU-second),
+  tokens decoded and decode calls per prompt, the largest probability
+  difference to the first configuration and to the new one-at-a-time path.
 * server: OpenAIBackend -> ``python -m llama_cpp.server`` (started here as a
   subprocess) at several client concurrency levels.
 
@@ -117,24 +118,47 @@ def covid_nyc_rounds() -> list[list[ScoreRequest]]:
     return rounds
 
 
-def bench_rounds(configs: list[str], repeats: int) -> None:
-    from llm_policy.backends import llamacpp
+def former_backend(commit: str):
+    """``LlamaCppBackend`` as it was at ``commit`` (its file read from git), for a side-by-side baseline."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    src = subprocess.run(["git", "-C", root, "show", f"{commit}:llm_policy/backends/llamacpp.py"], check=True,
+                         capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="simcore-former-"), "former_llamacpp.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("former_llamacpp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_rounds(configs: list[str], repeats: int, former: str | None, former_config: str) -> None:
     from llm_policy.backends.llamacpp import LlamaCppBackend
 
     rounds = covid_nyc_rounds() * repeats
     n = sum(len(r) for r in rounds)
-    ref = None
-    decode = llamacpp._Slot.decode
-    rate0 = None
+    runs = []
+    if former:
+        module = former_backend(former)
+        block, slots, threads, *every = former_config.split(":")
+        decode = module._Slot.decode
+        if every:  # logits on every block, as before issue 16
+            module._Slot.decode = lambda self, toks, start, logits=True: decode(self, toks, start, logits=True)
+        runs.append((f"former {former} {former_config}",
+                     lambda t=int(threads), blk=int(block), sl=int(slots): module.LlamaCppBackend(
+                         n_ctx=1024, n_threads=t, prefix_block=blk, n_slots=sl)))
     for cfg in configs:
-        parts = cfg.split(":")
-        block, slots = int(parts[0]), int(parts[1])
-        threads = None if len(parts) < 3 or parts[2] == "auto" else int(parts[2])
-        every = len(parts) > 3 and parts[3] == "every"
-        # the former path, for the side-by-side figure only: ask for logits on every block
-        llamacpp._Slot.decode = (lambda self, toks, start, logits=True: decode(self, toks, start, logits=True)) \
-            if every else decode
-        b = LlamaCppBackend(n_ctx=1024, n_threads=threads, prefix_block=block, n_slots=slots)
+        mode, threads = cfg.split(":")
+        runs.append((cfg, lambda mode=mode, threads=threads: LlamaCppBackend(
+            n_ctx=1024, n_threads=None if threads == "auto" else int(threads), reuse_prefix=mode != "alone")))
+    ref = alone = None
+    rate0 = None
+    for label, make in runs:
+        b = make()
         b.score(rounds[0][:1])  # warm-up (load, first decode)
         for k in b.stats:
             b.stats[k] = 0
@@ -144,18 +168,21 @@ def bench_rounds(configs: list[str], repeats: int) -> None:
         assert all(r.ok for r in res)
         probs = [r.probs for r in res]
         ref = ref or probs
+        if label.startswith("alone"):
+            alone = alone or probs
         diff = max(abs(p - q) for a, c in zip(ref, probs) for p, q in zip(a, c))
+        d_alone = "" if alone is None else ", vs alone: %.1e" % max(
+            abs(p - q) for a, c in zip(alone, probs) for p, q in zip(a, c))
         rate0 = rate0 or n / wall
         print(
-            f"covid_nyc rounds {cfg} (threads={b.n_threads}): {n} prompts, "
+            f"covid_nyc rounds {label} (threads={b.n_threads}): {n} prompts, "
             f"{n / wall:6.2f} prompts/s = {n / wall / rate0:4.2f}x the first ({n / cpu:6.2f} per CPU-s), "
             f"prompt {b.stats['prompt_tokens'] / n:5.1f} tokens, "
             f"decoded {b.stats['evaluated_tokens'] / n:5.1f} tokens and {b.stats['decode_calls'] / n:4.2f} calls per "
-            f"prompt, max |dP| vs {configs[0]}: {diff:.1e}  [{loadavg()}]",
+            f"prompt, max |dP| vs the first: {diff:.1e}{d_alone}  [{loadavg()}]",
             flush=True,
         )
         b.close()
-    llamacpp._Slot.decode = decode
 
 
 def bench_server(levels: list[int], n: int, server_threads: int) -> None:
@@ -189,8 +216,12 @@ def bench_server(levels: list[int], n: int, server_threads: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["embedded", "rounds", "server"])
-    ap.add_argument("--rounds-config", nargs="+", default=["32:1:1:every", "16:4:1", "16:4:auto"],
-                    help="PREFIX_BLOCK:SLOTS:THREADS[:every] per measurement (first = reference for rates and |dP|)")
+    ap.add_argument("--rounds-config", nargs="+", default=["alone:1", "batched:1", "batched:auto"],
+                    help="MODE:THREADS per measurement, MODE alone or batched (first = reference for rates and |dP|)")
+    ap.add_argument("--former", default=None, metavar="COMMIT",
+                    help="also measure the embedded backend of COMMIT (from git), first: the baseline")
+    ap.add_argument("--former-config", default="32:1:1:every",
+                    help="PREFIX_BLOCK:SLOTS:THREADS[:every] of the former backend (default: issue 16's path)")
     ap.add_argument("--rounds-repeat", type=int, default=2, help="passes over the 4 (round, decision) batches")
     ap.add_argument("-n", type=int, default=32, help="requests per measurement")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
@@ -201,7 +232,7 @@ def main() -> None:
     if a.only in (None, "embedded"):
         bench_embedded(sorted(set(a.threads)), a.n)
     if a.only in (None, "rounds"):
-        bench_rounds(a.rounds_config, a.rounds_repeat)
+        bench_rounds(a.rounds_config, a.rounds_repeat, a.former, a.former_config)
     if a.only in (None, "server"):
         bench_server(a.concurrency, a.n, a.server_threads)
 

@@ -21,7 +21,8 @@ EXTRA = [SurveyItemSpec(name="trust", kind="likert", question="I trust what I re
          SurveyItemSpec(name="worried", kind="yes_no", question="Are you worried about the issue?"),
          SurveyItemSpec(name="talk", kind="choice", question="How often do you talk about the issue?",
                         options=["never", "sometimes", "often"]),
-         SurveyItemSpec(name="future", kind="likert", question="Things will get better next year.")]
+         SurveyItemSpec(name="future", kind="likert", question="Things will get better next year."),
+         SurveyItemSpec(name="officials", kind="likert", question="Officials are handling the situation well.")]
 
 
 def main(argv=None) -> None:
@@ -43,7 +44,9 @@ def main(argv=None) -> None:
     items += [i for i in EXTRA if i.name not in {x.name for x in items}][:5 - len(items)]
     group_by = args.group_by.split(",") if args.group_by else list(base.group_by)
     kw = {"prompt": base.prompt} if base and set(group_by) >= set(base.group_by) else {
-        "prompt": "Survey of residents. {persona}.\nQuestion: {question}\nAnswer with one of: {options}.\nAnswer:"}
+        # the layout the docs recommend: the item (shared by every archetype) first, the respondent last
+        "prompt": "A survey of residents.\nQuestion: {question}\nAnswer with one of: {options}.\n"
+                  "Respondent: {persona}.\nAnswer:"}
     survey = SurveySpec(name="bench", steps=[0], group_by=group_by, orders=args.orders, items=items, **kw)
     t0 = time.perf_counter()
     built = build(sc)

@@ -220,7 +220,7 @@ def load_request(req: ScenarioRequest, cfg: ServerConfig) -> tuple[Scenario, str
 
 # An LLM backend spec names files, URLs and engine options (model paths, endpoints, vllm kwargs):
 # from HTTP only the embedded llama.cpp model with these settings, and the cache in the run directory.
-SAFE_BACKEND_KEYS = {"kind", "n_ctx", "n_threads", "seed", "n_batch", "prefix_block", "reuse_prefix"}
+SAFE_BACKEND_KEYS = {"kind", "n_ctx", "n_threads", "seed", "n_batch", "reuse_prefix"}
 
 
 def _check_policy(scenario: Scenario, cfg: ServerConfig) -> None:

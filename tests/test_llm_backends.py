@@ -565,9 +565,9 @@ def test_llamacpp_multi_token_options_and_kv_reuse(llama_backend):
     opts = (" definitely yes", " definitely not", " no")
     r1, r2 = b.score([ScoreRequest(FEW_SHOT, opts), ScoreRequest(FEW_SHOT, opts)])
     assert r1.ok and r1.completion_tokens == 5 and r1.logprobs == r2.logprobs
-    # the second identical request re-uses the KV cache: at most the last partial
-    # prefix block (< 32 tokens) and the option tokens are decoded again
-    assert b.stats["evaluated_tokens"] - before < r1.prompt_tokens + 5 + 32 + 5
+    # the two identical requests are one path of the batch's token trie: its context and the option
+    # prefixes (" definitely"; " no" is a single token) are decoded once for both
+    assert b.stats["evaluated_tokens"] - before == r1.prompt_tokens + 1
 
 
 @pytest.mark.llm
@@ -615,59 +615,72 @@ def test_llamacpp_batched_equals_one_at_a_time_and_ignores_batch_company():
     from llm_policy.backends.llamacpp import LlamaCppBackend
 
     reqs = _covid_nyc_prompts(6) + [ScoreRequest(FEW_SHOT, YN), ScoreRequest(FEW_SHOT, (" definitely yes", " no"))]
-    alone = LlamaCppBackend(n_ctx=1024, n_threads=1, reuse_prefix=False)  # every request from position 0
-    batched = LlamaCppBackend(n_ctx=1024, n_threads=1, n_slots=2)
+    alone = LlamaCppBackend(n_ctx=1024, n_threads=1, reuse_prefix=False)  # every request by itself
+    batched = LlamaCppBackend(n_ctx=1024, n_threads=1)
+    # other groups: at most 9 trie leaves or 600 cells per group, so the same requests meet other company
+    small = LlamaCppBackend(n_ctx=1024, n_threads=1, group_sequences=9 + 8, group_cells=600)
     try:
         one_at_a_time = [alone.score([r])[0] for r in reqs]
         together = batched.score(reqs)
-        # the same requests again, in another order and split into other batches (other company)
         target = reqs[3]
         with_others = batched.score([reqs[-1], target, reqs[9]])[1]
         reversed_batch = batched.score(reqs[::-1])[::-1]
-        assert batched.stats["reused_tokens"] > 0 and len(batched._slots) == 2
+        in_small_groups = small.score(reqs)
+        assert batched.stats["reused_tokens"] > 0
+        assert small.stats["decode_calls"] > batched.stats["decode_calls"] / 3  # it did split the batch
     finally:
         alone.close()
         batched.close()
-    for a, b, c in zip(one_at_a_time, together, reversed_batch):
-        assert a.ok and b.ok and c.ok
-        assert a.logprobs == b.logprobs == c.logprobs  # bit for bit (spec: probabilities within 1e-3)
+        small.close()
+    for a, b, c, d in zip(one_at_a_time, together, reversed_batch, in_small_groups):
+        assert a.ok and b.ok and c.ok and d.ok
+        assert a.logprobs == b.logprobs == c.logprobs == d.logprobs  # bit for bit (spec: within 1e-3)
     assert with_others.logprobs == one_at_a_time[3].logprobs
 
 
 @pytest.mark.llm
 @needs_llama
-def test_llamacpp_16_token_blocks_give_the_32_token_blocks_probabilities():
-    """The shipped covid_nyc prompts score the same with the 16-token blocks as with the former 32 (within 1e-3)."""
-    from llm_policy.backends.llamacpp import LlamaCppBackend
+def test_llamacpp_call_size_and_logits_rows_do_not_change_a_number(llama_backend):
+    """The batch-invariant kernels: the same token rows decoded in calls of 8, 13 or 48 rows, with logits
+    read on the last row only or on every row, give the same logits bit for bit (calls shorter than 8 rows
+    are padded; 64 rows or more would switch ggml to its tiled attention, see _Batch)."""
+    import numpy as np
 
-    reqs = _covid_nyc_prompts(9)
-    res = {}
-    for block in (16, 32):
-        b = LlamaCppBackend(n_ctx=1024, n_threads=1, prefix_block=block)
-        try:
-            res[block] = b.score(reqs)
-        finally:
-            b.close()
-    for r16, r32 in zip(res[16], res[32]):
-        assert r16.ok and r32.ok
-        assert max(abs(p - q) for p, q in zip(r16.probs, r32.probs)) <= 1e-3
+    from llm_policy.backends.llamacpp import _Batch, _Trie
+
+    b = llama_backend
+    trie = _Trie()
+    prompts = [FEW_SHOT + " yes\nQ: Is snow cold?\nA:", FEW_SHOT + " no\nQ: Is fire cold?\nA:", "Q: Is ice hot?\nA:"]
+    ends = [trie.walk(b._tokenize(p)) for p in prompts]
+    order, seqs = trie.rows()
+    got = []
+    batch = b._batch_context()
+    try:
+        for size, every in ((48, False), (13, False), (8, True), (48, True)):
+            batch.MAX_ROWS = size  # an instance attribute: the class's bound is left alone
+            rows = [(trie.token[n], trie.pos[n], seqs[n], every or n in ends) for n in order]
+            out = {}
+            batch.decode(rows, lambda i, x: out.__setitem__(order[i], x.copy()))
+            batch.clear()
+            got.append([out[n] for n in ends])
+    finally:
+        del batch.MAX_ROWS
+    for other in got[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(got[0], other))
+    assert _Batch.MAX_ROWS < 64 and _Batch.MIN_ROWS >= 8
 
 
 @pytest.mark.llm
 @needs_llama
-def test_llamacpp_slots_keep_each_decisions_prefix(llama_backend):
-    """Alternating between two decisions' prompts re-uses each one's few-shot preamble from its own slot."""
-    reqs = _covid_nyc_prompts(3)
-    isolate, work = reqs[:3], reqs[3:]
-    llama_backend.score(isolate[:1] + work[:1])
+def test_llamacpp_shared_preamble_is_decoded_once_per_batch(llama_backend):
+    """A round's prompts share their decision's few-shot preamble: it is decoded once for the batch."""
+    reqs = _covid_nyc_prompts(6)[:6]
     before = dict(llama_backend.stats)
-    for a, b in zip(isolate[1:], work[1:]):
-        llama_backend.score([a])
-        llama_backend.score([b])
+    llama_backend.score(reqs)
     decoded = llama_backend.stats["evaluated_tokens"] - before["evaluated_tokens"]
     prompt = llama_backend.stats["prompt_tokens"] - before["prompt_tokens"]
-    # each prompt decodes only its last line and the partial block before it, never its preamble again
-    assert decoded < 0.25 * prompt, (decoded, prompt)
+    # each prompt decodes only what follows the shared preamble, never the preamble again
+    assert decoded < 0.35 * prompt, (decoded, prompt)
 
 
 @pytest.mark.llm
@@ -713,21 +726,19 @@ def test_openai_backend_against_llama_cpp_server(llama_server, llama_backend):
         assert r.ok and r.method == "logprobs", r.error
         assert math.isclose(sum(r.probs), 1.0, abs_tol=1e-9)
     assert res[0].probs[0] > res[0].probs[1]
-    # first-token logprobs from the server agree with the embedded backend (same weights)
+    # first-token logprobs from the server agree with the embedded backend (same weights): the server runs
+    # llama.cpp's default kernels, the embedded backend its batch-invariant ones, which differ by up to
+    # ~0.1 nats on this quantised model (docs/llm_backends.md); another model would be off by far more
     emb = llama_backend.score([reqs[0]])[0]
-    assert res[0].logprobs == pytest.approx(emb.logprobs, abs=0.05)
+    assert res[0].logprobs == pytest.approx(emb.logprobs, abs=0.1)
     assert js["answer"] in ("yes", "no")
 
 
 @pytest.mark.llm
 @needs_llama
-def test_llamacpp_numbers_do_not_depend_on_threads_or_intermediate_logits():
-    """The default thread count follows the machine's load, so it must not change an answer; and contexts
-    are decoded with logits only on their last block, which must leave the KV cache as a logits-everywhere
-    decode would (the next-token distribution after a further token is compared)."""
-    import numpy as np
-
-    from llm_policy.backends.llamacpp import LlamaCppBackend, _log_softmax, default_threads
+def test_llamacpp_numbers_do_not_depend_on_threads():
+    """The default thread count follows the machine's load, so it must not change an answer."""
+    from llm_policy.backends.llamacpp import LlamaCppBackend, default_threads
 
     assert 1 <= default_threads() <= (os.cpu_count() or 1)
     reqs = _covid_nyc_prompts(4) + [ScoreRequest(FEW_SHOT, (" definitely yes", " definitely not", " no"))]
@@ -736,15 +747,6 @@ def test_llamacpp_numbers_do_not_depend_on_threads_or_intermediate_logits():
         b = LlamaCppBackend(n_ctx=1024, n_threads=threads)
         try:
             got.append([r.logprobs for r in b.score(reqs)])
-            if threads == 1:
-                toks = b._tokenize(FEW_SHOT)
-                slot, _ = b._eval_context(toks)
-                after_skipped = _log_softmax(slot.decode([toks[1]], len(slot.tokens))).copy()
-                slot.rollback(0)
-                for i in range(0, len(toks), b.prefix_block):
-                    slot.decode(toks[i : i + b.prefix_block], i, logits=True)
-                after_all = _log_softmax(slot.decode([toks[1]], len(slot.tokens))).copy()
-                assert np.array_equal(after_skipped, after_all)
         finally:
             b.close()
     assert got[0] == got[1]

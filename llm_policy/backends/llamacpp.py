@@ -15,21 +15,20 @@ single token ``" yes"``).  Every option is then scored on the same context
 which compares P+o_i strings on an equal footing (the re-tokenised prompt
 tail, if any, is included in every option's sum).
 
-The context is evaluated once, in blocks of ``prefix_block`` (16) tokens aligned
-to position 0, one decode call per block; only whole blocks decoded that way are
-re-used (llama.cpp's numbers depend on how tokens are grouped into decode calls:
-see ``_eval_context``).  Scoring contexts live in up to ``n_slots`` (4) llama.cpp
-contexts ("slots") on the one set of weights, each with its own KV cache, so the
-few-shot preambles of several decisions stay cached side by side; a request goes
-to the slot that shares the most whole blocks with it.  ``score`` evaluates a
-batch in the lexicographic order of its token sequences, so neighbours share the
-longest prefix; results are returned in request order and are the same, bit for
-bit, as scoring each request alone on a fresh backend.  Single-token options cost
-nothing beyond the context; a multi-token option costs one extra decode per token
-after its first, and options sharing leading tokens share those decodes.
+A batch is scored in groups of requests (in the lexicographic order of their
+contexts, so neighbours share prefixes). A group's contexts and option prefixes
+form a token trie; every node is decoded once -- a few-shot preamble or a survey
+item shared by the group is decoded once for all -- as rows of many sequences in
+one llama.cpp context, and each option's log-probability is read where it needs
+it. The kernels are set up so that a row's numbers depend on its own sequence's
+tokens only (see ``_Batch``): a request's numbers are the same, bit for bit,
+whether it is scored alone (``reuse_prefix=False``) or with any company, in any
+order. Single-token options cost nothing beyond the context; a multi-token
+option adds one row per token after its first, shared by options that start
+alike.
 
-Logits are read only for the last position of each decode (``logits_all`` is
-off), so memory stays small despite Gemma 3's 262k-token vocabulary.
+Logits are read only for the rows that need them, so memory stays small despite
+Gemma 3's 262k-token vocabulary.
 """
 
 from __future__ import annotations
@@ -127,61 +126,144 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
-class _Slot:
-    """One scoring context (its own KV cache) on the shared model weights.
+class _Trie:
+    """The token sequences of a group of requests as a prefix tree: one node per distinct (prefix, token).
 
-    ``tokens`` are the KV positions held; ``canon_end`` bounds the ones that were
-    decoded in calls starting at multiples of the backend's ``prefix_block`` and may be
-    re-used by another context (see ``LlamaCppBackend._eval_context``)."""
+    ``score`` decodes each node once (a shared few-shot preamble or survey item once for the whole group)
+    and reads next-token log-probabilities where an option needs them (``need``)."""
 
-    def __init__(self, lc: Any, ctx: Any, n_batch: int, n_vocab: int) -> None:
+    def __init__(self) -> None:
+        self.token: list[int] = []
+        self.pos: list[int] = []
+        self.parent: list[int] = []
+        self.children: list[list[int]] = []
+        self._index: dict[tuple[int, int], int] = {}
+        self.need: dict[int, set[int]] = {}  # node -> tokens whose log-probability after it is read
+
+    def __len__(self) -> int:
+        return len(self.token)
+
+    def walk(self, toks: Sequence[int], node: int = -1) -> int:
+        """The node of ``toks`` after ``node`` (-1: the root), adding the nodes it lacks."""
+        for t in toks:
+            nxt = self._index.get((node, t))
+            if nxt is None:
+                nxt = len(self.token)
+                self._index[(node, t)] = nxt
+                self.token.append(int(t))
+                self.pos.append(self.pos[node] + 1 if node >= 0 else 0)
+                self.parent.append(node)
+                self.children.append([])
+                if node >= 0:
+                    self.children[node].append(nxt)
+            node = nxt
+        return node
+
+    def missing(self, toks: Sequence[int]) -> int:
+        """How many nodes ``walk(toks)`` would add."""
+        node = -1
+        for i, t in enumerate(toks):
+            node = self._index.get((node, t), -2)
+            if node == -2:
+                return len(toks) - i
+        return 0
+
+    def rows(self) -> tuple[list[int], list[list[int]]]:
+        """Nodes in depth-first order (a parent before its children) and each node's sequence ids: one
+        sequence per leaf, and a node belongs to the sequences of every leaf below it, so its KV cell is
+        visible to exactly the nodes that descend from it."""
+        order: list[int] = []
+        stack = [n for n in range(len(self.token)) if self.parent[n] < 0][::-1]
+        while stack:
+            n = stack.pop()
+            order.append(n)
+            stack.extend(self.children[n][::-1])
+        seqs: list[list[int]] = [[] for _ in self.token]
+        n_leaves = 0
+        for n in order:
+            if not self.children[n]:
+                seqs[n].append(n_leaves)
+                n_leaves += 1
+        for n in reversed(order):  # children after parents in `order`: push each node's ids up
+            if self.parent[n] >= 0:
+                seqs[self.parent[n]].extend(seqs[n])
+        return order, seqs
+
+    def leaves(self) -> int:
+        return sum(1 for c in self.children if not c)
+
+
+class _Batch:
+    """One llama.cpp context that decodes token rows of many sequences in batch-invariant calls.
+
+    llama.cpp's numbers for a token normally depend on the other rows of its ``llama_decode`` call and on
+    where the KV cells lie (measured on this model: up to 4e-2 in P). Three settings make a row's numbers a
+    function of its own sequence's tokens only (tested bit for bit on random groupings, orders and
+    companies, ``tests/test_llm_backends.py``):
+
+    * the weights are not repacked (``use_extra_bufts`` off): the repacked Q4_K kernels take a call's rows
+      four at a time and the remainder through another kernel, so a row's result depended on its index;
+    * flash attention: ggml's per-row kernel skips the cells a row's mask hides, so other sequences' cells
+      in the cache change nothing, where the default attention sums over the cache's extent;
+    * every call has ``MIN_ROWS``..``MAX_ROWS`` rows: 64 or more query rows switch ggml's flash attention to
+      its tiled kernel (``GGML_FA_TILE_Q``), and calls of 3 to 7 rows took another path too (measured); a
+      short call is padded with BOS rows of spare sequences, removed after it."""
+
+    MIN_ROWS = 8
+    MAX_ROWS = 48
+
+    def __init__(self, lc: Any, model: Any, params: Any, n_cells: int, n_seq: int, n_vocab: int, bos: int) -> None:
         self._lc = lc
-        self.ctx = ctx
-        self.mem = lc.llama_get_memory(ctx)
-        self.n_batch = n_batch
+        params.n_ctx = n_cells
+        params.n_seq_max = n_seq
+        params.kv_unified = True  # a shared node is one cell tagged with every sequence that descends from it
+        params.n_batch = params.n_ubatch = self.MAX_ROWS
+        params.n_outputs_max = max(self.MAX_ROWS, n_seq)  # llama.cpp reserves one per sequence; n_vocab floats each
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.ctx = lc.llama_init_from_model(model, params)
+        if self.ctx is None:
+            raise BackendError(f"llama.cpp could not create a {n_seq}-sequence context of {n_cells} cells")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(self.MAX_ROWS, 0, n_seq)
+        self.n_seq = n_seq
+        self.n_cells = n_cells
         self.n_vocab = n_vocab
-        self.batch = lc.llama_batch_init(n_batch, 0, 1)
-        self.tokens: list[int] = []
-        self.canon_end = 0
-        self.used = 0
+        self.bos = bos
+        self.pad_seqs = list(range(n_seq - self.MIN_ROWS, n_seq))  # the last MIN_ROWS ids: padding only
+        self.calls = 0
+        self.padded = 0
 
-    def rollback(self, n: int) -> None:
-        """Drop KV positions >= n."""
-        if n < len(self.tokens):
-            if not self._lc.llama_memory_seq_rm(self.mem, 0, n, -1):
-                self._lc.llama_memory_clear(self.mem, True)
-                n = 0
-            del self.tokens[n:]
-        self.canon_end = min(self.canon_end, n)
-
-    def decode(self, toks: Sequence[int], start: int, *, logits: bool = True) -> np.ndarray | None:
-        """Decode ``toks`` at positions ``start``.. (``start == len(tokens)``) in calls of
-        at most ``n_batch`` rows; return the logits after the last one (a view), or None
-        when ``logits`` is off.  Asking for no logits skips Gemma's 262k-row output layer
-        (a third of a 16-token call) and leaves the KV cache bit for bit the same."""
-        if start != len(self.tokens) or not toks:
-            raise BackendError(f"internal: decode at {start} with {len(self.tokens)} positions held")
-        b = self.batch
-        for i in range(0, len(toks), self.n_batch):
-            chunk = toks[i : i + self.n_batch]
-            n = len(chunk)
-            b.n_tokens = n
-            for r, t in enumerate(chunk):
-                b.token[r] = t
-                b.pos[r] = start + i + r
-                b.n_seq_id[r] = 1
-                b.seq_id[r][0] = 0
-                b.logits[r] = 0
-            b.logits[n - 1] = 1 if logits else 0
+    def decode(self, rows: Sequence[tuple[int, int, Sequence[int], bool]], on_logits) -> None:
+        """Decode (token, position, sequence ids, wants logits) rows in calls of at most ``MAX_ROWS`` rows, in
+        order (a row's ancestors before it); ``on_logits(i, logits)`` for each row ``i`` that wants logits,
+        with a view that is valid until the next call."""
+        for i in range(0, len(rows), self.MAX_ROWS):
+            part = list(rows[i : i + self.MAX_ROWS])
+            pad = max(0, self.MIN_ROWS - len(part))
+            part += [(self.bos, 0, (self.pad_seqs[j],), False) for j in range(pad)]
+            b = self.batch
+            b.n_tokens = len(part)
+            for r, (tok, pos, seqs, want) in enumerate(part):
+                b.token[r] = tok
+                b.pos[r] = pos
+                b.n_seq_id[r] = len(seqs)
+                for q, s in enumerate(seqs):
+                    b.seq_id[r][q] = s
+                b.logits[r] = 1 if want else 0
             rc = self._lc.llama_decode(self.ctx, b)
+            for j in range(pad):
+                self._lc.llama_memory_seq_rm(self.mem, self.pad_seqs[j], -1, -1)
             if rc != 0:
-                self.rollback(start + i)
                 raise BackendError(f"llama_decode failed with code {rc}")
-            self.tokens.extend(chunk)
-        if not logits:
-            return None
-        ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            self.calls += 1
+            self.padded += pad
+            for r, (_tok, _pos, _seqs, want) in enumerate(part):
+                if want:  # llama_get_logits_ith takes the row's index in the call
+                    ptr = self._lc.llama_get_logits_ith(self.ctx, r)
+                    on_logits(i + r, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+
+    def clear(self) -> None:
+        self._lc.llama_memory_clear(self.mem, True)
 
     def close(self) -> None:
         if self.ctx is not None:
@@ -283,8 +365,13 @@ class LlamaCppBackend:
     """Embedded GGUF model on CPU.
 
     ``model_path=None`` uses the packaged Gemma 3 270M (Q4_K_M), sha256-checked.
-    ``identity`` is ``"llamacpp:<model file stem>:<sha256[:12]>"``.
-    Thread-safe (calls are serialised; the model has one KV cache).
+    ``identity`` is ``"llamacpp:<model file stem>:<sha256[:12]>:fa-norepack"``: the last part names the
+    batch-invariant kernels (:class:`_Batch`), whose numbers differ from the default kernels' by up to 4e-2
+    in P, so a response cache never mixes the two.
+    ``reuse_prefix=False`` scores every request alone (its own trie, nothing shared): the one-at-a-time
+    path, for comparisons. ``group_cells`` and ``group_sequences`` bound a group of requests decoded together
+    (KV cells, trie leaves); they change speed and memory, never a number.
+    Thread-safe (calls are serialised).
     """
 
     def __init__(
@@ -295,9 +382,9 @@ class LlamaCppBackend:
         seed: int = 0,
         *,
         n_batch: int = 512,
-        prefix_block: int = 16,
         reuse_prefix: bool = True,
-        n_slots: int = 4,
+        group_cells: int = 4096,
+        group_sequences: int = 64,
         verbose: bool = False,
     ) -> None:
         try:
@@ -317,7 +404,7 @@ class LlamaCppBackend:
             sha = _sha256_file(path)
         self.model_path = path
         self.sha256 = sha
-        self.identity = f"llamacpp:{path.stem}:{sha[:12]}"
+        self.identity = f"llamacpp:{path.stem}:{sha[:12]}:fa-norepack"
         if n_threads is None:
             n_threads = default_threads()
         self.n_ctx = int(n_ctx)
@@ -338,19 +425,27 @@ class LlamaCppBackend:
         except Exception as exc:  # llama.cpp raises ValueError/RuntimeError on a bad file
             raise BackendUnavailable(f"llama.cpp could not load {path}: {exc}") from exc
         self._n_vocab = int(self._llm.n_vocab())
-        self.prefix_block = max(1, min(int(prefix_block), n_batch, self.n_ctx))
-        self._n_batch = self.prefix_block  # one decode call per block (see _eval_context)
+        # Scoring and threads use a second handle on the same file, loaded without repacked weights (see
+        # _Batch); the weights are mmapped, so it adds little memory. The Llama above serves generation.
+        mp = llama_cpp.llama_model_default_params()
+        mp.use_extra_bufts = False
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
+        if not self._model:
+            self._llm.close()
+            raise BackendUnavailable(f"llama.cpp could not load {path} for scoring")
+        self._bos = int(llama_cpp.llama_vocab_bos(llama_cpp.llama_model_get_vocab(self._model)))
         self.reuse_prefix = bool(reuse_prefix)
-        self.n_slots = max(1, int(n_slots))
-        self._slots: list[_Slot] = []
-        self._clock = 0
+        self.group_cells = max(256, int(group_cells))
+        self.group_sequences = max(_Batch.MIN_ROWS + 1, min(256, int(group_sequences)))
+        self._batch: _Batch | None = None
         self._lock = threading.RLock()
         # counters (cumulative)
         self.stats: dict[str, float] = {
             "requests": 0,
-            "evaluated_tokens": 0,  # tokens actually decoded (after KV prefix re-use)
-            "reused_tokens": 0,  # context tokens served from the KV cache
+            "evaluated_tokens": 0,  # tokens decoded (each trie node once)
+            "reused_tokens": 0,  # context tokens a request shared with another of its group (not decoded again)
             "decode_calls": 0,
+            "padded_rows": 0,  # BOS rows that brought a short call to _Batch.MIN_ROWS
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "boundary_merges": 0,
@@ -361,60 +456,12 @@ class LlamaCppBackend:
     def _tokenize(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _new_slot(self) -> "_Slot":
-        lc = self._llama_cpp
-        ctx = lc.llama_init_from_model(self._llm.model, self._llm.context_params)
-        if ctx is None:
-            raise BackendUnavailable("llama.cpp could not create a scoring context")
-        return _Slot(lc, ctx, self._n_batch, self._n_vocab)
-
-    def _pick_slot(self, ctx: Sequence[int]) -> tuple["_Slot", int]:
-        """The slot whose canonical KV prefix serves ``ctx`` best (ties: least recently used), and how much."""
-        B = self.prefix_block
-        if not self._slots:
-            self._slots.append(self._new_slot())
-        best: tuple[int, int] | None = None
-        for i, slot in enumerate(self._slots):
-            keep = 0
-            if self.reuse_prefix:
-                keep = (min(_lcp(slot.tokens, ctx), len(ctx) - 1, slot.canon_end) // B) * B
-            if best is None or keep > best[0] or (keep == best[0] and slot.used < self._slots[best[1]].used):
-                best = (keep, i)
-        assert best is not None
-        if best[0] == 0 and len(self._slots) < self.n_slots:
-            self._slots.append(self._new_slot())
-            best = (0, len(self._slots) - 1)
-        self._clock += 1
-        slot = self._slots[best[1]]
-        slot.used = self._clock
-        return slot, best[0]
-
-    def _eval_context(self, ctx: Sequence[int]) -> tuple["_Slot", np.ndarray]:
-        """Put exactly ``ctx`` in a slot's KV cache, decoded in blocks of
-        ``prefix_block`` tokens aligned to position 0 (one decode call per block), and
-        return (slot, next-token log-softmax).
-
-        llama.cpp's numbers depend on how tokens were grouped into decode calls (up to
-        6e-2 in P on this quantised model, measured: the repacked Q4_K kernels take a
-        call's rows four at a time and the remainder through another kernel, and the
-        attention sums depend on the call's extent).  Decoding every context in the
-        same aligned blocks -- and re-using only whole blocks that were decoded that
-        way -- makes a request's answer a function of its own tokens: independent of
-        what was evaluated before it, of the slot it lands in and of the other requests
-        of its batch (tested bit for bit against a fresh backend per request)."""
-        if len(ctx) > self.n_ctx:
-            raise BackendError(f"prompt of {len(ctx)} tokens exceeds n_ctx={self.n_ctx}")
-        B = self.prefix_block
-        slot, keep = self._pick_slot(ctx)
-        slot.rollback(keep)
-        for i in range(keep, len(ctx), B):
-            logits = slot.decode(ctx[i : i + B], i, logits=i + B >= len(ctx))
-            self.stats["decode_calls"] += 1
-        assert logits is not None
-        self.stats["evaluated_tokens"] += len(ctx) - keep
-        self.stats["reused_tokens"] += keep
-        slot.canon_end = (len(ctx) // B) * B
-        return slot, _log_softmax(logits)
+    def _context_params(self) -> Any:
+        """A copy of the generation context's parameters (threads, SWA, ...) for another context."""
+        params = self._llama_cpp.llama_context_default_params()
+        for name, _ in params._fields_:
+            setattr(params, name, getattr(self._llm.context_params, name))
+        return params
 
     def _prepare(self, req: ScoreRequest) -> tuple[list[int], list[list[int]], int]:
         p_tok = self._tokenize(req.prompt)
@@ -429,27 +476,6 @@ class LlamaCppBackend:
             if len(j) > self.n_ctx:
                 raise BackendError(f"prompt+option of {len(j)} tokens exceeds n_ctx={self.n_ctx}")
         return p_tok, joint, k
-
-    def _score_one(self, req: ScoreRequest, prepared: tuple[list[int], list[list[int]], int]) -> ScoreResult:
-        t0 = time.perf_counter()
-        p_tok, joint, k = prepared
-        ctx = joint[0][:k]
-        # next-token distributions after ctx + option prefix; option tokens are
-        # always decoded one at a time (canonical), prefixes shared across options
-        slot, first = self._eval_context(ctx)
-        logprobs, n_completion = self._option_logprobs(
-            joint, k, first, lambda: slot.tokens, slot.rollback,
-            lambda t: _log_softmax(slot.decode([t], len(slot.tokens))))
-        dt = time.perf_counter() - t0
-        self.stats["prompt_tokens"] += len(p_tok)
-        self.stats["completion_tokens"] += n_completion
-        return ScoreResult.from_logprobs(
-            logprobs,
-            req.temperature,
-            prompt_tokens=len(p_tok),
-            completion_tokens=n_completion,
-            latency_s=dt,
-        )
 
     def _option_logprobs(self, joint: list[list[int]], k: int, first: np.ndarray, held, cut, decode_one
                          ) -> tuple[list[float], int]:
@@ -481,9 +507,11 @@ class LlamaCppBackend:
 
     # -- Backend protocol -------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Score a batch.  Requests are evaluated in the lexicographic order of their
-        token sequences (neighbours then share the longest KV prefix); results come
-        back in request order and do not depend on that order (see _eval_context)."""
+        """Score a batch: requests in the lexicographic order of their contexts are packed into groups
+        (bounded by ``group_cells`` and ``group_sequences``), each group's token trie is decoded once (a
+        shared prefix once for the whole group) and each option's tokens are read from it. The numbers are
+        those of each request scored alone (``reuse_prefix=False``), bit for bit, whatever the batch and its
+        order (see :class:`_Batch`); results come back in request order."""
         out: list[ScoreResult | None] = [None] * len(requests)
         with self._lock:
             t0 = time.perf_counter()
@@ -495,13 +523,86 @@ class LlamaCppBackend:
                 except Exception as exc:  # noqa: BLE001 - per-request failure
                     out[i] = ScoreResult.failure(len(req.options), f"{type(exc).__name__}: {exc}")
             prepared.sort(key=lambda item: item[1][1][0][: item[1][2]])
-            for i, prep in prepared:
-                try:
-                    out[i] = self._score_one(requests[i], prep)
-                except Exception as exc:  # noqa: BLE001 - per-request failure
-                    out[i] = ScoreResult.failure(len(requests[i].options), f"{type(exc).__name__}: {exc}")
+            group: list[tuple[int, Any]] = []
+            trie = _Trie()
+            cells, seqs = self._group_limits()
+            for item in prepared:
+                _p_tok, joint, k = item[1]
+                grow = max(trie.missing(j[:-1]) for j in joint) + sum(len(j) - k for j in joint)
+                if group and (not self.reuse_prefix or len(trie) + grow > cells
+                              or trie.leaves() + len(joint) > seqs):
+                    self._score_group(requests, group, trie, out)
+                    group, trie = [], _Trie()
+                group.append(item)
+                for j in joint:
+                    trie.walk(j[:-1])
+            if group:
+                self._score_group(requests, group, trie, out)
             self.stats["seconds"] += time.perf_counter() - t0
         return out  # type: ignore[return-value]
+
+    def _group_limits(self) -> tuple[int, int]:
+        """(trie nodes, trie leaves) a group may hold: the batch context's cells and sequences, less padding."""
+        return max(self.group_cells, self.n_ctx), self.group_sequences - _Batch.MIN_ROWS
+
+    def _score_group(self, requests: Sequence[ScoreRequest], group: list[tuple[int, Any]], trie: "_Trie",
+                     out: list[ScoreResult | None]) -> None:
+        """Decode ``trie`` (the group's contexts and option prefixes, already walked) and fill ``out``."""
+        t0 = time.perf_counter()
+        reads: list[list[list[tuple[int, int]]]] = []  # per request, per option: (node, token) pairs
+        needed = 0  # tokens the requests' paths hold, counted per request (the trie holds each once)
+        for _i, (p_tok, joint, k) in group:
+            per_option = []
+            for j in joint:
+                per_option.append([(trie.walk(j[:p]) if p else -1, j[p]) for p in range(k, len(j))])
+                for node, tok in per_option[-1]:
+                    trie.need.setdefault(node, set()).add(tok)
+            reads.append(per_option)
+            self.stats["prompt_tokens"] += len(p_tok)
+            needed += k + sum(len(j) - k - 1 for j in joint)
+        if -1 in trie.need:  # pragma: no cover - _prepare keeps k >= 1 (BOS), so a context is never empty
+            raise BackendError("internal: an option read before any context token")
+        order, seqs = trie.rows()
+        rows = [(trie.token[n], trie.pos[n], seqs[n], n in trie.need) for n in order]
+        values: dict[tuple[int, int], float] = {}
+
+        def keep(i: int, logits: np.ndarray) -> None:
+            lp = _log_softmax(logits)
+            node = order[i]
+            for tok in trie.need[node]:
+                values[(node, tok)] = float(lp[tok])
+
+        batch = self._batch_context()
+        calls, padded = batch.calls, batch.padded
+        try:
+            batch.decode(rows, keep)
+            error = None
+        except BackendError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            batch.clear()
+        self.stats["evaluated_tokens"] += len(trie)
+        self.stats["reused_tokens"] += max(0, needed - len(trie))
+        self.stats["decode_calls"] += batch.calls - calls
+        self.stats["padded_rows"] += batch.padded - padded
+        dt = (time.perf_counter() - t0) / len(group)
+        for (i, (p_tok, joint, k)), per_option in zip(group, reads):
+            req = requests[i]
+            n_completion = sum(len(j) - k for j in joint)
+            self.stats["completion_tokens"] += n_completion
+            if error is not None:
+                out[i] = ScoreResult.failure(len(req.options), error, prompt_tokens=len(p_tok), latency_s=dt)
+                continue
+            logprobs = [sum(values[r] for r in pairs) for pairs in per_option]
+            out[i] = ScoreResult.from_logprobs(logprobs, req.temperature, prompt_tokens=len(p_tok),
+                                               completion_tokens=n_completion, latency_s=dt)
+
+    def _batch_context(self) -> "_Batch":
+        if self._batch is None:
+            cells, seqs = self._group_limits()
+            self._batch = _Batch(self._llama_cpp, self._model, self._context_params(), cells + _Batch.MIN_ROWS,
+                                 self.group_sequences, self._n_vocab, self._bos)
+        return self._batch
 
     # -- threads: continuations generated in lockstep, questions scored from each thread's KV ------
     THREAD_GROUP = 32  # threads per context, in request order: the canonical batching of a call
@@ -511,7 +612,7 @@ class LlamaCppBackend:
         """Answer ``requests`` (see :class:`~llm_policy.types.ThreadRequest`) in groups of ``THREAD_GROUP``
         taken in request order, each group in one multi-sequence context:
 
-        1. each prompt is decoded alone into its own sequence, in ``prefix_block`` blocks, logits on its
+        1. each prompt is decoded alone into its own sequence, in ``PROMPT_BLOCK`` blocks, logits on its
            last token only;
         2. greedy continuations of every generating thread advance together, one ``llama_decode`` of one
            row per unfinished thread per token: Gemma's 262k-row output layer, most of a lone token's
@@ -557,13 +658,12 @@ class LlamaCppBackend:
 
     def _thread_run(self, reqs: list[ThreadRequest], prompts: list[list[int]], max_tokens: int, stop: list[str],
                     need: int) -> list[ThreadResult]:
-        params = self._llama_cpp.llama_context_default_params()
-        for name, _ in params._fields_:
-            setattr(params, name, getattr(self._llm.context_params, name))
+        params = self._context_params()
+        params.flash_attn_type = self._llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # the scoring kernels (_Batch)
         th = None
         try:
-            th = _Threads(self._llama_cpp, self._llm.model, params, len(reqs), -(-need // 256) * 256, self._n_vocab,
-                          min(self.prefix_block, _Threads.PROMPT_BLOCK))
+            th = _Threads(self._llama_cpp, self._model, params, len(reqs), -(-need // 256) * 256, self._n_vocab,
+                          16)  # a question's tail: 16-row calls
             nxt: dict[int, int] = {}
             for i, (r, p) in enumerate(zip(reqs, prompts)):
                 dist = th.extend(i, p, th.PROMPT_BLOCK)
@@ -667,9 +767,12 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         with self._lock:
-            for slot in getattr(self, "_slots", ()):
-                slot.close()
-            self._slots = []
+            if getattr(self, "_batch", None) is not None:
+                self._batch.close()
+                self._batch = None
+            if getattr(self, "_model", None):
+                self._llama_cpp.llama_model_free(self._model)
+                self._model = None
             llm = getattr(self, "_llm", None)
             if llm is not None:
                 try:
