@@ -265,6 +265,10 @@ class EpidemicParams(Strict):
     llm_map: LLMMaps = LLMMaps()
     sparse_capacity: Fraction = 0.1
     observation: ObservationParams = ObservationParams()
+    # what the workplace/school/community scales (interventions) scale: "rate" multiplies each contact's
+    # transmission rate; "people" is the share of people who keep that layer's contacts (the rest stay
+    # home, the same people every day; values above 1 act as 1). Household contacts scale by rate in both.
+    contact_scales: Literal["rate", "people"] = "rate"
 
 
 class EpidemicModel(Strict):

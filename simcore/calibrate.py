@@ -707,8 +707,10 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
               method: str = "both", size: int | None = 100_000, forecast_to: str | None = None,
               iterations: int = 40, lr: float = 0.1, generations: int = 12, popsize: int = 8,
               band_runs: int = 16, posterior_runs: int = 32, seed: int | None = None, weights: dict | None = None,
-              progress: bool = True) -> Path:
-    """Fit, forecast and write the calibration directory; returns its path."""
+              progress: bool = True, settings: Sequence[str] = ()) -> Path:
+    """Fit, forecast and write the calibration directory; returns its path. ``settings``: the ``--set`` /
+    ``--overlay`` items the scenario was loaded with, written into the overlay (the fitted values belong to
+    the model they define, e.g. ``model.params.contact_scales=people``)."""
     import polars as pl
 
     from analysis import validation
@@ -778,7 +780,8 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     table = validation.validation_table(frame)
     table.write_parquet(out / "validation.parquet")
     values = search.natural(np.asarray(best.z, np.float64))
-    write_overlay(out / "overlay.yaml", scenario, fits, values, post_nat, window, observed, best.method, all_w)
+    write_overlay(out / "overlay.yaml", scenario, fits, values, post_nat, window, observed, best.method, all_w,
+                  settings=settings, loss_weights=weights)
     from analysis.validation import plot_forecast
     plot_forecast(frame, out / "fit.png", title=f"{scenario.name}: fitted {target.start}..{target.fit_end}")
     summary = {
@@ -806,12 +809,17 @@ def weighted_quantile(x, w, q: float) -> float:
 
 
 def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, window, observed, method,
-                  weights=None) -> None:
-    """A scenario overlay: the fitted values as ``dotted.path: value`` lines, with how they were obtained."""
+                  weights=None, *, settings: Sequence[str] = (), loss_weights: dict | None = None) -> None:
+    """A scenario overlay: the fitted values as ``dotted.path: value`` lines, with how they were obtained.
+
+    ``settings`` (``dotted.key=value`` items the fitted scenario was loaded with) come first, each as an entry
+    of its own, so that applying the overlay to the base scenario gives the model that was fitted."""
     import yaml
 
+    flags = "".join(f" --set {item}" for item in settings)
+    flags += "".join(f" --weight {k}={v:g}" for k, v in sorted((loss_weights or {}).items()))
     lines = [f"# simcore calibrate {scenario.name} --observed {observed} --window {window} "
-             f"--fit {','.join(f.path for f in fits)}",
+             f"--fit {','.join(f.path for f in fits)}{flags}",
              f"# {scenario.population.size:,} agents, seed {scenario.run.seed}; best point from {method};",
              "# 80 % posterior intervals in the comments. Apply with: simcore run SCENARIO --overlay THIS_FILE"]
     # a nested leaf is written with its whole parent (the ifr list, the beta or death_delay mapping) so the
@@ -853,6 +861,12 @@ def write_overlay(path: Path, scenario: Scenario, fits, values, posterior, windo
         node[int(last) if isinstance(node, list) else last] = entries.pop(key)
         notes[parent] = notes.pop(key) + notes[parent]
     out = []
+    for item in settings:
+        key, _, raw = item.partition("=")
+        if key in entries or any(key.startswith(e + ".") for e in entries):
+            continue  # a fitted value replaces what the fit started from
+        text = yaml.safe_dump({key: yaml.safe_load(raw)}, default_flow_style=True, width=10_000).strip()[1:-1]
+        out.append(f"{text}  # set for the fit")
     for key, value in entries.items():
         text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]
         out.append(f"{text}  # {'; '.join(notes[key])}")

@@ -123,11 +123,15 @@ def cmd_calibrate(args) -> int:
             from scenarios import ScenarioError
             raise ScenarioError("--weight", f"expected cases|hospitalizations|deaths|unemployment=value >= 0, "
                                             f"got {item!r}")
+    settings = list(args.set or [])
+    if getattr(args, "overlay", None):  # as _load applied them: the overlay, then --set
+        from simcore.calibrate import read_overlay
+        settings = read_overlay(args.overlay) + settings
     path = calibrate(sc, observed=args.observed, window=args.window, fit=args.fit, out=out, method=args.method,
                      size=args.size, forecast_to=args.forecast_to, iterations=args.iterations, lr=args.lr,
                      generations=args.generations, popsize=args.popsize, band_runs=args.band_runs,
                      posterior_runs=args.posterior_runs,
-                     weights=weights, progress=not args.quiet)
+                     weights=weights, progress=not args.quiet, settings=settings)
     print(f"calibration directory: {path}")
     return 0
 

@@ -456,6 +456,25 @@ def test_overlay_puts_a_fitted_list_inside_its_fitted_mapping(tmp_path):
     assert got.borough_loss == [1.0, 1.7, 1.0, 1.0, 0.5] and got.loss_lockdown == 0.006
 
 
+def test_overlay_carries_the_settings_the_fit_was_made_under(tmp_path):
+    """A fit made with --set model.params.contact_scales=people belongs to that model: the overlay writes the
+    setting (and the command's --set/--weight), so applying it to the base scenario gives the fitted model;
+    a setting of a value that was then fitted is not written twice."""
+    settings = ["model.params.contact_scales=people", "model.params.beta.community=0.05"]
+    sc = load_scenario("covid_small", settings)
+    fits = C.resolve_fit(sc, "beta.community,initial_infected")
+    post = np.array([[f.start for f in fits]] * 3)
+    C.write_overlay(tmp_path / "o.yaml", sc, fits, [0.07, 0.001], post, "w", "nyc", "cmaes",
+                    settings=settings, loss_weights={"hospitalizations": 3.0})
+    text = (tmp_path / "o.yaml").read_text()
+    assert "--set model.params.contact_scales=people" in text.splitlines()[0]
+    assert "--weight hospitalizations=3" in text.splitlines()[0]
+    assert "model.params.contact_scales: people  # set for the fit" in text
+    assert "community:0.05" not in text.replace(" ", "") and "community:0.07" in text.replace(" ", "")
+    got = load_scenario("covid_small", C.read_overlay(tmp_path / "o.yaml")).model.params
+    assert got.contact_scales == "people" and got.beta.community == 0.07 and got.initial_infected == 0.001
+
+
 def test_baseline_unemployment_sets_each_boroughs_rate_and_leaves_the_rest():
     """With per-borough baseline rates the labour force's unemployment matches each borough's rate (to sampling
     error) and no one enters or leaves the labour force; without them the population's states stand."""

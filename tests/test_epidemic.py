@@ -64,6 +64,39 @@ def test_lockdown_lowers_attack_rate_and_raises_unemployment_same_seed():
     np.testing.assert_array_equal(none["new_infections"][:10], lock["new_infections"][:10])
 
 
+def test_people_contact_scales_equal_rate_scales_without_interventions():
+    """With every scale at 1, keeping whole people's contacts is keeping everyone's: the same run, bit for bit."""
+    rate = _metrics(["interventions=[]"], steps=30)
+    people = _metrics(["interventions=[]", "model.params.contact_scales=people"], steps=30)
+    for k in rate:
+        np.testing.assert_array_equal(rate[k], people[k])
+
+
+def test_people_contact_scales_cut_whole_contacts():
+    """``contact_scales: people``: a scale is the share of people who keep a layer's contacts, the same people
+    every day and nested across scales; the rest neither infect nor are infected in that layer. With the
+    wave-1 pause shape (community 0.3, workplaces 0.4 from day 10), cutting whole contacts cuts infections
+    more than scaling each contact's rate, because a contact kept for days at a high rate transmits almost
+    surely whatever its rate's multiplier."""
+    from simcore.models.epidemic import stay_home_ranks
+
+    ranks = stay_home_ranks(200_000, 0)
+    assert np.array_equal(ranks, stay_home_ranks(200_000, 0))  # fixed per agent and seed
+    for v in (0.1, 0.3, 0.7):
+        share = float(np.mean(ranks < v))
+        assert abs(share - v) < 4 * np.sqrt(v * (1 - v) / ranks.size), (v, share)
+    assert np.all((ranks < 0.3) <= (ranks < 0.4))  # who goes to the community also goes to work
+    pause = ["interventions=[{param: community_scale, start: 10, end: 60, value: 0.3},"
+             "{param: workplace_scale, start: 10, end: 60, value: 0.4},"
+             "{param: school_scale, start: 10, end: 60, value: 0.0, mode: set}]",
+             "model.params.beta.workplace=1.2", "model.params.beta.community=0.6"]
+    rate = _metrics(pause, steps=60)
+    people = _metrics(pause + ["model.params.contact_scales=people"], steps=60)
+    np.testing.assert_array_equal(rate["new_infections"][:10], people["new_infections"][:10])
+    after_rate, after_people = rate["new_infections"][20:].sum(), people["new_infections"][20:].sum()
+    assert after_people < 0.7 * after_rate, (after_people, after_rate)
+
+
 def test_isolation_rises_with_case_growth():
     m = _metrics(["interventions=[]"], steps=40)
     early, later = m["isolating_share"][:3].mean(), m["isolating_share"][20:40].max()

@@ -672,6 +672,22 @@ def test_llamacpp_call_size_and_logits_rows_do_not_change_a_number(llama_backend
 
 @pytest.mark.llm
 @needs_llama
+def test_llamacpp_request_with_more_options_than_sequences_fails_alone():
+    """A request may use one trie leaf per option; one that would need more than a group holds fails with a
+    clear error, and the other requests of its batch are scored as usual."""
+    from llm_policy.backends.llamacpp import LlamaCppBackend
+
+    b = LlamaCppBackend(n_ctx=1024, n_threads=1, group_sequences=8 + 4)  # 4 leaves per group
+    try:
+        many = ScoreRequest(FEW_SHOT, (" definitely yes", " maybe not", " perhaps so", " absolutely", " never ever"))
+        ok, bad = b.score([ScoreRequest(FEW_SHOT, YN), many])
+    finally:
+        b.close()
+    assert ok.ok and not bad.ok and "5 options; at most 4 per request" in bad.error
+
+
+@pytest.mark.llm
+@needs_llama
 def test_llamacpp_shared_preamble_is_decoded_once_per_batch(llama_backend):
     """A round's prompts share their decision's few-shot preamble: it is decoded once for the batch."""
     reqs = _covid_nyc_prompts(6)[:6]

@@ -528,6 +528,12 @@ class LlamaCppBackend:
             cells, seqs = self._group_limits()
             for item in prepared:
                 _p_tok, joint, k = item[1]
+                if len(joint) > seqs:  # one trie leaf per option at most; more would reach the padding's ids
+                    i = item[0]
+                    out[i] = ScoreResult.failure(len(joint), f"BackendError: {len(joint)} options; at most {seqs} "
+                                                 f"per request (group_sequences={self.group_sequences} less "
+                                                 f"{_Batch.MIN_ROWS} for padding)")
+                    continue
                 grow = max(trie.missing(j[:-1]) for j in joint) + sum(len(j) - k for j in joint)
                 if group and (not self.reuse_prefix or len(trie) + grow > cells
                               or trie.leaves() + len(joint) > seqs):

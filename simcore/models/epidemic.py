@@ -37,8 +37,14 @@ textbook straight-through ``hard + (p - stop_gradient(p))`` with every agent a s
 Scheduled parameters (one row per step, edited by interventions): ``household_scale``,
 ``workplace_scale``, ``school_scale``, ``community_scale`` (contact multipliers), ``lockdown``
 (0..1, drives job loss) and ``isolation_scale`` (multiplies the isolation start hazard).
+``contact_scales`` (a model parameter) says what the workplace, school and community scales scale:
+``rate`` (default) multiplies each contact's transmission rate; ``people`` makes the scale the share of
+people who keep that layer's contacts that day, the others staying home (fixed ranks per agent, so the
+same people stay home for a whole order, nested across layers; :func:`stay_home_ranks`). With a high
+per-contact rate a rate multiplier barely changes whether a contact kept for days transmits, while
+closing a workplace removes the contact: the wave-1 forecast fits needed the second.
 
-Memory per agent (relaxed mode adds 12 bytes of float indicators): 4 int8 state arrays (disease, isolation days, labour, isolation
+Memory per agent (relaxed mode adds 12 bytes of float indicators, ``contact_scales: people`` 4 bytes of ranks): 4 int8 state arrays (disease, isolation days, labour, isolation
 trend bin) + 4 int8 attributes (borough, age band, occupation, group) = 8 bytes,
 plus 4 bytes of ``indptr`` per layer (16) and 8 bytes per stored contact.
 """
@@ -107,6 +113,7 @@ class EpidemicConfig:
     borough_labels: tuple[str, ...] = ()
     age_labels: tuple[str, ...] = ()
     relaxed: bool = False  # straight-through derivatives (simcore.calibrate); same forward values
+    contact_scales: str = "rate"  # "rate" or "people": what a workplace/school/community scale scales
 
     @property
     def n_groups(self) -> int:
@@ -216,7 +223,18 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     foi_home = beta[0] * p["household_scale"] * layers["household"].pull(src, active, cap)
     foi_out = jnp.zeros(d.shape, jnp.float32)
     for i, name in enumerate(LAYERS[1:], start=1):
-        foi_out += beta[i] * p[f"{name}_scale"] * layers[name].pull(keep * src, active, cap)
+        scale = p[f"{name}_scale"]
+        if cfg.contact_scales == "people":
+            # the scale is the share of people who keep this layer's contacts (see stay_home_ranks): an
+            # agent who stays home neither infects nor is infected there. Cutting whole contacts, not
+            # each contact's rate, is what a closure does: a rate-scaled contact kept for days still
+            # transmits almost surely when the rate is high (measured on the wave-1 forecast fits).
+            goes = p["stay_rank"] < scale
+            out = (_straight_through(goes, jnp.broadcast_to(jnp.clip(scale, 1e-6, 1.0), d.shape)) if cfg.relaxed
+                   else goes.astype(jnp.float32))
+            foi_out += beta[i] * out * layers[name].pull(out * keep * src, active, cap)
+        else:
+            foi_out += beta[i] * scale * layers[name].pull(keep * src, active, cap)
     foi = (foi_home + keep * foi_out) * p["susceptibility"][p["age_band"]]
     # One uniform per agent serves every disease transition: they are exclusive by state
     # (S infects, E progresses, I leaves), and I's death test reuses the same draw below its exit bar.
@@ -443,7 +461,7 @@ def config(population, params, *, relaxed: bool = False) -> EpidemicConfig:
         n_occupations=len(population.labels["occupation"]),
         quarantine_days=params.isolation.quarantine_days, sparse_capacity=params.sparse_capacity,
         borough_labels=tuple(population.labels["borough"]), age_labels=tuple(population.labels["age_band"]),
-        relaxed=relaxed,
+        relaxed=relaxed, contact_scales=params.contact_scales,
     )
 
 
@@ -461,6 +479,14 @@ def baseline_labor(labor: np.ndarray, borough: np.ndarray, rates, seed: int) -> 
     u = np.random.default_rng([int(seed), 0x1AB0]).random(len(labor))
     in_force = labor != 0
     return np.where(in_force, np.where(u < rates[borough], 2, 1), 0).astype(labor.dtype)
+
+
+def stay_home_ranks(n: int, seed: int) -> np.ndarray:
+    """float32 [N] uniform ranks, one per agent for the whole run (a draw of its own stream): with
+    ``contact_scales: people`` an agent keeps a layer's contacts on a day iff its rank is below the
+    layer's scale, so a scale is the share of people still going out, and the same people stay home
+    throughout an order (nested across layers: who skips work also skips the community)."""
+    return np.random.default_rng([int(seed), 0x5747]).random(n).astype(np.float32)
 
 
 def init(population, layers: dict, params, *, seed: int, occupation_sensitivity, occupation_labels=(),
@@ -505,6 +531,8 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         "isolate_llm": jnp.full(n, jnp.nan, jnp.float32),
         "work_llm": jnp.full(n, jnp.nan, jnp.float32),
     }
+    if cfg.contact_scales == "people":  # 4 bytes per agent, only in this mode
+        arrays["stay_rank"] = f32(stay_home_ranks(n, seed))
     base = {name: 1.0 for name in SCHEDULED}
     base["lockdown"] = 0.0
     return cfg, state, arrays, base

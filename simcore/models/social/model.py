@@ -241,7 +241,9 @@ def recommend(cfg: SocialConfig, st: SocialState, p, key):
     users = st.active
     n = users.shape[0]
     n_hot = max(cfg.hot_candidates, cfg.k("hot"), 1)
-    hot_ids = hot_list(cfg, st, p, n_hot)
+    # the global hot list (a top-k over every post) serves the interest and hot recommenders only
+    needs_hot = any(k > 0 and name in ("interest", "hot") for name, k in cfg.slots)
+    hot_ids = hot_list(cfg, st, p, n_hot) if needs_hot else None
     parts = []
     for name, k in cfg.slots:
         if k == 0:
@@ -257,7 +259,7 @@ def recommend(cfg: SocialConfig, st: SocialState, p, key):
     feed = jnp.concatenate(parts, axis=1)
     # one feed: valid, not one's own, not muted, no post twice
     feed = jnp.where(_candidate_ok(cfg, st, users, feed), feed, -1)
-    srt = jnp.sort(feed, axis=1)
+    srt = recsys.sort_rows(feed)
     dup = jnp.concatenate([jnp.zeros((n, 1), bool), srt[:, 1:] == srt[:, :-1]], axis=1)
     feed = jnp.where(dup | (srt < 0), -1, srt)
     return _replace(st, feed=feed)
