@@ -56,18 +56,6 @@ def test_author_factor():
     np.testing.assert_allclose(f, [1.0, 1.0, math.log(1_000_000) / math.log(1000)], rtol=1e-6)
 
 
-def test_sort_rows_equals_jnp_sort():
-    """The feed's sorting network gives exactly jnp.sort's rows, for any width (padded to a power of two),
-    with duplicates, -1 (no post) and values near the dtype's maximum."""
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(0)
-    for k in (1, 2, 3, 5, 8, 10, 13, 16, 17, 33):
-        x = rng.integers(-1, 40, (301, k)).astype(np.int32)
-        x[0] = np.iinfo(np.int32).max
-        np.testing.assert_array_equal(np.asarray(recsys.sort_rows(jnp.asarray(x))), np.sort(x, axis=1))
-
-
 def test_split_slots():
     assert recsys.split_slots(10, {"interest": 0.6, "hot": 0.1, "network": 0.2, "random": 0.1}) == \
         {"interest": 6, "hot": 1, "network": 2, "random": 1}

@@ -259,7 +259,7 @@ def recommend(cfg: SocialConfig, st: SocialState, p, key):
     feed = jnp.concatenate(parts, axis=1)
     # one feed: valid, not one's own, not muted, no post twice
     feed = jnp.where(_candidate_ok(cfg, st, users, feed), feed, -1)
-    srt = recsys.sort_rows(feed)
+    srt = jnp.sort(feed, axis=1)
     dup = jnp.concatenate([jnp.zeros((n, 1), bool), srt[:, 1:] == srt[:, :-1]], axis=1)
     feed = jnp.where(dup | (srt < 0), -1, srt)
     return _replace(st, feed=feed)
