@@ -127,12 +127,13 @@ def former_backend(commit: str):
     root = os.path.join(os.path.dirname(__file__), "..")
     src = subprocess.run(["git", "-C", root, "show", f"{commit}:llm_policy/backends/llamacpp.py"], check=True,
                          capture_output=True, text=True).stdout
-    path = os.path.join(tempfile.mkdtemp(prefix="simcore-former-"), "former_llamacpp.py")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(src)
-    spec = importlib.util.spec_from_file_location("former_llamacpp", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="simcore-former-") as tmp:  # read once, by exec_module
+        path = os.path.join(tmp, "former_llamacpp.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(src)
+        spec = importlib.util.spec_from_file_location("former_llamacpp", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 

@@ -18,16 +18,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _load(args, *, memory: bool = True, backend: bool = False):
-    """The scenario as ``run`` will see it: file, ``--set``, the flags, then :func:`simcore.validation.check_scenario`."""
-    from scenarios import ScenarioError, load_scenario, validate
-    from simcore.validation import check_scenario
-
+def _overrides(args) -> list[str]:
+    """The ``dotted.key=value`` items a command applies to its scenario: ``--overlay``'s, then ``--set`` (which wins)."""
     overrides = list(args.set or [])
     if getattr(args, "overlay", None):
         from simcore.calibrate import read_overlay
-        overrides = read_overlay(args.overlay) + overrides  # --set wins over the overlay
-    scenario = load_scenario(args.scenario, overrides)
+        overrides = read_overlay(args.overlay) + overrides
+    return overrides
+
+
+def _load(args, *, memory: bool = True, backend: bool = False, overrides: list[str] | None = None):
+    """The scenario as ``run`` will see it: file, ``--set``, the flags, then :func:`simcore.validation.check_scenario`.
+    ``overrides``: :func:`_overrides` of ``args`` when the caller has them already."""
+    from scenarios import ScenarioError, load_scenario, validate
+    from simcore.validation import check_scenario
+
+    scenario = load_scenario(args.scenario, _overrides(args) if overrides is None else overrides)
     run = {}
     if getattr(args, "steps", None) is not None:
         if args.steps <= 0:
@@ -109,7 +115,8 @@ def cmd_run(args) -> int:
 def cmd_calibrate(args) -> int:
     from simcore.calibrate import calibrate
 
-    sc = _load(args)
+    settings = _overrides(args)  # written into the overlay: the fitted values belong to this model
+    sc = _load(args, overrides=settings)
     out = args.out or str(Path(sc.output.dir) / f"calibrate-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     weights = {}
     for item in args.weight or []:
@@ -123,10 +130,6 @@ def cmd_calibrate(args) -> int:
             from scenarios import ScenarioError
             raise ScenarioError("--weight", f"expected cases|hospitalizations|deaths|unemployment=value >= 0, "
                                             f"got {item!r}")
-    settings = list(args.set or [])
-    if getattr(args, "overlay", None):  # as _load applied them: the overlay, then --set
-        from simcore.calibrate import read_overlay
-        settings = read_overlay(args.overlay) + settings
     path = calibrate(sc, observed=args.observed, window=args.window, fit=args.fit, out=out, method=args.method,
                      size=args.size, forecast_to=args.forecast_to, iterations=args.iterations, lr=args.lr,
                      generations=args.generations, popsize=args.popsize, band_runs=args.band_runs,

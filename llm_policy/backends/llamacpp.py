@@ -139,6 +139,7 @@ class _Trie:
         self.children: list[list[int]] = []
         self._index: dict[tuple[int, int], int] = {}
         self.need: dict[int, set[int]] = {}  # node -> tokens whose log-probability after it is read
+        self.leaves = 0  # nodes without children (one sequence each), kept as nodes are added
 
     def __len__(self) -> int:
         return len(self.token)
@@ -154,6 +155,8 @@ class _Trie:
                 self.pos.append(self.pos[node] + 1 if node >= 0 else 0)
                 self.parent.append(node)
                 self.children.append([])
+                if node < 0 or self.children[node]:  # a new leaf; else it replaces its parent as one
+                    self.leaves += 1
                 if node >= 0:
                     self.children[node].append(nxt)
             node = nxt
@@ -189,11 +192,35 @@ class _Trie:
                 seqs[self.parent[n]].extend(seqs[n])
         return order, seqs
 
-    def leaves(self) -> int:
-        return sum(1 for c in self.children if not c)
+
+class _Context:
+    """A llama.cpp context and its batch buffer: what :class:`_Batch` and :class:`_Threads` share."""
+
+    ctx: Any
+    batch: Any
+    _lc: Any
+
+    def _decode(self, rows: Sequence[tuple[int, int, Sequence[int], bool]]) -> int:
+        """One ``llama_decode`` of (token, position, sequence ids, wants logits) rows; llama.cpp's return code."""
+        b = self.batch
+        b.n_tokens = len(rows)
+        for r, (tok, pos, seqs, want) in enumerate(rows):
+            b.token[r] = tok
+            b.pos[r] = pos
+            b.n_seq_id[r] = len(seqs)
+            for q, s in enumerate(seqs):
+                b.seq_id[r][q] = s
+            b.logits[r] = 1 if want else 0
+        return self._lc.llama_decode(self.ctx, b)
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self._lc.llama_batch_free(self.batch)
+            self._lc.llama_free(self.ctx)
+            self.ctx = None
 
 
-class _Batch:
+class _Batch(_Context):
     """One llama.cpp context that decodes token rows of many sequences in batch-invariant calls.
 
     llama.cpp's numbers for a token normally depend on the other rows of its ``llama_decode`` call and on
@@ -225,8 +252,6 @@ class _Batch:
             raise BackendError(f"llama.cpp could not create a {n_seq}-sequence context of {n_cells} cells")
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(self.MAX_ROWS, 0, n_seq)
-        self.n_seq = n_seq
-        self.n_cells = n_cells
         self.n_vocab = n_vocab
         self.bos = bos
         self.pad_seqs = list(range(n_seq - self.MIN_ROWS, n_seq))  # the last MIN_ROWS ids: padding only
@@ -241,16 +266,7 @@ class _Batch:
             part = list(rows[i : i + self.MAX_ROWS])
             pad = max(0, self.MIN_ROWS - len(part))
             part += [(self.bos, 0, (self.pad_seqs[j],), False) for j in range(pad)]
-            b = self.batch
-            b.n_tokens = len(part)
-            for r, (tok, pos, seqs, want) in enumerate(part):
-                b.token[r] = tok
-                b.pos[r] = pos
-                b.n_seq_id[r] = len(seqs)
-                for q, s in enumerate(seqs):
-                    b.seq_id[r][q] = s
-                b.logits[r] = 1 if want else 0
-            rc = self._lc.llama_decode(self.ctx, b)
+            rc = self._decode(part)
             for j in range(pad):
                 self._lc.llama_memory_seq_rm(self.mem, self.pad_seqs[j], -1, -1)
             if rc != 0:
@@ -265,14 +281,8 @@ class _Batch:
     def clear(self) -> None:
         self._lc.llama_memory_clear(self.mem, True)
 
-    def close(self) -> None:
-        if self.ctx is not None:
-            self._lc.llama_batch_free(self.batch)
-            self._lc.llama_free(self.ctx)
-            self.ctx = None
 
-
-class _Threads:
+class _Threads(_Context):
     """One llama.cpp context holding several sequences, for :meth:`LlamaCppBackend.threads`.
 
     Sequence ``i`` holds thread ``i``'s tokens; the last sequence id is a spare into which a thread's
@@ -304,15 +314,7 @@ class _Threads:
 
     def _run(self, rows: Sequence[tuple[int, int, int, bool]]) -> None:
         """One ``llama_decode`` of (token, position, sequence, wants logits) rows."""
-        b = self.batch
-        b.n_tokens = len(rows)
-        for r, (tok, pos, seq, want) in enumerate(rows):
-            b.token[r] = tok
-            b.pos[r] = pos
-            b.n_seq_id[r] = 1
-            b.seq_id[r][0] = seq
-            b.logits[r] = 1 if want else 0
-        rc = self._lc.llama_decode(self.ctx, b)
+        rc = self._decode([(tok, pos, (seq,), want) for tok, pos, seq, want in rows])
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc}")
 
@@ -353,12 +355,6 @@ class _Threads:
     def truncate(self, seq: int, n: int) -> None:
         self._lc.llama_memory_seq_rm(self.mem, seq, n, -1)
         del self.held[seq][n:]
-
-    def close(self) -> None:
-        if self.ctx is not None:
-            self._lc.llama_batch_free(self.batch)
-            self._lc.llama_free(self.ctx)
-            self.ctx = None
 
 
 class LlamaCppBackend:
@@ -536,7 +532,7 @@ class LlamaCppBackend:
                     continue
                 grow = max(trie.missing(j[:-1]) for j in joint) + sum(len(j) - k for j in joint)
                 if group and (not self.reuse_prefix or len(trie) + grow > cells
-                              or trie.leaves() + len(joint) > seqs):
+                              or trie.leaves + len(joint) > seqs):
                     self._score_group(requests, group, trie, out)
                     group, trie = [], _Trie()
                 group.append(item)
@@ -558,16 +554,19 @@ class LlamaCppBackend:
         reads: list[list[list[tuple[int, int]]]] = []  # per request, per option: (node, token) pairs
         needed = 0  # tokens the requests' paths hold, counted per request (the trie holds each once)
         for _i, (p_tok, joint, k) in group:
+            context = trie.walk(joint[0][:k])  # k >= 1 (_prepare): a node, never the root
             per_option = []
             for j in joint:
-                per_option.append([(trie.walk(j[:p]) if p else -1, j[p]) for p in range(k, len(j))])
-                for node, tok in per_option[-1]:
-                    trie.need.setdefault(node, set()).add(tok)
+                pairs, node = [], context
+                for p in range(k, len(j)):  # the distribution after j[:p] reads token j[p]
+                    pairs.append((node, j[p]))
+                    trie.need.setdefault(node, set()).add(j[p])
+                    if p + 1 < len(j):
+                        node = trie.walk(j[p : p + 1], node)
+                per_option.append(pairs)
             reads.append(per_option)
             self.stats["prompt_tokens"] += len(p_tok)
             needed += k + sum(len(j) - k - 1 for j in joint)
-        if -1 in trie.need:  # pragma: no cover - _prepare keeps k >= 1 (BOS), so a context is never empty
-            raise BackendError("internal: an option read before any context token")
         order, seqs = trie.rows()
         rows = [(trie.token[n], trie.pos[n], seqs[n], n in trie.need) for n in order]
         values: dict[tuple[int, int], float] = {}
