@@ -7,7 +7,9 @@ import pytest
 from scipy.optimize import brentq
 
 from simcore.engine import Simulation, build_schedule
-from simcore.engine.ops import edge_rows, neighbor_sum
+from hypothesis import given, settings, strategies as st
+
+from simcore.engine.ops import active_indices, edge_rows, neighbor_sum
 from simcore.graph import erdos_renyi
 from simcore.models import seir
 
@@ -63,6 +65,24 @@ def test_sparse_and_dense_paths_agree_bitwise_on_outcome():
     # float sums in different order may flip a rare borderline draw; trajectories must match closely
     assert abs(int(a["R"][-1]) - int(b["R"][-1])) <= 0.01 * 20_000
     np.testing.assert_array_equal(a["S"][:5], b["S"][:5])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), p=st.sampled_from([0.0, 0.03, 0.5, 1.0]), size=st.integers(1, 250), seed=st.integers(0, 9))
+def test_active_indices_is_nonzero(n, p, size, seed):
+    """The packed-word compaction gives jnp.nonzero's answer: ascending indices, fill past the count."""
+    mask = jnp.asarray(np.random.default_rng(seed).random(n) < p)
+    expected = np.asarray(jnp.nonzero(mask, size=size, fill_value=n)[0])
+    np.testing.assert_array_equal(np.asarray(active_indices(mask, size, n)), expected)
+
+
+def test_active_indices_at_scale():
+    mask = np.random.default_rng(3).random(1_000_003) < 0.01
+    got = np.asarray(active_indices(jnp.asarray(mask), 20_000, -1))
+    expected = np.full(20_000, -1)
+    hits = np.flatnonzero(mask)[:20_000]
+    expected[: hits.size] = hits
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("prevalence", [0.0005, 0.02, 0.5])

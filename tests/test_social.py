@@ -103,6 +103,46 @@ def test_interest_recommender_returns_true_topk():
         assert set(got[row].tolist()) == want, f"user {u}"
 
 
+def test_uniform_below_is_exact_multiply_high():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 5000, dtype=np.uint64)
+    bits[:4] = [0, 1, 2**32 - 1, 2**31]
+    for bound in (1, 2, 7, 10_000, 2**20 + 3, 2**31 - 1):
+        got = np.asarray(recsys.uniform_below(jnp.asarray(bits.astype(np.uint32)), bound))
+        np.testing.assert_array_equal(got, (bits * np.uint64(bound)) >> np.uint64(32))
+
+
+@pytest.mark.parametrize("m,k", [(50, 10), (10, 10), (6, 10), (0, 4), (1, 1)])
+def test_sample_distinct_rows_are_distinct_and_uniform(m, k):
+    rows = np.asarray(jax.jit(lambda key, m: recsys.sample_distinct(key, 20_000, k, m))(jax.random.key(1), jnp.int32(m)))
+    taken = rows >= 0
+    assert (taken.sum(axis=1) == min(m, k)).all()
+    assert ((rows < m) | ~taken).all()
+    for row in rows[:500]:
+        assert len(set(row[row >= 0].tolist())) == min(m, k)
+    if m > k:  # every id is in a row with probability k/m: binomial, 5 sigma
+        counts = np.bincount(rows[taken], minlength=m)
+        expect, sd = 20_000 * k / m, math.sqrt(20_000 * (k / m) * (1 - k / m))
+        assert np.abs(counts - expect).max() < 5 * sd
+
+
+@pytest.mark.parametrize("mix", ["random", "hot", "interest", "network", "mixed"])
+def test_feeds_never_offer_a_post_twice(mix):
+    shares = {"interest": 0.0, "hot": 0.0, "network": 0.0, "random": 0.0}
+    shares.update({"interest": 0.4, "hot": 0.2, "network": 0.2, "random": 0.2} if mix == "mixed" else {mix: 1.0})
+    sc = _small([f"model.params.feed.{name}={v}" for name, v in shares.items()], feed_size=8, activity_rate=1.0,
+                initial_posts=30)
+    sim = make_simulation(sc, build(sc), 3)
+    for _ in range(3):
+        sim.advance(1)
+        feed = np.asarray(sim.state.feed)
+        live = np.asarray(sim.state.active) < 300
+        assert (feed[live] >= 0).any()
+        for row in feed[live]:
+            ids = row[row >= 0]
+            assert ids.size == np.unique(ids).size
+
+
 # -- full steps: follow graph consistency and determinism ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def churn():

@@ -55,6 +55,41 @@ def topk_ids(scores, ids, k):
     return jnp.where(jnp.isfinite(val), out, -1)
 
 
+def uniform_below(bits, bound):
+    """Map uniform uint32 ``bits`` to integers in ``[0, bound)`` (``bound`` >= 1, int32, broadcasts).
+
+    Lemire's multiply-high: ``floor(bits * bound / 2**32)``, computed exactly in 16-bit halves
+    (no 64-bit integers under JAX's default x32). One draw per value, where ``jax.random.randint``
+    spends two draws and a modulo (16.8 of 30 ms in a 100k-user random feed); the bias is at most
+    ``bound / 2**32`` per value.
+    """
+    b = jnp.asarray(bound).astype(jnp.uint32)
+    lo16 = jnp.uint32(0xFFFF)
+    ah, al, bh, bl = bits >> 16, bits & lo16, b >> 16, b & lo16
+    lh, hl = al * bh, ah * bl
+    mid = ((al * bl) >> 16) + (lh & lo16) + (hl & lo16)
+    return (ah * bh + (lh >> 16) + (hl >> 16) + (mid >> 16)).astype(jnp.int32)
+
+
+def sample_distinct(key, n_rows: int, k: int, m):
+    """``k`` distinct integers from ``[0, m)`` per row, uniform over k-subsets (-1 pads when m < k).
+
+    Robert Floyd's algorithm, vectorized over rows: step i draws t from ``[0, j]`` with
+    ``j = m - k + i`` and takes j instead when t was drawn already (j cannot have been). k steps of
+    at most k comparisons, no sort; OASIS's random recommender samples without replacement too.
+    """
+    bits = jax.random.bits(key, (k, n_rows), jnp.uint32)
+    chosen = []
+    for i in range(k):
+        j = m - k + i
+        t = uniform_below(bits[i], jnp.maximum(j + 1, 1))
+        if chosen:
+            taken = jnp.any(jnp.stack(chosen) == t, axis=0)
+            t = jnp.where(taken, j, t)
+        chosen.append(jnp.where(j >= 0, t, -1))
+    return jnp.stack(chosen, axis=1)
+
+
 def chunked(fn, chunk: int, *arrays):
     """Apply ``fn`` to row chunks of ``arrays`` (leading dim a multiple of ``chunk``), concatenated."""
     n = arrays[0].shape[0]
