@@ -166,7 +166,10 @@ def run_vs_observed(metrics: pl.DataFrame, n_agents: int, start: str = "2020-03-
     m = m.with_columns(pl.Series("ym", [d.year * 100 + d.month for d in dates]))
     for b in obs.BOROUGHS:
         slug = b.lower().replace(" ", "_")
-        u, lf = f"unemployed__borough_{slug}", f"labor_force__borough_{slug}"
+        # as LAUS counts (without job losers not yet searching); runs written before that observation
+        # existed carry only the agents' counts, which is what it reduces to with not_searching 0
+        prefix = "laus_" if f"laus_unemployed__borough_{slug}" in m.columns else ""
+        u, lf = f"{prefix}unemployed__borough_{slug}", f"{prefix}labor_force__borough_{slug}"
         if u not in m.columns:
             continue
         g = m.group_by("ym").agg(pl.col(u).mean(), pl.col(lf).mean()).sort("ym")

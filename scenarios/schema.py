@@ -183,6 +183,13 @@ class EmploymentParams(Strict):
         default_factory=lambda: [1.0] * 5,
         description="per-borough multiplier of the job-loss hazard, in the population's borough order (fitted: "
                     "boroughs' economies met the pause differently)")
+    not_searching: Fraction = Field(
+        0.0, description="share of the workers who lose their job while the pause order holds (times `lockdown`) "
+                         "and do not look for work at first; LAUS counts them out of the labour force until they "
+                         "start (an observation: it changes the reported unemployed and labour force, not the "
+                         "simulation). 0: every unemployed agent is counted")
+    search_delay_days: float = Field(
+        14.0, gt=0, description="mean days before such a job loser starts looking for work (geometric)")
     baseline_unemployment: list[Fraction] | None = Field(
         None, description="per-borough unemployment rate of the labour force at step 0 (e.g. LAUS for the month "
                           "before the start); default: the population's own draw")

@@ -425,7 +425,7 @@ class Problem:
             state = model.step(state, p, step_key(root, t))
             code = p["borough"].astype(jnp.int32) * 3 + state.labor
             labor = jnp.bincount(code, length=nb * 3).reshape(nb, 3)
-            return state, (state.observed, jnp.stack([labor[:, 2], labor[:, 1] + labor[:, 2]], 1))
+            return state, (state.observed, jnp.stack(ep.laus_counts(state, labor[:, 1], labor[:, 2]), 1))
 
         @jax.checkpoint
         def chunk(state, xs):

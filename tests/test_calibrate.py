@@ -288,9 +288,9 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
 
 def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     """README, "Calibrated to New York City": covid_nyc_wave1 at 50,000 agents, seed 0, weekly citywide deaths
-    NRMSE 0.079 against DOHMH (death-peak week exact), boroughs at most 0.179, and every borough-month of LAUS
-    unemployment, Mar-Jun 2020, within 3 percentage points; the run is deterministic, so the figures must
-    come back."""
+    NRMSE 0.093 against DOHMH (death-peak week exact), boroughs at most 0.232, and every borough-month of LAUS
+    unemployment, Mar-Jun 2020, within 3 percentage points (mean 0.97); the run is deterministic, so the
+    figures must come back."""
     from analysis import read_manifest, scan_metrics
     from simcore.runs import run_scenario
 
@@ -299,12 +299,12 @@ def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     run = run_scenario(sc, tmp_path / "run")
     frame = validation.run_vs_observed(scan_metrics(run).collect(), read_manifest(run)["n_agents"])
     head = validation.headline(validation.validation_table(frame))
-    assert head["deaths_citywide_nrmse"] == pytest.approx(0.079, abs=0.01)
+    assert head["deaths_citywide_nrmse"] == pytest.approx(0.093, abs=0.01)
     assert head["deaths_peak_error_weeks"] == 0
-    assert head["deaths_borough_nrmse_max"] == pytest.approx(0.179, abs=0.015)
+    assert head["deaths_borough_nrmse_max"] == pytest.approx(0.232, abs=0.015)
     errors = validation.unemployment_errors(frame)
     assert errors.height == 20 and errors["error_pp"].abs().max() <= 3.0
-    assert head["unemployment_mae_pp"] == pytest.approx(1.19, abs=0.1)
+    assert head["unemployment_mae_pp"] == pytest.approx(0.97, abs=0.1)
 
 
 # -- intervention values ----------------------------------------------------------------------------------

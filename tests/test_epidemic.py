@@ -64,6 +64,32 @@ def test_lockdown_lowers_attack_rate_and_raises_unemployment_same_seed():
     np.testing.assert_array_equal(none["new_infections"][:10], lock["new_infections"][:10])
 
 
+def test_laus_counts_leave_out_job_losers_not_yet_searching():
+    """An observation only: the simulation is the same whatever ``not_searching``; with it 0 LAUS counts every
+    unemployed agent; with every pause-time loser idle, nobody finding work and nobody starting to search, LAUS
+    unemployment stays where it was when the order began (the losers leave the labour force instead)."""
+    slugs = ["bronx", "brooklyn", "manhattan", "queens", "staten_island"]
+    counted = _metrics([], steps=45)
+    for b in slugs:
+        np.testing.assert_array_equal(counted[f"laus_unemployed__borough_{b}"], counted[f"unemployed__borough_{b}"])
+        np.testing.assert_array_equal(counted[f"laus_labor_force__borough_{b}"], counted[f"labor_force__borough_{b}"])
+    frozen = _metrics(["model.params.employment.not_searching=1.0", "model.params.employment.search_delay_days=1e9",
+                       "model.params.employment.return_base=0.0"], steps=45)
+    no_return = _metrics(["model.params.employment.return_base=0.0"], steps=45)
+    for k in ("S", "new_deaths", "unemployment_rate", "isolating_share"):
+        np.testing.assert_array_equal(frozen[k], no_return[k])  # the simulation itself is untouched
+    start = 21  # covid_small's pause_order: lockdown = 1 from step 21; a loss on step t is idle from step t
+    for b in slugs:
+        u, laus_u = frozen[f"unemployed__borough_{b}"], frozen[f"laus_unemployed__borough_{b}"]
+        lf, laus_lf = frozen[f"labor_force__borough_{b}"], frozen[f"laus_labor_force__borough_{b}"]
+        assert u[-1] > u[start - 1] + 20  # the pause did cost jobs
+        np.testing.assert_array_equal(laus_u[:start], u[:start])
+        # unemployed agents who die leave the count too, so it can only fall by the borough's deaths
+        deaths = np.cumsum(frozen[f"new_deaths__borough_{b}"][start:])
+        assert np.all(laus_u[start:] <= u[start - 1] + 0.01) and np.all(laus_u[start:] >= u[start - 1] - deaths - 0.01)
+        np.testing.assert_allclose(lf - laus_lf, u - laus_u, atol=1e-3)
+
+
 def test_people_contact_scales_equal_rate_scales_without_interventions():
     """With every scale at 1, keeping whole people's contacts is keeping everyone's: the same run, bit for bit."""
     rate = _metrics(["interventions=[]"], steps=30)

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..engine import Model, init_key, root_key
+from ..engine import Model, init_key, root_key, uniform
 from .layers import Layer, seed_infections
 
 S, E, I, R, M = 0, 1, 2, 3, 4
@@ -101,6 +101,7 @@ class EpidemicState:
     detected_hist: jax.Array  # float32 [DELAY_DAYS, B], onsets x detection per day
     observed: jax.Array  # float32 [B, 3], today's expected reported cases, admissions, deaths
     soft: jax.Array  # float32 [N, 3] S/E/I indicators when relaxed, else [0, 3]
+    not_searching: jax.Array  # float32 [B], expected unemployed not yet looking for work (see laus_counts)
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ def _llm_or(heuristic: jax.Array, x: jax.Array, bias: jax.Array, slope: jax.Arra
 
 
 def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
-    k_iso, k_loss = jax.random.split(key)
     n = st.disease.shape[0]
+    u = uniform(key, (n, 2))  # an agent's isolation and labour draws: the two words of one hash
+    u_iso, u_labor = u[:, 0], u[:, 1]
     b = p["borough"]
     alive = st.disease != M
     # isolation: heuristic hazard by borough, or the archetype answer through its fitted map
@@ -181,8 +183,7 @@ def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     p_start = _llm_or(heuristic, p["isolate_llm"], p["llm_isolate_bias"], p["llm_isolate_slope"])
     p_start = p_start * p["isolation_scale"]
     p_start = jnp.where(st.disease == I, 1 - (1 - p_start) * (1 - p["iso_symptomatic"]), p_start)
-    u = jax.random.uniform(k_iso, (n,))
-    starting = (st.iso_days == 0) & alive & (u < jnp.clip(p_start, 0, 1))
+    starting = (st.iso_days == 0) & alive & (u_iso < jnp.clip(p_start, 0, 1))
     iso_days = jnp.where(st.iso_days > 0, st.iso_days - 1, st.iso_days)
     iso_days = jnp.where(starting, jnp.int8(cfg.quarantine_days), iso_days).astype(jnp.int8)
     iso_days = jnp.where(alive, iso_days, jnp.int8(0))
@@ -199,12 +200,28 @@ def behave(cfg: EpidemicConfig, st: EpidemicState, p, key):
     loss = _llm_or(heuristic_loss, p["work_llm"], p["llm_work_bias"], p["llm_work_slope"], add=closure)
     ret = p["return_base"] * (1 - lockdown * p["return_drag"])
     labor = st.labor
-    u_labor = jax.random.uniform(k_loss, (n,))  # one draw: losing and returning are exclusive by state
+    # one draw (u_labor): losing and returning are exclusive by state
     lose = (labor == 1) & (u_labor < loss)
     back = (labor == 2) & (u_labor < ret)
     labor = jnp.where(lose, jnp.int8(2), jnp.where(back, jnp.int8(1), labor))
     labor = jnp.where(alive, labor, jnp.int8(0))
-    return _replace(st, iso_days=iso_days, labor=labor)
+    # LAUS counts a job loser who is not yet looking for work out of the labour force. Under the pause a
+    # share of the day's losers start that way; each day one in search_delay_days starts searching and,
+    # like every unemployed agent, one in 1/ret finds work (expected counts per borough: an observation
+    # that nothing in the simulation reads back)
+    losses = jax.ops.segment_sum(lose.astype(jnp.float32), b, num_segments=cfg.n_boroughs)
+    pool = st.not_searching * (1.0 - p["search_rate"]) * (1.0 - ret) + p["not_searching"] * lockdown * losses
+    return _replace(st, iso_days=iso_days, labor=labor, not_searching=pool)
+
+
+def laus_counts(st: EpidemicState, employed: jax.Array, unemployed: jax.Array):
+    """(unemployed, labour force) per borough as LAUS counts them: without the unemployed not yet searching.
+
+    ``employed``, ``unemployed``: the agents' counts per borough [B]. Returns float32 [B] each.
+    """
+    idle = jnp.minimum(st.not_searching, unemployed.astype(jnp.float32))
+    u = unemployed.astype(jnp.float32) - idle
+    return u, employed.astype(jnp.float32) + u
 
 
 def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
@@ -238,7 +255,7 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     foi = (foi_home + keep * foi_out) * p["susceptibility"][p["age_band"]]
     # One uniform per agent serves every disease transition: they are exclusive by state
     # (S infects, E progresses, I leaves), and I's death test reuses the same draw below its exit bar.
-    u = jax.random.uniform(key, d.shape)
+    u = uniform(key, d.shape)
     p_inf = 1.0 - jnp.exp(-foi)
     infected = (d == S) & (u < p_inf)
     p_ei, p_ir = p["p_ei"], p["p_ir"]
@@ -337,6 +354,7 @@ def metrics(cfg: EpidemicConfig, st: EpidemicState, p):
     iso = hist[:, :, :M, 1].sum(axis=(2, 3))
     employed = hist[..., 1].sum(axis=(2, 3))
     unemployed = hist[..., 2].sum(axis=(2, 3))
+    laus_u, laus_lf = laus_counts(st, employed.sum(axis=1), unemployed.sum(axis=1))
     out = {name: by_state[i] for i, name in enumerate(STATES)}
     out["new_infections"] = flows[..., 0].sum()
     out["new_deaths"] = flows[..., 1].sum()
@@ -355,6 +373,8 @@ def metrics(cfg: EpidemicConfig, st: EpidemicState, p):
         out[f"case_growth__{key}"] = st.growth[bi]
         out[f"labor_force__{key}"] = employed[bi].sum() + unemployed[bi].sum()
         out[f"unemployed__{key}"] = unemployed[bi].sum()
+        out[f"laus_labor_force__{key}"] = laus_lf[bi]
+        out[f"laus_unemployed__{key}"] = laus_u[bi]
         for j, obs in enumerate(OBSERVED):
             out[f"{obs}__{key}"] = st.observed[bi, j]
     for ai, name in enumerate(cfg.age_labels):
@@ -439,6 +459,7 @@ def numeric_params(prm: dict) -> dict:
         "loss_base": f32(emp["loss_base"]), "loss_lockdown": f32(emp["loss_lockdown"]),
         "loss_cases": f32(emp["loss_cases"]),
         "return_base": f32(emp["return_base"]), "return_drag": f32(emp["return_lockdown_drag"]),
+        "not_searching": f32(emp["not_searching"]), "search_rate": 1.0 / f32(emp["search_delay_days"]),
         "borough_loss": jnp.stack([f32(v) for v in emp["borough_loss"]]),
         "ihr": jnp.stack([f32(v) for v in obs["ihr"]]),
         "det_floor": f32(obs["detection_floor"]), "det_midpoint": f32(obs["detection_midpoint"]),
@@ -514,6 +535,7 @@ def init(population, layers: dict, params, *, seed: int, occupation_sensitivity,
         detected_hist=jnp.zeros((DELAY_DAYS, nb), jnp.float32),
         observed=jnp.zeros((nb, len(OBSERVED)), jnp.float32),
         soft=soft_indicators(jnp.asarray(disease)) if relaxed else jnp.zeros((0, 3), jnp.float32),
+        not_searching=jnp.zeros(nb, jnp.float32),
     )
     borough_pop = np.bincount(attrs["borough"], minlength=nb).astype(np.float32)
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731

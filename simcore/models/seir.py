@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..engine import Model, init_key, root_key
+from ..engine import Model, init_key, root_key, uniform
 from .layers import Layer, seed_infections
 
 S, E, I, R = 0, 1, 2, 3
@@ -55,7 +55,7 @@ def _step(cfg: SEIRConfig, state: SEIRState, params, key):
     pressure = layer.pull(jnp.ones(d.shape, jnp.float32), infectious, cfg.sparse_capacity)
     p_inf = 1.0 - jnp.exp(-params["beta"] * params["contact_scale"] * pressure)
     # one uniform per agent: infection, E -> I and I -> R are exclusive by state
-    u = jax.random.uniform(key, d.shape)
+    u = uniform(key, d.shape)
     infected = (d == S) & (u < p_inf)
     to_i = (d == E) & (u < (1.0 / cfg.latent_days if cfg.latent_days > 0 else 1.0))
     to_r = infectious & (u < 1.0 / cfg.infectious_days)
@@ -66,8 +66,8 @@ def _step(cfg: SEIRConfig, state: SEIRState, params, key):
 
 
 def _metrics(state: SEIRState, params):
-    counts = jnp.bincount(state.disease.astype(jnp.int32), length=4)
-    out = {name: counts[i] for i, name in enumerate(STATES)}
+    # four reductions, not a bincount: XLA's CPU scatter took 1.3 ms of a quiet step at 1M agents
+    out = {name: jnp.sum(state.disease == i, dtype=jnp.int32) for i, name in enumerate(STATES)}
     out["new_infections"] = state.new_infections
     return out
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...engine import Model
+from ...engine import Model, uniform
 from ...engine.ops import active_indices
 from . import recsys
 
@@ -149,7 +149,7 @@ def hour_of_step(cfg: SocialConfig, step, start_hour):
 def activate(cfg: SocialConfig, st: SocialState, p, key):
     hour = hour_of_step(cfg, p["step"], p["start_hour"])
     prob = p["activity"][:, hour].astype(jnp.float32) / 255.0 * p["activity_scale"]
-    awake = jax.random.uniform(key, (cfg.n_users,)) < prob
+    awake = uniform(key, (cfg.n_users,)) < prob
     idx = active_indices(awake, cfg.active_cap, cfg.n_users)
     dropped = jnp.maximum(jnp.sum(awake, dtype=jnp.int32) - cfg.active_cap, 0)
     return _replace(st, active=idx, n_dropped=dropped)
