@@ -145,7 +145,7 @@ class SEIRParams(Strict):
     latent_days: float = Field(3.0, ge=0, description="0 makes it SIR")
     infectious_days: float = Field(5.0, ge=1)
     initial_infected: float = Field(0.001, gt=0, lt=1)
-    sparse_capacity: Fraction = 0.1
+    sparse_capacity: Fraction = 0.15  # see SEIRConfig
 
 
 class SEIRModel(Strict):

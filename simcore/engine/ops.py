@@ -105,7 +105,7 @@ def _sparse(indptr, indices, x, active, node_capacity, edge_capacity):
 
 
 def _tier_sizes(node_capacity: int, edge_capacity: int, tiers: int) -> list[tuple[int, int]]:
-    return sorted({(max(node_capacity // 4**k, 1), max(edge_capacity // 4**k, 1)) for k in range(tiers)})
+    return sorted({(max(node_capacity // 2**k, 1), max(edge_capacity // 2**k, 1)) for k in range(tiers)})
 
 
 def _tier(indptr, active, sizes) -> jax.Array:
@@ -153,14 +153,14 @@ def _tiered(node_capacity: int, edge_capacity: int, tiers: int):
 
 
 @partial(jax.jit, static_argnames=("node_capacity", "edge_capacity", "tiers"))
-def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int, tiers: int = 3,
+def neighbor_sum(indptr, indices, rows, x, active, *, node_capacity: int, edge_capacity: int, tiers: int = 5,
                  halo=None):
     """``y[j] = sum(x[i] for i in neighbours(j) if active[i])`` on a symmetric CSR graph.
 
     ``rows`` is :func:`edge_rows` of the graph (4 bytes per edge, kept with the graph).
     The sparse push costs O(N) to find active sources plus O(buffer) for their edges,
     whatever the number actually active, so buffers come in ``tiers`` sizes
-    (``capacity / 4**k``) and the smallest that fits runs; above ``edge_capacity``
+    (``capacity / 2**k``: a buffer within 2x of the load) and the smallest that fits runs; above ``edge_capacity``
     active edges (or ``node_capacity`` active nodes) the dense O(E) pull runs.
     With a :class:`~simcore.engine.halo.HaloPlan` the dense pull exchanges halos explicitly.
     """
