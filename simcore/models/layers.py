@@ -67,15 +67,16 @@ class Layer:
         halo = self.halo.nbytes if self.halo is not None else 0
         return int(self.indptr.nbytes + self.indices.nbytes + self.rows.nbytes + halo)
 
-    def pull(self, x: jax.Array, active: jax.Array, capacity: float) -> jax.Array:
-        """Sum of ``x`` over active neighbours. ``capacity`` is the fraction of agents/edges the sparse path may hold."""
+    def pull(self, x: jax.Array, active: jax.Array, capacity: float, tiers: int = 3) -> jax.Array:
+        """Sum of ``x`` over active neighbours. ``capacity`` is the fraction of agents/edges the sparse path may
+        hold, in ``tiers`` buffer sizes (see :func:`~simcore.engine.ops.neighbor_sum`)."""
         n = x.shape[0]
         node_cap = int(n * capacity) if capacity > 0 else 0
         edge_cap = int(self.n_edges * capacity) if capacity > 0 else 0
         if node_cap < 1 or edge_cap < 1:
             node_cap = edge_cap = 0
         return neighbor_sum(self.indptr, self.indices, self.rows, x, active,
-                            node_capacity=node_cap, edge_capacity=edge_cap, halo=self.halo)
+                            node_capacity=node_cap, edge_capacity=edge_cap, tiers=tiers, halo=self.halo)
 
 
 def seed_infections(key: jax.Array, n: int, fraction: float) -> np.ndarray:

@@ -40,8 +40,10 @@ class SEIRConfig:
     latent_days: float = 3.0
     infectious_days: float = 5.0
     # the push from active sources beats the dense pull up to ~15 % of edges on a CPU (1M agents: a 1.5M-edge
-    # buffer ~14 ms, the dense pull 22 ms); the buffers cost ~16 B per agent more than at 0.1
+    # buffer ~14 ms, the dense pull 22 ms); `simcore plan` reports 58 B per agent while stepping at 0.1 and at
+    # 0.15 (the dense pull's temporaries are the largest)
     sparse_capacity: float = 0.15
+    sparse_tiers: int = 5  # buffers within 2x of the load (a small model: the extra branches cost little)
 
 
 def transmissibility(beta: float, infectious_days: float) -> float:
@@ -54,7 +56,7 @@ def _step(cfg: SEIRConfig, state: SEIRState, params, key):
     d = state.disease
     infectious = d == I
     layer: Layer = params["graph"]
-    pressure = layer.pull(jnp.ones(d.shape, jnp.float32), infectious, cfg.sparse_capacity)
+    pressure = layer.pull(jnp.ones(d.shape, jnp.float32), infectious, cfg.sparse_capacity, cfg.sparse_tiers)
     p_inf = 1.0 - jnp.exp(-params["beta"] * params["contact_scale"] * pressure)
     # one uniform per agent: infection, E -> I and I -> R are exclusive by state
     u = uniform(key, d.shape)
