@@ -85,6 +85,31 @@ def test_active_indices_at_scale():
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("prevalence", [0.002, 0.02, 0.5])
+def test_neighbor_sum_gradient_equals_the_dense_pulls(prevalence):
+    """The tiered sum's reverse-mode rule (one dense pull of the cotangent) gives the dense pull's gradient,
+    whichever branch ran forward, also under vmap (the calibration's gradient path)."""
+    rng = np.random.default_rng(1)
+    csr = erdos_renyi(3_000, 6, seed=4)
+    indptr, indices = jnp.asarray(csr.indptr), jnp.asarray(csr.indices)
+    rows = edge_rows(indptr, csr.n_edges)
+    x = jnp.asarray(rng.random(3_000).astype(np.float32))
+    w = jnp.asarray(rng.random(3_000).astype(np.float32))
+    active = jnp.asarray(rng.random(3_000) < prevalence)
+
+    def loss(x, capacity):
+        cap = int(3_000 * capacity)
+        y = neighbor_sum(indptr, indices, rows, x, active, node_capacity=cap, edge_capacity=int(csr.n_edges * capacity))
+        return jnp.sum(w * y ** 2)
+
+    dense = jax.grad(lambda x: loss(x, 0.0))(x)
+    tiered = jax.grad(lambda x: loss(x, 0.1))(x)
+    np.testing.assert_allclose(np.asarray(tiered), np.asarray(dense), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(tiered)[~np.asarray(active)] == 0)
+    batched = jax.vmap(jax.grad(lambda x: loss(x, 0.1)))(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(np.asarray(batched[0]), np.asarray(dense), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("prevalence", [0.0005, 0.02, 0.5])
 def test_neighbor_sum_sparse_equals_dense(prevalence):
     rng = np.random.default_rng(0)

@@ -153,7 +153,30 @@ def _tiered(node_capacity: int, edge_capacity: int, tiers: int):
         branches.append(lambda: _dense(indices, rows, x.T, active.T).T)
         return jax.lax.switch(index, branches), True
 
-    return fn
+    return _reverse_mode(fn)
+
+
+def _reverse_mode(fn):
+    """``fn`` (the tiered sum) with a reverse-mode derivative, which ``custom_vmap`` does not provide.
+
+    ``y[j] = sum of x[i] over active neighbours i of j`` is linear in ``x``; on a symmetric graph its
+    transpose is ``x_bar[i] = active[i] * sum of y_bar[j] over all neighbours j of i``: one dense pull.
+    So the gradient path (``simcore.calibrate``) can step with sparse pushes forward.
+    """
+    @jax.custom_vjp
+    def f(indptr, indices, rows, x, active):
+        return fn(indptr, indices, rows, x, active)
+
+    def fwd(indptr, indices, rows, x, active):
+        return fn(indptr, indices, rows, x, active), (indices, rows, active)
+
+    def bwd(res, y_bar):
+        indices, rows, active = res
+        back = _dense(indices, rows, y_bar, jnp.ones(active.shape, bool))
+        return None, None, None, jnp.where(active, back, 0.0).astype(y_bar.dtype), None
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
 @partial(jax.jit, static_argnames=("node_capacity", "edge_capacity", "tiers"))

@@ -232,11 +232,10 @@ def transmit(cfg: EpidemicConfig, st: EpidemicState, p, key):
     ones = jnp.ones(d.shape, jnp.float32)
     layers: dict[str, Layer] = p["layers"]
     beta = p["beta"]
-    if cfg.relaxed:
-        # dense pulls of the float I indicator of the infectious agents: derivatives along realised chains
-        src, active, cap = st.soft[:, 2], infectious, 0.0
-    else:
-        src, active, cap = ones, infectious, cfg.sparse_capacity
+    # relaxed: sums of the float I indicator of the infectious agents, so derivatives follow realised chains
+    # (the pulls' reverse-mode rule is one dense pull per layer, see simcore.engine.ops._reverse_mode)
+    src = st.soft[:, 2] if cfg.relaxed else ones
+    active, cap = infectious, cfg.sparse_capacity
     foi_home = beta[0] * p["household_scale"] * layers["household"].pull(src, active, cap)
     foi_out = jnp.zeros(d.shape, jnp.float32)
     for i, name in enumerate(LAYERS[1:], start=1):
