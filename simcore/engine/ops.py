@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
-from .halo import halo_pull
+from .halo import halo_pull, row_sum
 
 
 def edge_rows(indptr: jax.Array, n_edges: int) -> jax.Array:
@@ -44,7 +44,7 @@ def _dense(indices, rows, x, active):
     # indices are in range by construction (padding points at 0): skipping XLA's bounds
     # normalisation saves a live int32 copy of ``indices`` per chunk (~30% of the pull's bytes)
     gathered = src.at[indices].get(mode="promise_in_bounds", wrap_negative_indices=False)
-    return jax.ops.segment_sum(gathered, rows, num_segments=n, indices_are_sorted=True)
+    return row_sum(gathered, rows, n)
 
 
 def active_indices(mask: jax.Array, size: int, fill_value: int) -> jax.Array:
