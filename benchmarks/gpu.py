@@ -342,6 +342,11 @@ def profile_seir(n: int, trace_dir: Path, chunk: int, chunks: int, top: int = 12
             src = src.removeprefix(prefix) if src else src
         row["source"] = src
     ops.update({"n_agents": n, "steps": chunk * chunks, "trace_dir": str(trace_dir)})
+    if any(row["op"].startswith("command_buffer") for row in ops["top"]):
+        # XLA's GPU backend replays the scan body as one CUDA graph, whose kernels the trace does
+        # not name: the H200 profile read 100% "command_buffer_6" until the flag below was set
+        ops["note"] = ("XLA ran the step as a CUDA command buffer, which hides its ops; for a per-op "
+                       "breakdown run again with XLA_FLAGS=--xla_gpu_enable_command_buffer=")
     return ops
 
 
@@ -513,6 +518,8 @@ def report(res: dict) -> str:
                          f"{s['first_chunk_s_incl_compile']:.1f} |")
     p = res.get("profile")
     if p:
+        if p.get("note"):
+            lines += ["", f"note: {p['note']}"]
         lines += ["", f"top ops by self time ({p['source']}; {p['steps']} dense SEIR steps at {p['n_agents']:,} "
                       f"agents; {p['total_self_ms']:.1f} ms in all):", "| op | from | self ms | share | calls |",
                   "|---|---|---|---|---|"]
