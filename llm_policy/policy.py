@@ -393,6 +393,51 @@ class ArchetypePolicy:
                         if self.spec.calibration == "content_free" else [])
         return _Pending(sim.step, index, groups, prompts, content_free)
 
+    def answer_table(self, index: int, steps: int, schedule: dict | None = None,
+                     fixed: Iterable[str] = ()) -> np.ndarray:
+        """The value each archetype of decision ``index`` would get at every round in ``[0, steps)``, asked
+        without a simulation: float32 ``[rounds, prod(levels)]``, NaN where the heuristic applies.
+
+        A round's answer depends on the agents only through the archetype's levels when the prompt
+        reads discrete fields alone (the grouped features, the calendar, interventions in force,
+        scheduled parameters): then every archetype that could exist is asked once per round (the
+        cache scores each distinct prompt once) and a calibration looks the value up on the device
+        each round (:mod:`simcore.calibrate`). The rows land in the call log and the counters like a
+        run's. A prompt that reads a statistic of the members, the group's size, or a scheduled
+        parameter named in ``fixed`` (one the calibration changes) cannot be tabulated: ScenarioError.
+        """
+        d = self.spec.decisions[index]
+        where = f"policy.decisions[{index}].prompt"
+        fields = _fields(d.prompt)
+        for name in sorted(fields):
+            if name in self.stats_names or name == "group_size":
+                raise ScenarioError(where, f"{{{name}}} is a statistic of the archetype's members; a calibration "
+                                           "looks answers up per archetype and needs prompts of discrete fields")
+            if name in fixed:
+                raise ScenarioError(where, f"{{{name}}} is a scheduled parameter the calibration fits; its "
+                                           "answers cannot be asked before the fit")
+        if self.every <= 0:
+            return np.zeros((0, 0), np.float32)
+        levels = tuple(len(self.model.labels[f]) for f in d.group_by)
+        n = int(np.prod(levels))
+        import jax.numpy as jnp
+
+        groups = Groups(tuple(d.group_by), levels, np.arange(n, dtype=np.int64), np.zeros(n, np.int64), {},
+                        jnp.zeros(0, jnp.int32))
+        rounds = range(0, steps, self.every)
+        out = np.full((len(rounds), n), np.nan, np.float32)
+        content_free = ([self.render_content_free(d, k) for k in range(self.spec.n_samples)]
+                        if self.spec.calibration == "content_free" else [])
+        for r, step in enumerate(rounds):
+            env = self.env_values(step, schedule)
+            prompts = [[self.render(d, self.group_values(d, groups, j), env, k) for k in range(self.spec.n_samples)]
+                       for j in range(n)]
+            pending = _Pending(step, index, groups, prompts, list(content_free))
+            pending.results = self._score(pending)
+            out[r] = self._record(pending, step)
+        self._flush_log()
+        return out
+
     def env_values(self, step: int, schedule: dict | None = None) -> dict[str, Any]:
         """The round's shared fields at ``step``: calendar, scalar scheduled parameters, interventions in force."""
         date = self.start_date + _dt.timedelta(days=step)

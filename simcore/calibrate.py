@@ -343,12 +343,63 @@ def month_masks(target: Target) -> np.ndarray:
 
 
 # -- the differentiable problem --------------------------------------------------------------
-class Problem:
-    """A built (reduced) scenario, its observed target and the fitted parameters: loss and rollouts."""
+@dataclass(frozen=True)
+class DecisionTable:
+    """One LLM decision's answers per round and archetype (``ArchetypePolicy.answer_table``), looked up on
+    the device by :class:`Problem` where a run would ask the backend: the same value per archetype, the
+    same per-agent noise (key and function of ``llm_policy.archetypes.broadcast``), at the same steps."""
 
-    def __init__(self, scenario: Scenario, target: Target, fits: Sequence[FitParam], *, relaxed: bool):
+    target: str  # the model parameter the decision fills, e.g. isolate_llm
+    group_by: tuple[str, ...]
+    levels: tuple[int, ...]
+    values: np.ndarray  # float32 [rounds, prod(levels)]; NaN: the heuristic applies
+    heterogeneity: float
+    as_logit: bool
+    index: int  # the decision's index in policy.decisions: its noise stream
+    every: int
+
+
+def llm_answers(scenario: Scenario, problem: "Problem", out: Path, *, backend: Any = None):
+    """The scenario's LLM decisions as :class:`DecisionTable` s, asked once before a fit; with the policy.
+
+    The policy is the run's (``simcore.session.make_archetype_policy``: its backend, prompts, content-free
+    calibration and samples); its call log and response cache go to ``out`` (``llm_calls.parquet``,
+    ``llm_cache.sqlite``) and its ``totals`` count the calls, tokens and seconds. No policy: ``([], None)``.
+    """
+    from .session import make_archetype_policy
+
+    built = problem.built
+    policy = make_archetype_policy(scenario, built, scenario.run.seed, backend=backend)
+    if policy is None:
+        return [], None
+    try:
+        policy.attach(out)
+        rows = schedule_rows(problem.base_rows, problem.interventions, {}, problem.steps)
+        schedule = {k: np.asarray(v) for k, v in rows.items()}  # the prompts' scheduled fields, at the scenario's values
+        fixed = {problem.interventions[f.intervention].param for f in problem.fits if f.intervention is not None}
+        tables = []
+        for i, d in enumerate(scenario.policy.decisions):
+            values = policy.answer_table(i, problem.steps, schedule, fixed)
+            tables.append(DecisionTable(d.target, tuple(d.group_by), tuple(len(built.model.labels[f]) for f in d.group_by),
+                                        values, float(d.heterogeneity), d.target in built.model.decision_logits, i,
+                                        policy.every))
+    finally:
+        policy.close()
+    return [t for t in tables if t.values.size], policy
+
+
+class Problem:
+    """A built (reduced) scenario, its observed target and the fitted parameters: loss and rollouts.
+
+    ``answers``: the scenario's LLM decisions as tables (:func:`llm_answers`); without them the agents
+    follow the heuristic hazards, as ``policy: null`` runs do.
+    """
+
+    def __init__(self, scenario: Scenario, target: Target, fits: Sequence[FitParam], *, relaxed: bool,
+                 answers: Sequence[DecisionTable] = ()):
         self.scenario, self.target, self.fits = scenario, target, list(fits)
         self.relaxed = relaxed
+        self.answers = list(answers)
         steps = target.days
         # built without interventions: the host schedule is then the base, and every intervention is applied
         # on device by schedule_rows (the same float32 arithmetic as build_schedule), so values can be fitted
@@ -419,21 +470,46 @@ class Problem:
         model = self.model
         nb = self.cfg.n_boroughs
 
-        def step(state, xs):
+        answers = self.answers
+        targets = tuple(a.target for a in answers)
+
+        def step(carry, xs):
+            state, current = carry
             t, row = xs
             p = {**params, **row, "step": t}
+            if answers:  # an LLM round where a run has one: before the step, from the state the step starts from
+                every = answers[0].every
+                current = jax.lax.cond(t % every == 0, lambda: self._llm_round(state, p, t, root), lambda: current)
+                p = {**p, **dict(zip(targets, current))}
             state = model.step(state, p, step_key(root, t))
             code = p["borough"].astype(jnp.int32) * 3 + state.labor
             labor = jnp.bincount(code, length=nb * 3).reshape(nb, 3)
-            return state, (state.observed, jnp.stack(ep.laus_counts(state, labor[:, 1], labor[:, 2]), 1))
+            return (state, current), (state.observed, jnp.stack(ep.laus_counts(state, labor[:, 1], labor[:, 2]), 1))
 
         @jax.checkpoint
-        def chunk(state, xs):
-            return jax.lax.scan(step, state, xs)
+        def chunk(carry, xs):
+            return jax.lax.scan(step, carry, xs)
 
         ts = jnp.arange(self.steps, dtype=jnp.int32).reshape(-1, self.chunk)
-        _, (obs, labor) = jax.lax.scan(chunk, state, (ts, rows))
+        current = tuple(jnp.asarray(params[t_], jnp.float32) for t_ in targets)
+        _, (obs, labor) = jax.lax.scan(chunk, (state, current), (ts, rows))
         return obs.reshape(self.steps, nb, 3), labor.reshape(self.steps, nb, 2).astype(jnp.float32)
+
+    def _llm_round(self, state, p, t, root):
+        """Each decision's per-agent values at round step ``t``: its table row, looked up by archetype code."""
+        from llm_policy.archetypes import _broadcast, _broadcast_logit
+
+        feats = self.model.features(state, p)
+        out = []
+        for a in self.answers:
+            code = jnp.zeros(self.n, jnp.int32)
+            for name, n in zip(a.group_by, a.levels):  # the mixed radix of llm_policy.archetypes.group
+                code = code * n + feats[name].astype(jnp.int32)
+            table = jnp.asarray(a.values)[t // a.every]
+            key = jax.random.fold_in(step_key(root, t), 0x4C4C4D + a.index)  # as ArchetypePolicy._set
+            fn = _broadcast_logit if a.as_logit else _broadcast
+            out.append(fn(table, code, key, jnp.float32(a.heterogeneity)))
+        return tuple(out)
 
     def weekly_sim(self, daily):
         """Daily per-agent counts -> weekly counts scaled to each borough's census population [W, B, 3]."""
@@ -707,10 +783,12 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
               method: str = "both", size: int | None = 100_000, forecast_to: str | None = None,
               iterations: int = 40, lr: float = 0.1, generations: int = 12, popsize: int = 8,
               band_runs: int = 16, posterior_runs: int = 32, seed: int | None = None, weights: dict | None = None,
-              progress: bool = True, settings: Sequence[str] = ()) -> Path:
+              progress: bool = True, settings: Sequence[str] = (), backend: Any = None) -> Path:
     """Fit, forecast and write the calibration directory; returns its path. ``settings``: the ``--set`` /
     ``--overlay`` items the scenario was loaded with, written into the overlay (the fitted values belong to
-    the model they define, e.g. ``model.params.contact_scales=people``)."""
+    the model they define, e.g. ``model.params.contact_scales=people``). A scenario with an LLM ``policy`` is
+    fitted with its answers asked once per round and archetype (:func:`llm_answers`; ``backend`` replaces
+    ``policy.backend``, as in ``simcore.session.make_archetype_policy``)."""
     import polars as pl
 
     from analysis import validation
@@ -743,13 +821,27 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     rows, fits_done = [], []
     z = None
     t_start = time.perf_counter()
+    search = Problem(scenario, target, fits, relaxed=False)
+    llm = None
+    if scenario.policy is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        t_llm = time.perf_counter()
+        search.answers, policy = llm_answers(scenario, search, out, backend=backend)
+        tot = policy.totals
+        llm = {"architecture": scenario.policy.architecture, "backend": getattr(policy.backend, "identity", None),
+               "calls": tot.calls, "cache_hits": tot.cache_hits, "fallbacks": tot.fallbacks,
+               "prompt_tokens": tot.prompt_tokens, "completion_tokens": tot.completion_tokens,
+               "llm_seconds": tot.seconds, "seconds": time.perf_counter() - t_llm,
+               "rounds": int(search.answers[0].values.shape[0]) if search.answers else 0}
+        if progress:
+            print(f"LLM answers, {llm['rounds']} rounds: {tot.calls} calls ({tot.cache_hits} cached, "
+                  f"{tot.fallbacks} fallbacks), {tot.seconds:.1f} s", flush=True)
     if method in ("gradient", "both"):
-        prob = Problem(scenario, target, fits, relaxed=True)
+        prob = Problem(scenario, target, fits, relaxed=True, answers=search.answers)
         g = fit_gradient(prob, iterations=iterations, lr=lr, seeds=(scenario.run.seed,), log=log)
         rows += g.history
         fits_done.append(g)
         z = g.z
-    search = Problem(scenario, target, fits, relaxed=False)
     if method in ("cmaes", "both"):
         c = fit_cmaes(search, generations=generations, popsize=popsize, seed=scenario.run.seed,
                       sim_seed=scenario.run.seed,
@@ -795,6 +887,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
         "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
         "validation": validation.headline(table),
+        "llm": llm,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return out

@@ -156,6 +156,59 @@ def test_forward_equals_the_engine_run_and_relaxed_equals_hard(small):
     np.testing.assert_allclose(np.asarray(d2), np.asarray(d), rtol=1e-5, atol=1e-6)
 
 
+def _hashed_answers(prompt, options):
+    """Scripted answers that differ per archetype and round: P(first option) from a hash of the query block."""
+    import hashlib
+    import math
+
+    q = prompt.rsplit("\n\n", 1)[1]
+    p = 0.05 + 0.9 * int(hashlib.sha256(q.encode()).hexdigest()[:6], 16) / 0xFFFFFF
+    return {options[0]: math.log(p), options[1]: math.log1p(-p)}
+
+
+def test_llm_answer_tables_reproduce_the_host_policy_run(tmp_path):
+    """The calibration's LLM rounds (one answer per archetype and round, looked up on the device) give the run
+    a host policy gives: the same job losses to the agent, the same observables to float rounding."""
+    from llm_policy.backends import ScriptedBackend
+    from simcore.models import build
+    from simcore.runs import make_simulation
+    from simcore.session import drive, make_archetype_policy
+
+    steps = 42  # six weekly rounds; the pause order (a prompt field) starts at day 21
+    sc = load_scenario("covid_nyc", ["population.size=6000", f"run.steps={steps}", "output.sample_agents=0",
+                                     "model.params.initial_infected=0.004"])
+    built = build(sc)
+    sim = make_simulation(sc, built, sc.run.seed)
+    policy = make_archetype_policy(sc, built, backend=ScriptedBackend(_hashed_answers))
+    parts = []
+    drive(sim, steps, policies=[policy], on_chunk=lambda _t, c: parts.append(c.metrics))
+    m = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    fits = C.resolve_fit(sc, "beta.community,llm_map.work.bias")
+    prob = C.Problem(sc, _target(np.ones((6, 5, 3))), fits, relaxed=False)
+    backend = ScriptedBackend(_hashed_answers)
+    answers, pol = C.llm_answers(sc, prob, tmp_path, backend=backend)
+    assert [a.target for a in answers] == ["isolate_llm", "work_llm"]
+    assert answers[0].values.shape == (6, 6 * 5 * 3)  # rounds x (age band x borough x trend)
+    assert np.isfinite(answers[0].values).all() and answers[0].values.std() > 0.1
+    # each distinct prompt asked once (borough is not in the isolation prompt; the pause order changes at day 21)
+    scored = [r.prompt for b in backend.calls for r in b]
+    assert len(scored) == len(set(scored)) == 6 * 3 * 2 + 8 * 3 * 2  # (age bands | occupations) x trends x pause
+    assert pol.totals.calls == 6 * (90 + 24)  # every archetype of every round, counted as a run counts them
+    assert (tmp_path / "llm_calls.parquet").exists()
+    z = np.array([f.to_free(f.start) for f in fits], np.float32)
+    prob.answers = answers
+    d, lab = prob.rollout(z, sc.run.seed)
+    np.testing.assert_array_equal(np.asarray(lab)[:, 1, 0], m["unemployed__borough_brooklyn"])
+    np.testing.assert_array_equal(np.asarray(lab)[:, 0, 0], m["unemployed__borough_bronx"])
+    for j, name in enumerate(ep.OBSERVED):
+        np.testing.assert_allclose(np.asarray(d)[:, 0, j], m[f"{name}__borough_bronx"], rtol=1e-5, atol=1e-6)
+    # and the answers matter: without them the same problem follows the heuristic
+    heuristic = C.Problem(sc, _target(np.ones((6, 5, 3))), fits, relaxed=False)
+    _, lab0 = heuristic.rollout(z, sc.run.seed)
+    assert not np.array_equal(np.asarray(lab0)[:, :, 0], np.asarray(lab)[:, :, 0])
+
+
 def test_gradients_agree_with_finite_differences(small):
     """Observation parameters: exact (the loss is smooth in them). Transmission: the relaxed estimator (derivatives
     along realised events only) against a central difference of the loss averaged over the same 4 seeds: same
