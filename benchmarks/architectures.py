@@ -1,35 +1,43 @@
-"""Agent architectures on one scenario (AgentTorch's table): heuristic, LLM archetypes, one call per agent.
+"""Agent architectures on New York's observed wave 1 (AgentTorch's table): heuristic, LLM archetypes, one call per agent.
 
-    python -m benchmarks.architectures [--size 2000] [--steps 28] [--out DIR] [--set dotted.key=value ...]
+    python -m benchmarks.architectures [--size 2000] [--steps 120] [--calibrate-size 100000] [--out DIR]
+                                       [--only heuristic,llm_archetypes] [--no-calibrate] [--set dotted.key=value ...]
 
-Runs ``covid_nyc`` three times with the same seed and population (common random numbers):
+Each architecture is a ``covid_nyc`` arm:
 
 - ``heuristic``: ``policy: null`` (the model's isolation and employment hazards);
-- ``llm_archetypes``: the scenario's LLM policy, one call per non-empty archetype per round;
+- ``llm_archetypes``: the scenario's LLM policy, one call per non-empty archetype per weekly round;
 - ``llm_per_agent``: the same decisions and prompts with ``policy.architecture: per_agent``, one
   call per agent per round.
 
-Each arm gets its own fresh response cache in its run directory. ``llm_calls`` and the token
-columns count every request; identical prompts are scored by the model once (``llm_cache_hits``
-counts answers stored by an earlier round; duplicates within a round are de-duplicated), so
-``llm_seconds`` is the measure of model work. With prompts that show only archetype fields the
-per-agent arm reproduces the archetype arm exactly; give it prompts with individual fields
-(e.g. ``labor``, ``isolating``, ``disease``) for a real per-agent comparison.
+**Calibrated the same way, scored on held-out data.** Every arm is fitted by ``simcore calibrate``
+with the same observed series (NYC DOHMH, NYS DOL LAUS), window (2020-03-01 to 2020-04-12), method
+(Adam on the relaxed path, then CMA-ES), budget, seed and population size, and forecast to
+2020-06-28. The fitted parameters are the same shared ones (initial infections, transmission, IFR
+of the oldest, detection, the pause's job-loss and the return rate) plus four behaviour
+parameters that each arm has of its own: the heuristic's isolation hazard (base, growth) and
+own job-loss hazard (base, case load), or the LLM map's bias and slope for isolation and for
+work, i.e. what the answer replaces. An LLM arm's answers are asked once per round and archetype
+before the fit (``simcore.calibrate.llm_answers``) and looked up on the device in every rollout;
+a test holds that lookup equal to the host-policy run. With the shipped prompts (archetype fields
+only) the per-agent arm asks the same questions, so its fit equals the archetype arm's; its cost
+does not.
 
-``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai, endpoints: [...],
-model: ...}"`` for an OpenAI-compatible server). Prints one row per architecture:
-infections, deaths, peak isolation, final unemployment, LLM calls, cache hits, prompt and
-completion tokens, LLM seconds and wall seconds; writes ``architectures.csv`` and a PNG.
+**Cost.** Columns ``calib_llm_*``: the calibration's own LLM work (its table of answers).
+Columns ``run_llm_*`` and ``run_seconds``: one forward run of the arm at ``--size`` agents over
+``--steps`` days, as ``simcore run`` does it (fresh response cache per arm; ``llm_calls`` counts
+every request, ``llm_cache_hits`` those answered by an earlier round; identical prompts within a
+round are scored once, so ``run_llm_seconds`` is the measure of model work).
 
-Forecast error (held-out MAE / NRMSE on cases, deaths, unemployment, as issue 11 asks) is NOT
-computed here: it needs the observation model and ``simcore calibrate`` (being built on a separate
-branch). The hook is :func:`forecast_error`; until it is connected the table's ``forecast`` column
-says why there is no number instead of showing one.
+``--set`` edits every arm (e.g. ``--set "policy.backend={kind: openai, endpoints: [...], model:
+...}"`` for any OpenAI-compatible server). Writes ``architectures.csv``, one calibration
+directory per arm (``calib_<arm>/``: fit, forecast, validation, overlay, the LLM call log) and a
+PNG of the held-out deaths.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -45,22 +53,62 @@ ARCHITECTURES = {
 }
 
 
-def forecast_error(run_dir: Path) -> dict[str, float] | str:
-    """Held-out forecast error of a run against New York's observed series, or why there is none.
+SHARED_FIT = ("initial_infected,beta.household,beta.community,beta.workplace,ifr.5,detection_rate,"
+              "employment.loss_lockdown,employment.return_base")
+BEHAVIOUR_FIT = {  # what each arm's agents decide with: the parameters the LLM answer replaces, or its map
+    "heuristic": "isolation.base,isolation.growth,employment.loss_base,employment.loss_cases",
+    "llm": "llm_map.isolate.bias,llm_map.isolate.slope,llm_map.work.bias,llm_map.work.slope",
+}
+WINDOW, FORECAST_TO = "2020-03-01:2020-04-12", "2020-06-28"
+FIT_SETTINGS = ["model.params.contact_scales=people"]  # as the README's forecast
 
-    Hook for issue 11's calibration module: once ``simcore.calibrate`` exists, calibrate each
-    architecture the same way (fit through 2020-04-12, forecast 2020-04-13 to 2020-06-28) and
-    return its per-series NRMSE / MAE here. Until then it returns a reason, never numbers.
-    """
-    if importlib.util.find_spec("simcore.calibrate") is None:
-        return "not available (needs simcore.calibrate, issue 11)"
-    return "not wired (simcore.calibrate exists: connect it in benchmarks.architectures.forecast_error)"
+
+def forecast_error(calib_dir: Path) -> dict[str, float]:
+    """Held-out (2020-04-13 on) error of a calibration's forecast: citywide weekly NRMSE / MAE and 80 % coverage
+    per series, and the mean absolute error of monthly unemployment over boroughs, in percentage points."""
+    t = pl.read_parquet(calib_dir / "validation.parquet").filter(pl.col("split") == "held_out")
+    out = {}
+    for series in ("cases", "hospitalizations", "deaths"):
+        r = t.filter((pl.col("series") == series) & (pl.col("borough") == "citywide")).to_dicts()[0]
+        out[f"{series}_nrmse"] = round(r["nrmse"], 3)
+        out[f"{series}_mae"] = round(r["mae"], 1)
+        out[f"{series}_coverage80"] = round(r["coverage"], 2)
+    un = t.filter(pl.col("series") == "unemployment")
+    out["unemployment_mae_pp"] = round(100 * float(un["mae"].mean()), 2)
+    return out
+
+
+def calibrate_arm(arch: str, args, out: Path) -> dict:
+    from simcore.calibrate import calibrate
+
+    settings = [*FIT_SETTINGS, *args.set, *ARCHITECTURES[arch]]
+    sc = load_scenario("covid_nyc", settings)
+    fit = SHARED_FIT + "," + BEHAVIOUR_FIT["heuristic" if sc.policy is None else "llm"]
+    t0 = time.perf_counter()
+    d = calibrate(sc, observed="nyc", window=WINDOW, forecast_to=FORECAST_TO, fit=fit, out=out / f"calib_{arch}",
+                  size=args.calibrate_size, iterations=args.iterations, lr=0.08, generations=args.generations,
+                  popsize=args.popsize, posterior_runs=args.posterior_runs, band_runs=args.band_runs,
+                  seed=args.seed, weights={"hospitalizations": 3.0}, progress=False, settings=settings)
+    summary = json.loads((d / "summary.json").read_text())
+    llm = summary.get("llm") or {}
+    return {"calib_seconds": round(time.perf_counter() - t0, 1), "fit_loss": round(min(summary["loss"].values()), 4),
+            **forecast_error(d), "calib_llm_calls": llm.get("calls", 0),
+            "calib_llm_scored": llm.get("calls", 0) - llm.get("cache_hits", 0),
+            "calib_llm_seconds": round(llm.get("llm_seconds", 0.0), 1)}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=2000, help="agents (per_agent makes one call per agent per round)")
-    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--size", type=int, default=2000, help="agents of the forward runs that measure each arm's cost "
+                                                          "(per_agent makes one call per agent per round)")
+    ap.add_argument("--steps", type=int, default=120, help="days of the forward runs (120: Mar 1 - Jun 28 2020)")
+    ap.add_argument("--no-calibrate", action="store_true", help="forward runs only (no fit, no forecast error)")
+    ap.add_argument("--calibrate-size", type=int, default=100_000, help="agents of each arm's calibration")
+    ap.add_argument("--iterations", type=int, default=30, help="Adam steps of each calibration")
+    ap.add_argument("--generations", type=int, default=30, help="CMA-ES generations of each calibration")
+    ap.add_argument("--popsize", type=int, default=16)
+    ap.add_argument("--posterior-runs", type=int, default=96)
+    ap.add_argument("--band-runs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/architectures")
     ap.add_argument("--only", help="comma-separated architectures to run (default: all three)")
@@ -78,25 +126,30 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         run = run_scenario(sc, out / arch, steps=args.steps, seed=args.seed)
         seconds = time.perf_counter() - t0
-        results[arch] = (pl.read_parquet(run / "metrics.parquet"), seconds, forecast_error(run))
+        calib = {} if args.no_calibrate else calibrate_arm(arch, args, out)
+        results[arch] = (pl.read_parquet(run / "metrics.parquet"), seconds, calib)
 
     rows = []
-    for arch, (m, seconds, forecast) in results.items():
+    for arch, (m, seconds, calib) in results.items():
         col = lambda name: int(m[name].sum()) if name in m.columns else 0  # noqa: E731
         rows.append({
-            "architecture": arch, "agents": args.size, "steps": args.steps,
-            "infections": int(m["new_infections"].sum()), "deaths": int(m["new_deaths"].sum()),
-            "peak_isolating": round(float(m["isolating_share"].max()), 3),
-            "final_unemployment": round(float(m["unemployment_rate"][-1]), 3),
-            "llm_calls": col("llm_calls"), "llm_cache_hits": col("llm_cache_hits"),
-            "llm_prompt_tokens": col("llm_prompt_tokens"), "llm_completion_tokens": col("llm_completion_tokens"),
-            "llm_seconds": round(float(m["llm_seconds"].sum()), 1) if "llm_seconds" in m.columns else 0.0,
-            "wall_seconds": round(seconds, 1),
-            "forecast": forecast if isinstance(forecast, str) else str(forecast),
+            "architecture": arch, **calib, "run_agents": args.size, "run_steps": args.steps,
+            "run_infections": int(m["new_infections"].sum()), "run_deaths": int(m["new_deaths"].sum()),
+            "run_peak_isolating": round(float(m["isolating_share"].max()), 3),
+            "run_final_unemployment": round(float(m["unemployment_rate"][-1]), 3),
+            "run_llm_calls": col("llm_calls"), "run_llm_cache_hits": col("llm_cache_hits"),
+            "run_llm_prompt_tokens": col("llm_prompt_tokens"),
+            "run_llm_completion_tokens": col("llm_completion_tokens"),
+            "run_llm_seconds": round(float(m["llm_seconds"].sum()), 1) if "llm_seconds" in m.columns else 0.0,
+            "run_seconds": round(seconds, 1),
         })
     table = pl.DataFrame(rows)
-    with pl.Config(tbl_cols=20, tbl_width_chars=220):
-        print(table)
+    shown = [c for c in ("architecture", "fit_loss", "deaths_nrmse", "deaths_coverage80", "hospitalizations_nrmse",
+                         "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_scored",
+                         "calib_llm_seconds", "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds",
+                         "run_seconds") if c in table.columns]
+    with pl.Config(tbl_cols=-1, tbl_width_chars=400, tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
+        print(table.select(shown))
     out.mkdir(parents=True, exist_ok=True)
     table.write_csv(out / "architectures.csv")
 
@@ -104,15 +157,29 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    calibrated = [a for a, (_, _, c) in results.items() if c]
+    fig, axes = plt.subplots(1, 3 if calibrated else 2, figsize=(13 if calibrated else 9, 3.6))
     for arch, (m, _, _) in results.items():
-        axes[0].plot(m["step"], m["new_infections"], label=arch)
-        axes[1].plot(m["step"], m["isolating_share"], label=arch)
-        axes[2].plot(m["step"], m["unemployment_rate"], label=arch)
-    for ax, title in zip(axes, ("new infections / day", "isolating share", "unemployment rate")):
+        axes[0].plot(m["step"], m["isolating_share"], label=arch)
+        axes[1].plot(m["step"], m["unemployment_rate"], label=arch)
+    for ax, title in zip(axes, (f"isolating share ({args.size:,} agents)", "unemployment rate")):
         ax.set_title(title)
         ax.set_xlabel("day")
     axes[0].legend()
+    if calibrated:  # held-out weeks of citywide deaths: observed and each arm's forecast with its 80 % band
+        ax = axes[2]
+        for i, arch in enumerate(calibrated):
+            f = pl.read_parquet(out / f"calib_{arch}" / "forecast.parquet").filter(
+                (pl.col("series") == "deaths") & (pl.col("borough") == "citywide")).sort("index")
+            if i == 0:
+                ax.plot(f["index"], f["observed"], "k.-", label="observed (DOHMH)")
+            ax.plot(f["index"], f["simulated"], label=arch)
+            ax.fill_between(f["index"], f["lo"], f["hi"], alpha=0.15)
+        start = int(f.filter(pl.col("held_out"))["index"].min())
+        ax.axvline(start - 0.5, color="grey", lw=0.8)
+        ax.set_title("weekly deaths, NYC (fit | held out)")
+        ax.set_xlabel("week from 2020-03-01")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "architectures.png", dpi=110)
     print(f"table: {out / 'architectures.csv'}\nfigure: {out / 'architectures.png'}")
