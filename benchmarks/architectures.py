@@ -82,6 +82,8 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
     from simcore.calibrate import calibrate
 
     settings = [*FIT_SETTINGS, *args.set, *ARCHITECTURES[arch]]
+    if arch == "llm_per_agent":  # the cap bounds a run's per-agent prompts per round; the fit asks per archetype
+        settings.append(f"policy.per_agent_max={max(args.calibrate_size, 20_000)}")
     sc = load_scenario("covid_nyc", settings)
     fit = SHARED_FIT + "," + BEHAVIOUR_FIT["heuristic" if sc.policy is None else "llm"]
     t0 = time.perf_counter()
