@@ -78,6 +78,12 @@ def forecast_error(calib_dir: Path) -> dict[str, float]:
     return out
 
 
+def distinct_prompts(calib_dir: Path) -> int:
+    """Distinct prompts in a calibration's LLM call log: what the model scored (the cache answers the rest)."""
+    log = calib_dir / "llm_calls.parquet"
+    return pl.read_parquet(log, columns=["prompt_hash"])["prompt_hash"].n_unique() if log.exists() else 0
+
+
 def calibrate_arm(arch: str, args, out: Path) -> dict:
     from simcore.calibrate import calibrate
 
@@ -95,7 +101,7 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
     llm = summary.get("llm") or {}
     return {"calib_seconds": round(time.perf_counter() - t0, 1), "fit_loss": round(min(summary["loss"].values()), 4),
             **forecast_error(d), "calib_llm_calls": llm.get("calls", 0),
-            "calib_llm_scored": llm.get("calls", 0) - llm.get("cache_hits", 0),
+            "calib_llm_distinct": distinct_prompts(d),
             "calib_llm_seconds": round(llm.get("llm_seconds", 0.0), 1)}
 
 
@@ -147,7 +153,7 @@ def main(argv=None) -> None:
         })
     table = pl.DataFrame(rows)
     shown = [c for c in ("architecture", "fit_loss", "deaths_nrmse", "deaths_coverage80", "hospitalizations_nrmse",
-                         "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_scored",
+                         "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct",
                          "calib_llm_seconds", "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds",
                          "run_seconds") if c in table.columns]
     with pl.Config(tbl_cols=-1, tbl_width_chars=400, tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
