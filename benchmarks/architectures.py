@@ -1,6 +1,6 @@
 """Agent architectures on New York's observed wave 1 (AgentTorch's table): heuristic, LLM archetypes, one call per agent.
 
-    python -m benchmarks.architectures [--size 2000] [--steps 120] [--calibrate-size 100000] [--out DIR]
+    python -m benchmarks.architectures [--size 10000] [--steps 120] [--calibrate-size 100000] [--out DIR]
                                        [--only heuristic,llm_archetypes] [--no-calibrate] [--set dotted.key=value ...]
 
 Each architecture is a ``covid_nyc`` arm:
@@ -24,8 +24,8 @@ only) the per-agent arm asks the same questions, so its fit equals the archetype
 does not.
 
 **Cost.** Columns ``calib_llm_*``: the calibration's own LLM work (its table of answers).
-Columns ``run_llm_*`` and ``run_seconds``: one forward run of the arm at ``--size`` agents over
-``--steps`` days, as ``simcore run`` does it (fresh response cache per arm; ``llm_calls`` counts
+Columns ``run_*``: one forward run of the fitted arm (its calibration's ``overlay.yaml``) at ``--size``
+agents over ``--steps`` days, as ``simcore run`` does it (fresh response cache per arm; ``llm_calls`` counts
 every request, ``llm_cache_hits`` those answered by an earlier round; identical prompts within a
 round are scored once, so ``run_llm_seconds`` is the measure of model work).
 
@@ -107,8 +107,9 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=2000, help="agents of the forward runs that measure each arm's cost "
-                                                          "(per_agent makes one call per agent per round)")
+    ap.add_argument("--size", type=int, default=10_000, help="agents of the forward runs (with the arm's fitted "
+                                                            "overlay) that measure its cost (per_agent makes one call "
+                                                            "per agent per round)")
     ap.add_argument("--steps", type=int, default=120, help="days of the forward runs (120: Mar 1 - Jun 28 2020)")
     ap.add_argument("--no-calibrate", action="store_true", help="forward runs only (no fit, no forecast error)")
     ap.add_argument("--calibrate-size", type=int, default=100_000, help="agents of each arm's calibration")
@@ -129,12 +130,17 @@ def main(argv=None) -> None:
         ap.error(f"--only: unknown architecture {unknown[0]!r} (known: {', '.join(ARCHITECTURES)})")
     results = {}
     for arch in names:
-        sc = load_scenario("covid_nyc", [f"population.size={args.size}", "output.sample_agents=0", *args.set,
-                                         *ARCHITECTURES[arch]])
+        calib, fitted = {}, []
+        if not args.no_calibrate:
+            from simcore.calibrate import read_overlay
+
+            calib = calibrate_arm(arch, args, out)
+            fitted = read_overlay(out / f"calib_{arch}" / "overlay.yaml")  # the forward run is the fitted model
+        sc = load_scenario("covid_nyc", [*fitted, f"population.size={args.size}", "output.sample_agents=0",
+                                         *args.set, *ARCHITECTURES[arch]])
         t0 = time.perf_counter()
         run = run_scenario(sc, out / arch, steps=args.steps, seed=args.seed)
         seconds = time.perf_counter() - t0
-        calib = {} if args.no_calibrate else calibrate_arm(arch, args, out)
         results[arch] = (pl.read_parquet(run / "metrics.parquet"), seconds, calib)
 
     rows = []
