@@ -106,5 +106,12 @@ def broadcast(groups: Groups, values: np.ndarray, key: jax.Array, heterogeneity:
     """
     table = np.full(groups.n_archetypes, np.nan, np.float32)
     table[groups.codes] = values
+    return broadcast_table(jnp.asarray(table), groups.agent_code, key, jnp.float32(heterogeneity), logit=logit)
+
+
+def broadcast_table(table: jax.Array, agent_code: jax.Array, key: jax.Array, heterogeneity: jax.Array, *,
+                    logit: bool = False) -> jax.Array:
+    """:func:`broadcast` on the device: ``table[agent_code]`` with each member's noise (traceable; the
+    calibration's rounds call it inside their scan, so a fit sees what a run's round sets)."""
     fn = _broadcast_logit if logit else _broadcast
-    return fn(jnp.asarray(table), groups.agent_code, key, jnp.float32(heterogeneity))
+    return fn(table, agent_code, key, heterogeneity)

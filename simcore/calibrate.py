@@ -497,7 +497,7 @@ class Problem:
 
     def _llm_round(self, state, p, t, root):
         """Each decision's per-agent values at round step ``t``: its table row, looked up by archetype code."""
-        from llm_policy.archetypes import _broadcast, _broadcast_logit
+        from llm_policy.archetypes import broadcast_table
 
         feats = self.model.features(state, p)
         out = []
@@ -507,8 +507,7 @@ class Problem:
                 code = code * n + feats[name].astype(jnp.int32)
             table = jnp.asarray(a.values)[t // a.every]
             key = jax.random.fold_in(step_key(root, t), 0x4C4C4D + a.index)  # as ArchetypePolicy._set
-            fn = _broadcast_logit if a.as_logit else _broadcast
-            out.append(fn(table, code, key, jnp.float32(a.heterogeneity)))
+            out.append(broadcast_table(table, code, key, jnp.float32(a.heterogeneity), logit=a.as_logit))
         return tuple(out)
 
     def weekly_sim(self, daily):
@@ -826,6 +825,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     if scenario.policy is not None:
         out.mkdir(parents=True, exist_ok=True)
         t_llm = time.perf_counter()
+        # set before the first rollout traces: _rollout_impl reads self.answers when jit traces it
         search.answers, policy = llm_answers(scenario, search, out, backend=backend)
         tot = policy.totals
         llm = {"architecture": scenario.policy.architecture, "backend": getattr(policy.backend, "identity", None),
