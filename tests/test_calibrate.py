@@ -161,7 +161,7 @@ def _hashed_answers(prompt, options):
     import hashlib
     import math
 
-    q = prompt.rsplit("\n\n", 1)[1]
+    q = prompt.rsplit("\n\n", 1)[-1]
     p = 0.05 + 0.9 * int(hashlib.sha256(q.encode()).hexdigest()[:6], 16) / 0xFFFFFF
     return {options[0]: math.log(p), options[1]: math.log1p(-p)}
 
@@ -209,6 +209,28 @@ def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, tmp_path)
     heuristic = C.Problem(sc, _target(np.ones((6, 5, 3))), fits, relaxed=False)
     _, lab0 = heuristic.rollout(z, sc.run.seed)
     assert not np.array_equal(np.asarray(lab0)[:, :, 0], np.asarray(lab)[:, :, 0])
+
+
+@pytest.mark.parametrize("index,prompt,reason", [
+    (0, "Cases {weekly_cases} per 100k, order {pause_order}. Isolate? ({options})",
+     "{weekly_cases} is a statistic of the archetype's members"),
+    (1, "Lockdown level {lockdown}. Next week? ({options})", "{lockdown} is a scheduled parameter the calibration fits"),
+])
+def test_prompts_an_answer_table_cannot_hold_are_refused(index, prompt, reason, tmp_path):
+    """A prompt whose answer depends on more than the archetype's levels and the round cannot be asked ahead."""
+    from llm_policy.backends import ScriptedBackend
+    from scenarios import ScenarioError
+
+    sc = load_scenario("covid_nyc", ["population.size=3000", "run.steps=14", "output.sample_agents=0",
+                                     f"policy.decisions.{index}.prompt='{prompt}'"])
+    fits = C.resolve_fit(sc, "beta.community,interventions.pause_order.value")
+    prob = C.Problem(sc, _target(np.ones((2, 5, 3)), days=14), fits, relaxed=False)
+    backend = ScriptedBackend(_hashed_answers)
+    with pytest.raises(ScenarioError) as err:
+        C.llm_answers(sc, prob, tmp_path, backend=backend)
+    assert err.value.field == f"policy.decisions[{index}].prompt" and err.value.reason.startswith(reason)
+    asked = [r.prompt for b in backend.calls for r in b]
+    assert not any(prompt.split(" {")[0] in q for q in asked)  # none of its questions was asked
 
 
 def test_gradients_agree_with_finite_differences(small):
