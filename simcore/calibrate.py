@@ -357,6 +357,7 @@ class DecisionTable:
     as_logit: bool
     index: int  # the decision's index in policy.decisions: its noise stream
     every: int
+    lag: bool = False  # policy.pipelined: a round's answers, asked from its state, apply one cadence later
 
 
 def llm_answers(scenario: Scenario, problem: "Problem", out: Path, *, backend: Any = None):
@@ -382,7 +383,7 @@ def llm_answers(scenario: Scenario, problem: "Problem", out: Path, *, backend: A
             values = policy.answer_table(i, problem.steps, schedule, fixed)
             tables.append(DecisionTable(d.target, tuple(d.group_by), tuple(len(built.model.labels[f]) for f in d.group_by),
                                         values, float(d.heterogeneity), d.target in built.model.decision_logits, i,
-                                        policy.every))
+                                        policy.every, bool(scenario.policy.pipelined)))
     finally:
         policy.close()
     return [t for t in tables if t.values.size], policy
@@ -474,17 +475,19 @@ class Problem:
         targets = tuple(a.target for a in answers)
 
         def step(carry, xs):
-            state, current = carry
+            state, current, asked = carry
             t, row = xs
             p = {**params, **row, "step": t}
             if answers:  # an LLM round where a run has one: before the step, from the state the step starts from
                 every = answers[0].every
-                current = jax.lax.cond(t % every == 0, lambda: self._llm_round(state, p, t, root), lambda: current)
+                current, asked = jax.lax.cond(t % every == 0, lambda: self._llm_round(state, p, t, root, current, asked),
+                                              lambda: (current, asked))
                 p = {**p, **dict(zip(targets, current))}
             state = model.step(state, p, step_key(root, t))
             code = p["borough"].astype(jnp.int32) * 3 + state.labor
             labor = jnp.bincount(code, length=nb * 3).reshape(nb, 3)
-            return (state, current), (state.observed, jnp.stack(ep.laus_counts(state, labor[:, 1], labor[:, 2]), 1))
+            return (state, current, asked), (state.observed,
+                                             jnp.stack(ep.laus_counts(state, labor[:, 1], labor[:, 2]), 1))
 
         @jax.checkpoint
         def chunk(carry, xs):
@@ -492,23 +495,33 @@ class Problem:
 
         ts = jnp.arange(self.steps, dtype=jnp.int32).reshape(-1, self.chunk)
         current = tuple(jnp.asarray(params[t_], jnp.float32) for t_ in targets)
-        _, (obs, labor) = jax.lax.scan(chunk, (state, current), (ts, rows))
+        # pipelined rounds: each decision's archetype codes when its pending round was asked
+        asked = tuple(jnp.zeros(self.n, jnp.int32) for a in answers if a.lag)
+        _, (obs, labor) = jax.lax.scan(chunk, (state, current, asked), (ts, rows))
         return obs.reshape(self.steps, nb, 3), labor.reshape(self.steps, nb, 2).astype(jnp.float32)
 
-    def _llm_round(self, state, p, t, root):
-        """Each decision's per-agent values at round step ``t``: its table row, looked up by archetype code."""
+    def _llm_round(self, state, p, t, root, current, asked):
+        """Each decision's per-agent values at round step ``t`` (its table row, looked up by archetype code) and
+        the codes a pipelined round asks with. As ``ArchetypePolicy.update``: without ``pipelined`` the round
+        asked now applies now; with it, the round asked one cadence ago applies now (none at step 0), with
+        the archetypes its agents had then, and this round's codes wait for the next."""
         from llm_policy.archetypes import broadcast_table
 
         feats = self.model.features(state, p)
-        out = []
-        for a in self.answers:
+        out, now = [], []
+        pending = iter(asked)
+        for a, cur in zip(self.answers, current):
             code = jnp.zeros(self.n, jnp.int32)
             for name, n in zip(a.group_by, a.levels):  # the mixed radix of llm_policy.archetypes.group
                 code = code * n + feats[name].astype(jnp.int32)
-            table = jnp.asarray(a.values)[t // a.every]
+            use, r = (next(pending), t // a.every - 1) if a.lag else (code, t // a.every)
+            table = jnp.asarray(a.values)[jnp.maximum(r, 0)]
             key = jax.random.fold_in(step_key(root, t), 0x4C4C4D + a.index)  # as ArchetypePolicy._set
-            out.append(broadcast_table(table, code, key, jnp.float32(a.heterogeneity), logit=a.as_logit))
-        return tuple(out)
+            value = broadcast_table(table, use, key, jnp.float32(a.heterogeneity), logit=a.as_logit)
+            out.append(jnp.where(r >= 0, value, cur))
+            if a.lag:
+                now.append(code)
+        return tuple(out), tuple(now)
 
     def weekly_sim(self, daily):
         """Daily per-agent counts -> weekly counts scaled to each borough's census population [W, B, 3]."""

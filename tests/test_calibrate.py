@@ -166,11 +166,11 @@ def _hashed_answers(prompt, options):
     return {options[0]: math.log(p), options[1]: math.log1p(-p)}
 
 
-@pytest.mark.parametrize("architecture", ["archetypes", "per_agent"])
-def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, tmp_path):
+@pytest.mark.parametrize("architecture,pipelined", [("archetypes", False), ("per_agent", False), ("archetypes", True)])
+def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, pipelined, tmp_path):
     """The calibration's LLM rounds (one answer per archetype and round, looked up on the device) give the run
-    a host policy gives, with one call per archetype or one per agent: the same job losses to the agent, the
-    same observables to float rounding."""
+    a host policy gives, with one call per archetype or one per agent, asked and applied at once or one
+    cadence later (pipelined): the same job losses to the agent, the same observables to float rounding."""
     from llm_policy.backends import ScriptedBackend
     from simcore.models import build
     from simcore.runs import make_simulation
@@ -178,12 +178,15 @@ def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, tmp_path)
 
     steps = 42  # six weekly rounds; the pause order (a prompt field) starts at day 21
     sc = load_scenario("covid_nyc", ["population.size=6000", f"run.steps={steps}", "output.sample_agents=0",
-                                     "model.params.initial_infected=0.004", f"policy.architecture={architecture}"])
+                                     "model.params.initial_infected=0.004", f"policy.architecture={architecture}",
+                                     f"policy.pipelined={str(pipelined).lower()}"])
     built = build(sc)
     sim = make_simulation(sc, built, sc.run.seed)
     policy = make_archetype_policy(sc, built, backend=ScriptedBackend(_hashed_answers))
     parts = []
     drive(sim, steps, policies=[policy], on_chunk=lambda _t, c: parts.append(c.metrics))
+    policy.finish(sim)
+    policy.close()
     m = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     fits = C.resolve_fit(sc, "beta.community,llm_map.work.bias")
