@@ -50,11 +50,18 @@ class Groups:
         return dict(reversed(list(out.items())))
 
 
-@partial(jax.jit, static_argnames=("levels",))
-def _group(features: tuple, stats: dict, levels: tuple):
-    code = jnp.zeros(features[0].shape, jnp.int32)
+def archetype_code(features, levels) -> jax.Array:
+    """Each agent's archetype: the mixed radix of its feature levels, the first feature most significant
+    (:meth:`Groups.decode` inverts it). Traceable: the calibration's LLM rounds code agents with it too."""
+    code = jnp.zeros(jnp.shape(features[0]), jnp.int32)
     for f, n in zip(features, levels):
         code = code * n + f.astype(jnp.int32)
+    return code
+
+
+@partial(jax.jit, static_argnames=("levels",))
+def _group(features: tuple, stats: dict, levels: tuple):
+    code = archetype_code(features, levels)
     n_arch = int(np.prod(levels))
     sizes = jax.ops.segment_sum(jnp.ones_like(code), code, num_segments=n_arch)
     sums = {k: jax.ops.segment_sum(v.astype(jnp.float32), code, num_segments=n_arch) for k, v in stats.items()}

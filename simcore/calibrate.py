@@ -505,15 +505,13 @@ class Problem:
         the codes a pipelined round asks with. As ``ArchetypePolicy.update``: without ``pipelined`` the round
         asked now applies now; with it, the round asked one cadence ago applies now (none at step 0), with
         the archetypes its agents had then, and this round's codes wait for the next."""
-        from llm_policy.archetypes import broadcast_table
+        from llm_policy.archetypes import archetype_code, broadcast_table
 
         feats = self.model.features(state, p)
         out, now = [], []
         pending = iter(asked)
         for a, cur in zip(self.answers, current):
-            code = jnp.zeros(self.n, jnp.int32)
-            for name, n in zip(a.group_by, a.levels):  # the mixed radix of llm_policy.archetypes.group
-                code = code * n + feats[name].astype(jnp.int32)
+            code = archetype_code([feats[name] for name in a.group_by], a.levels)
             use, r = (next(pending), t // a.every - 1) if a.lag else (code, t // a.every)
             table = jnp.asarray(a.values)[jnp.maximum(r, 0)]
             key = jax.random.fold_in(step_key(root, t), 0x4C4C4D + a.index)  # as ArchetypePolicy._set
