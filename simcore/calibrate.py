@@ -61,6 +61,7 @@ from .models import build
 from .models import epidemic as ep
 
 SERIES = ("cases", "hospitalizations", "deaths")
+PRIOR_SD = 1.5  # the parameters' prior sd in free (log / logit) units: a factor e^1.5 = 4.5 either way
 DEFAULT_WEIGHTS = {"cases": 0.25, "hospitalizations": 1.0, "deaths": 1.0, "unemployment": 1.0}
 PREFIX = "model.params."
 
@@ -644,33 +645,107 @@ def fit_cmaes(problem: Problem, *, generations: int = 15, popsize: int = 8, sigm
 
 # -- posterior and predictive bands ------------------------------------------------------------------------
 def effective_points(residuals: np.ndarray) -> float:
-    """AR(1) effective sample size of weekly residuals [W, ...]: N (1 - rho) / (1 + rho), rho the lag-1
-    autocorrelation pooled over the trailing axes (clipped to [0, 0.95]); N = all residuals."""
+    """Effective number of independent residuals in [W, ...] (weeks, then boroughs x series): the weeks' AR(1)
+    count W (1 - rho) / (1 + rho) times the columns' design effect C / (1 + (C - 1) rho_c).
+
+    rho: lag-1 autocorrelation pooled over the columns; rho_c: the mean correlation between two columns
+    (uncentred: a bias the boroughs share counts as shared). Both clipped to [0, 0.95]. The boroughs' errors
+    are mostly the city's (one transmission, one pause), so five boroughs are far fewer than five
+    independent measurements, and counting them as five would make the posterior too narrow."""
     r = np.asarray(residuals, np.float64)
-    n = r.size
-    if r.shape[0] < 3:
-        return float(n)
-    a, b = r[1:].ravel(), r[:-1].ravel()
-    rho = float(np.sum(a * b) / max(np.sqrt(np.sum(a * a) * np.sum(b * b)), 1e-300))
+    w = r.shape[0]
+    cols = r.reshape(w, -1)
+    c = cols.shape[1]
+    rho = 0.0
+    if w >= 3:
+        a, b = cols[1:].ravel(), cols[:-1].ravel()
+        rho = float(np.sum(a * b) / max(np.sqrt(np.sum(a * a) * np.sum(b * b)), 1e-300))
     rho = min(max(rho, 0.0), 0.95)
-    return n * (1 - rho) / (1 + rho)
+    rho_c = 0.0
+    if c >= 2:
+        unit = cols / np.maximum(np.sqrt(np.sum(cols ** 2, axis=0)), 1e-300)
+        gram = unit.T @ unit
+        rho_c = float((gram.sum() - np.trace(gram)) / (c * (c - 1)))
+    rho_c = min(max(rho_c, 0.0), 0.95)
+    return w * (1 - rho) / (1 + rho) * c / (1 + (c - 1) * rho_c)
 
 
-def importance_weights(losses, zs, mean, cov, loss_min: float, n_eff: float) -> np.ndarray:
-    """Self-normalised importance weights of proposals ``zs`` ~ N(mean, cov) for the posterior
-    p(z) ∝ exp(-n_eff (L(z) - L_min) / (2 L_min)) (flat prior in the free space).
+def log_target(losses, zs, loss_min: float, n_eff: float, prior_mean, prior_sd: float) -> np.ndarray:
+    """Unnormalised log posterior of free points ``zs``: the likelihood exp(-n_eff (L - L_min) / (2 L_min)) times
+    a Gaussian prior N(prior_mean, prior_sd²) per free coordinate.
 
-    That is the Gaussian likelihood of normalised residuals with their variance profiled at the best fit
-    (the loss is a weighted mean of squared NRMSEs, so L_min estimates it) and ``n_eff`` independent points."""
-    zs, mean = np.asarray(zs, np.float64), np.asarray(mean, np.float64)
+    The likelihood is that of the normalised residuals with their variance profiled at the best fit (the loss is
+    a weighted mean of squared NRMSEs, so L_min estimates it) and ``n_eff`` independent points. The prior is
+    proper so that a parameter the window cannot identify (how fast isolation wanes after the peak) keeps its
+    prior spread instead of an improper flat one, and the forecast carries that spread."""
+    zs = np.asarray(zs, np.float64)
+    log_l = -n_eff * (np.asarray(losses, np.float64) - loss_min) / (2 * max(loss_min, 1e-12))
+    log_prior = -0.5 * np.sum(((zs - np.asarray(prior_mean, np.float64)) / prior_sd) ** 2, axis=1)
+    return np.where(np.isfinite(log_l), log_l + log_prior, -np.inf)
+
+
+def _log_normal_pdf(zs: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
     d = zs - mean
-    prec = np.linalg.inv(np.asarray(cov, np.float64))
-    log_q = -0.5 * np.einsum("ki,ij,kj->k", d, prec, d)
-    log_p = -n_eff * (np.asarray(losses, np.float64) - loss_min) / (2 * max(loss_min, 1e-12))
-    lw = np.where(np.isfinite(log_p), log_p - log_q, -np.inf)
-    lw -= lw.max()
-    w = np.exp(lw)
-    return w / w.sum()
+    chol = np.linalg.cholesky(cov)
+    sol = np.linalg.solve(chol, d.T)
+    return -0.5 * np.sum(sol ** 2, axis=0) - np.sum(np.log(np.diag(chol))) - 0.5 * len(mean) * np.log(2 * np.pi)
+
+
+def tempered_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
+    """Normalised weights exp(beta x log_w) with the largest beta in [0, 1] whose ESS reaches ``min_ess``
+    (bisection): the flattest change that keeps a proposal's moments from resting on a few heavy points."""
+    def weights(beta):
+        lw = np.where(np.isfinite(log_w), beta * log_w, -np.inf)
+        w = np.exp(lw - lw.max())
+        return w / w.sum()
+
+    w = weights(1.0)
+    if 1.0 / np.sum(w ** 2) >= min_ess:
+        return w
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if 1.0 / np.sum(weights(mid) ** 2) >= min_ess:
+            lo = mid
+        else:
+            hi = mid
+    return weights(lo)
+
+
+def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.random.Generator) -> dict:
+    """Adaptive multiple importance sampling (Cornuet et al. 2012): each round draws ``per_round`` points from a
+    Gaussian fitted to the weighted sample so far, and every point is weighted against the mixture of all the
+    proposals used (deterministic-mixture weights), so no round's draws are wasted.
+
+    ``log_target_fn(zs) -> log density`` (unnormalised). The next proposal's mean and covariance are the
+    sample's moments under the weights tempered (:func:`tempered_weights`) to an ESS of at least
+    max(2 (d + 1), n / 4) of the n points, at most n / 2: with a first proposal too narrow or off-centre the
+    heavy points sit at its edge, so the tempered moments move and widen it round by round, where the raw
+    weights would collapse it onto one point. Returns every point, its log target, the (untempered)
+    normalised weights, the ESS and the proposals used."""
+    mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+    d = len(mean)
+    zs = np.empty((0, d))
+    lt = np.empty(0)
+    comps: list[tuple[np.ndarray, np.ndarray, int]] = []
+    log_w = np.empty(0)
+    for _ in range(rounds):
+        new = rng.multivariate_normal(mean, cov, size=per_round)
+        zs = np.concatenate([zs, new])
+        lt = np.concatenate([lt, np.asarray(log_target_fn(new), np.float64)])
+        comps.append((mean, cov, per_round))
+        n = len(zs)
+        log_q = np.logaddexp.reduce(np.stack([np.log(k / n) + _log_normal_pdf(zs, m, c) for m, c, k in comps]),
+                                    axis=0)
+        log_w = np.where(np.isfinite(lt), lt - log_q, -np.inf)
+        t = tempered_weights(log_w, min(max(2.0 * (d + 1), n / 4), n / 2))
+        mean = t @ zs
+        dz = zs - mean
+        cov = (t[:, None] * dz).T @ dz + 1e-9 * np.eye(d)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    return {"z": zs, "log_target": lt, "weights": w, "ess": float(1.0 / np.sum(w ** 2)),
+            "proposals": [(m, c) for m, c, _ in comps]}
 
 
 def systematic_resample(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -680,30 +755,74 @@ def systematic_resample(weights: np.ndarray, k: int, rng: np.random.Generator) -
     return np.searchsorted(c, (rng.random() + np.arange(k)) / k)
 
 
-def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, proposals: int, draws: int,
-                     sim_seed: int, rng: np.random.Generator, inflate: float = 2.0, batch: int = 8) -> dict:
-    """An importance-sampled posterior around the best point.
+def laplace_proposal(points: np.ndarray, losses: np.ndarray, best_z: np.ndarray, loss_min: float, n_eff: float,
+                     prior_sd: float) -> np.ndarray:
+    """A Gaussian approximation of :func:`log_target`'s covariance around ``best_z``, from losses already computed
+    (CMA-ES's): a quadratic fitted by least squares to the better half of them (the full quadratic when there
+    are twice as many points as its coefficients, else the diagonal one), its Hessian projected onto the
+    positive semi-definite cone (a flat or saddle direction carries no information), scaled as
+    :func:`log_target` scales the loss, plus the prior's precision.
 
-    Proposal: N(best, inflate² x the covariance of CMA-ES's last two generations: its search distribution,
-    estimated from its own draws). Target: :func:`importance_weights` with ``n_eff`` from the best fit's residual
-    autocorrelation. Returns ``draws`` resampled free points and the diagnostics (ESS, n_eff)."""
+    Why not CMA-ES's own covariance: it is the search's step, not the posterior's width. On New York's wave 1
+    the loss is nearly flat in most of its twelve directions, where the posterior is the prior's width
+    (1.5) and the search's was about 0.15, so proposals from the search weighted a few points at their edge
+    (ESS 1-6 of 97)."""
+    points, losses = np.asarray(points, np.float64), np.asarray(losses, np.float64)
+    ok = np.isfinite(losses)
+    points, losses = points[ok], losses[ok]
+    p = len(best_z)
+    full = 1 + p + p * (p + 1) // 2
+    diag_only = len(points) < 4 * full
+    n_coef = 1 + 2 * p if diag_only else full
+    keep = np.argsort(losses)[: max(len(points) // 2, min(len(points), 2 * n_coef))]
+    dz, y = points[keep] - best_z, losses[keep]
+    iu = np.triu_indices(p)
+    quad = dz ** 2 if diag_only else (dz[:, :, None] * dz[:, None, :])[:, iu[0], iu[1]]
+    coef, *_ = np.linalg.lstsq(np.hstack([np.ones((len(dz), 1)), dz, quad]), y, rcond=None)
+    h = np.zeros((p, p))
+    if diag_only:
+        h[np.diag_indices(p)] = 2 * coef[1 + p:]
+    else:
+        h[iu] = coef[1 + p:]
+        h = h + h.T  # d²/dz_i² of c z_i² is 2c; d²/dz_i dz_j of c z_i z_j is c
+    vals, vecs = np.linalg.eigh(h)
+    h = (vecs * np.maximum(vals, 0.0)) @ vecs.T
+    prec = n_eff * h / (2 * max(loss_min, 1e-12)) + np.eye(p) / prior_sd ** 2
+    return np.linalg.inv(prec)
+
+
+def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, proposals: int, draws: int,
+                     sim_seed: int, rng: np.random.Generator, batch: int = 8, rounds: int | None = None,
+                     prior_sd: float = PRIOR_SD) -> dict:
+    """The parameter posterior (:func:`log_target`, prior centred on the scenario's values), sampled by
+    :func:`amis` in ``rounds`` rounds of ``proposals / rounds`` rollouts (default: rounds of at least 16, at
+    most 6 rounds: on wave 1 the first proposal is too wide and the rounds narrow it), from :func:`laplace_proposal` on
+    CMA-ES's evaluations (the same simulation seed, so the same loss function). ``n_eff`` comes from the best
+    fit's residuals (:func:`effective_points`). Returns ``draws`` resampled free points and the diagnostics."""
     best_z = np.asarray(best_z, np.float64)
     if cmaes_fit is None or cmaes_fit.points is None or len(cmaes_fit.points) < 2 * cmaes_fit.popsize:
         return {"z": np.repeat(best_z[None], draws, 0), "ess": 1.0, "n_eff": None, "proposals": 0}
-    last = cmaes_fit.points[-2 * cmaes_fit.popsize:]
-    cov = np.atleast_2d(np.cov(last, rowvar=False)) + 1e-6 * np.eye(len(best_z))
-    cov = inflate ** 2 * cov
-    zs = rng.multivariate_normal(best_z, cov, size=proposals)
-    zs = np.concatenate([best_z[None], zs])
-    losses = _padded_losses(problem, zs, sim_seed, batch)
+    loss_min = float(_padded_losses(problem, best_z[None], sim_seed, batch)[0])
     d, _ = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
     sim = problem.weekly_sim(np.asarray(d))[: problem.target.fit_weeks]
     obs = np.asarray(problem.obs_fit)
     n_eff = effective_points((sim - obs) / np.asarray(problem.obs_max)[None])
-    w = importance_weights(losses, zs, best_z, cov, float(losses[0]), n_eff)
-    idx = systematic_resample(w, draws, rng)
-    return {"z": zs[idx], "ess": float(1.0 / np.sum(w ** 2)), "n_eff": float(n_eff), "proposals": len(zs),
-            "loss_min": float(losses[0]), "all_z": zs, "losses": losses, "weights": w}
+    prior_mean = np.asarray([f.to_free(f.start) for f in problem.fits], np.float64)
+    cma_losses = np.asarray([r["loss"] for r in cmaes_fit.history], np.float64)
+    cov = laplace_proposal(cmaes_fit.points, cma_losses, best_z, loss_min, n_eff, prior_sd)
+    losses: list[np.ndarray] = []
+
+    def target(zs):
+        loss = _padded_losses(problem, zs, sim_seed, batch)
+        losses.append(loss)
+        return log_target(loss, zs, loss_min, n_eff, prior_mean, prior_sd)
+
+    rounds = max(1, min(6, proposals // 16)) if rounds is None else max(1, min(rounds, proposals))
+    out = amis(target, best_z, cov, rounds=rounds, per_round=-(-proposals // rounds), rng=rng)
+    idx = systematic_resample(out["weights"], draws, rng)
+    return {"z": out["z"][idx], "ess": out["ess"], "n_eff": float(n_eff), "proposals": len(out["z"]),
+            "rounds": rounds, "loss_min": loss_min, "all_z": out["z"], "losses": np.concatenate(losses),
+            "weights": out["weights"]}
 
 
 def _padded_losses(problem: "Problem", zs: np.ndarray, sim_seed: int, batch: int) -> np.ndarray:
@@ -717,22 +836,52 @@ def _padded_losses(problem: "Problem", zs: np.ndarray, sim_seed: int, batch: int
     return np.concatenate(out)
 
 
-def log_residual_sd(weekly: np.ndarray, observed: np.ndarray, fit_weeks: int) -> np.ndarray:
-    """Per series: RMS of log(1 + observed) - log(1 + median simulated) over the fitted weeks and boroughs
-    (bias included). ``weekly`` [K, W, B, S], ``observed`` [W, B, S] -> [S]."""
-    med = np.median(weekly[:, :fit_weeks], axis=0)
-    r = np.log1p(observed[:fit_weeks]) - np.log1p(med)
-    return np.sqrt(np.mean(r ** 2, axis=(0, 1)))
+def observation_error(weekly: np.ndarray, observed: np.ndarray, fit_weeks: int,
+                      people_per_agent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The observation model of the predictive bands, fitted per series on the fitted weeks and boroughs.
+
+    log(1 + observed) - log(1 + simulated mean) ~ N(0, sd² + phi x (1 / (1 + observed) + 1 / (1 + K n))):
+    ``sd`` is the model's error (bias included), the same for a week of 10 deaths or 5,000; the second term is
+    count noise, Poisson's 1 / count times an overdispersion ``phi`` >= 1, for the observed count and for the
+    K runs' n simulated agents (simulated / ``people_per_agent``). Both by maximum likelihood (scipy). So a
+    week of four deaths against a simulated handful, in the first days of March, reads as counting noise, not
+    as a model error to spread over every forecast week. ``weekly`` [K, W, B, S], ``observed`` [W, B, S],
+    ``people_per_agent`` [B] -> (sd [S], phi [S])."""
+    from scipy.optimize import minimize
+
+    k = weekly.shape[0]
+    mean = weekly[:, :fit_weeks].mean(axis=0)
+    y = observed[:fit_weeks]
+    r = np.log1p(y) - np.log1p(mean)
+    agents = k * mean / np.asarray(people_per_agent, np.float64)[None, :, None]
+    counting = 1.0 / (1.0 + y) + 1.0 / (1.0 + agents)
+    sds, phis = [], []
+    for s in range(r.shape[-1]):
+        rs, cs = r[..., s].ravel(), counting[..., s].ravel()
+
+        def nll(p, rs=rs, cs=cs):
+            v = np.exp(2 * p[0]) + (1.0 + np.exp(p[1])) * cs
+            return 0.5 * np.sum(np.log(v) + rs ** 2 / v)
+
+        start = [np.log(max(np.sqrt(np.mean(rs ** 2)) / 2, 1e-3)), 0.0]
+        res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-8, "maxiter": 2000})
+        sds.append(float(np.exp(res.x[0])))
+        phis.append(float(1.0 + np.exp(res.x[1])))
+    return np.asarray(sds), np.asarray(phis)
 
 
-def predictive_draws(weekly: np.ndarray, sd: np.ndarray, per_run: int, rng: np.random.Generator) -> np.ndarray:
-    """Posterior-predictive weekly series [K x per_run, W, B, S]: every run times exp(sd_s x eps), one eps per
-    draw, week and series, shared by the boroughs (the model's errors are the city's: one transmission, one
-    pause), so the citywide band keeps the residual spread instead of averaging it away."""
-    k, w, _, s = weekly.shape
-    eps = rng.standard_normal((k, per_run, w, 1, s))
-    out = weekly[:, None] * np.exp(eps * np.asarray(sd)[None, None, None, None, :])
-    return out.reshape(k * per_run, *weekly.shape[1:])
+def predictive_draws(weekly: np.ndarray, sd: np.ndarray, phi: np.ndarray, per_run: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Posterior-predictive weekly series [K x per_run, W, B, S] under :func:`observation_error`'s model: every
+    run's log(1 + value) plus the model error sd_s x eps, one eps per draw, week and series shared by the
+    boroughs (the model's errors are the city's: one transmission, one pause, so the citywide band keeps them),
+    plus counting noise of variance phi_s / (1 + value), independent per borough."""
+    k, w, b, s = weekly.shape
+    shared = rng.standard_normal((k, per_run, w, 1, s)) * np.asarray(sd)[None, None, None, None, :]
+    own = rng.standard_normal((k, per_run, w, b, s)) * np.sqrt(
+        np.asarray(phi)[None, None, None, None, :] / (1.0 + weekly[:, None]))
+    out = np.maximum(np.expm1(np.log1p(weekly[:, None]) + shared + own), 0.0)
+    return out.reshape(k * per_run, w, b, s)
 
 
 def _record(method, it, loss, problem, z, **extra) -> dict:
@@ -869,8 +1018,8 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     picks = post["z"]
     seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
     weekly, unemp = ensemble(search, picks, seeds)
-    resid_sd = log_residual_sd(weekly, target.weekly, target.fit_weeks)
-    band = predictive_draws(weekly, resid_sd, 32, rng)
+    obs_sd, phi = observation_error(weekly, target.weekly, target.fit_weeks, np.asarray(search.scale))
+    band = predictive_draws(weekly, obs_sd, phi, 32, rng)
     out.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(rows).write_parquet(out / "calibration.parquet")
     all_z = post.get("all_z", picks)
@@ -893,8 +1042,10 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         "fit": {f.path: float(v) for f, v in zip(fits, values)},
         "interval_80": {f.path: [weighted_quantile(post_nat[:, i], all_w, 0.1),
                                  weighted_quantile(post_nat[:, i], all_w, 0.9)] for i, f in enumerate(fits)},
-        "posterior": {"proposals": post["proposals"], "ess": post["ess"], "n_eff": post["n_eff"],
-                      "log_residual_sd": dict(zip(SERIES, map(float, resid_sd)))},
+        "posterior": {"proposals": post["proposals"], "rounds": post.get("rounds", 0), "ess": post["ess"],
+                      "n_eff": post["n_eff"], "prior_sd": PRIOR_SD,
+                      "observation_sd": dict(zip(SERIES, map(float, obs_sd))),
+                      "count_overdispersion": dict(zip(SERIES, map(float, phi)))},
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
         "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
         "validation": validation.headline(table),

@@ -477,27 +477,52 @@ def test_overlay_carries_fitted_interventions_and_run_reproduces_the_fit(pause, 
 
 
 # -- posterior and predictive bands --------------------------------------------------------------------------
-def test_importance_weights_recover_the_gaussian_posterior_of_a_quadratic_loss():
-    """L(z) = L0 (1 + a (z - mu)^2) -> posterior N(mu, 1 / (n_eff a)); proposals from a wider Gaussian."""
-    rng = np.random.default_rng(0)
-    l0, a, n_eff, mu = 0.02, 3.0, 40.0, np.array([0.5, -1.0])
-    cov = np.diag([0.09, 0.25])
-    zs = rng.multivariate_normal(mu + 0.05, cov, size=20_000)
-    loss = l0 * (1 + a * ((zs - mu) ** 2).sum(1))
-    w = C.importance_weights(loss, zs, mu + 0.05, cov, l0, n_eff)
-    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
-    mean = (w[:, None] * zs).sum(0)
-    var = (w[:, None] * (zs - mean) ** 2).sum(0)
-    np.testing.assert_allclose(mean, mu, atol=0.01)
-    np.testing.assert_allclose(var, 1 / (n_eff * a), rtol=0.08)
-    idx = C.systematic_resample(w, 1000, rng)
-    assert idx.min() >= 0 and idx.max() < len(zs)
-    np.testing.assert_allclose(zs[idx].mean(0), mu, atol=0.02)
+def test_amis_recovers_the_gaussian_posterior_of_a_quadratic_loss_from_a_poor_first_proposal():
+    """L(z) = L0 (1 + a |z - mu|^2) and prior N(m0, s0^2) -> posterior N((n a mu + m0 / s0^2) / P, 1 / P) with
+    P = n a + 1 / s0^2. The first proposal is one posterior sd off-centre and half as wide: one round of
+    importance sampling rests on a few heavy points; the adaptive rounds find the posterior."""
+    l0, a, n_eff, mu, m0, s0 = 0.02, 3.0, 8.0, np.array([0.5, -1.0, 2.0]), np.zeros(3), 1.5
+    prec = n_eff * a + 1 / s0 ** 2
+    post_mean, post_var = (n_eff * a * mu + m0 / s0 ** 2) / prec, 1 / prec
+    loss = lambda zs: l0 * (1 + a * ((zs - mu) ** 2).sum(1))  # noqa: E731
+    target = lambda zs: C.log_target(loss(zs), zs, l0, n_eff, m0, s0)  # noqa: E731
+    start, cov = post_mean + np.sqrt(post_var), np.eye(3) * post_var / 4
+    one = C.amis(target, start, cov, rounds=1, per_round=2400, rng=np.random.default_rng(0))
+    out = C.amis(target, start, cov, rounds=6, per_round=400, rng=np.random.default_rng(0))
+    assert out["weights"].sum() == pytest.approx(1.0) and (out["weights"] >= 0).all()
+    assert len(out["z"]) == 2400 and len(out["proposals"]) == 6
+    assert one["ess"] < 100 < 500 < out["ess"]
+    w, z = out["weights"], out["z"]
+    mean = w @ z
+    np.testing.assert_allclose(mean, post_mean, atol=0.05)
+    np.testing.assert_allclose(w @ (z - mean) ** 2, post_var, rtol=0.25)
+    idx = C.systematic_resample(w, 1000, np.random.default_rng(1))
+    assert idx.min() >= 0 and idx.max() < len(z)
+    np.testing.assert_allclose(z[idx].mean(0), post_mean, atol=0.06)
     assert C.weighted_quantile(np.arange(10.0), np.ones(10), 0.5) == 4.0
     assert C.weighted_quantile(np.arange(10.0), np.r_[np.zeros(9), 1.0], 0.1) == 9.0
 
 
-def test_effective_points_follow_the_lag_one_autocorrelation():
+@pytest.mark.parametrize("evaluations", [120, 800])  # the diagonal quadratic, then the full one
+def test_laplace_proposal_gives_a_blind_parameter_the_prior_width(evaluations):
+    """A search's points (sd 0.15 around the best) on a loss that sees only z0: the proposal's covariance is
+    the posterior's, 1 / (n a + 1 / s0^2) for z0 and the prior's s0^2 for z1, and the posterior sampled from
+    it keeps z1's prior spread, ten times what the search explored."""
+    rng = np.random.default_rng(3)
+    l0, a, n_eff, s0 = 0.02, 3.0, 8.0, 1.5
+    best = np.array([0.5, 0.0])
+    loss = lambda zs: l0 * (1 + a * (zs[:, 0] - 0.5) ** 2)  # noqa: E731
+    points = best + 0.15 * rng.standard_normal((evaluations, 2))
+    cov = C.laplace_proposal(points, loss(points) + 1e-5 * rng.standard_normal(evaluations), best, l0, n_eff, s0)
+    np.testing.assert_allclose(np.diag(cov), [1 / (n_eff * a + 1 / s0 ** 2), s0 ** 2], rtol=0.1)
+    target = lambda zs: C.log_target(loss(zs), zs, l0, n_eff, np.zeros(2), s0)  # noqa: E731
+    out = C.amis(target, best, cov, rounds=3, per_round=500, rng=rng)
+    w, z1 = out["weights"], out["z"][:, 1]
+    assert np.sqrt(w @ (z1 - w @ z1) ** 2) == pytest.approx(s0, rel=0.15)
+    assert out["ess"] > 500
+
+
+def test_effective_points_follow_the_autocorrelation_and_the_columns_shared_error():
     rng = np.random.default_rng(1)
     white = rng.standard_normal((2000, 3))
     assert C.effective_points(white) == pytest.approx(6000, rel=0.1)
@@ -505,24 +530,41 @@ def test_effective_points_follow_the_lag_one_autocorrelation():
     for t in range(1, 2000):
         ar[t] = 0.6 * ar[t - 1] + white[t]
     assert C.effective_points(ar) == pytest.approx(6000 * 0.4 / 1.6, rel=0.15)
+    # five boroughs x three series sharing half their variance: 15 columns count as 15 / (1 + 14 x 0.5)
+    shared = rng.standard_normal((2000, 1, 1)) + rng.standard_normal((2000, 5, 3))
+    assert C.effective_points(shared) == pytest.approx(2000 * 15 / 8, rel=0.1)
 
 
-def test_predictive_draws_carry_the_fitted_log_residual_spread():
-    """Observed = simulated x exp(0.3 eps) on the fitted weeks: the residual sd comes back as 0.3, and the
-    predictive 80 % band then covers about 80 % of fresh observations drawn the same way."""
+def test_observation_error_reads_small_counts_as_counting_noise():
+    """Observed = simulated x exp(0.3 eps) on 30 weeks of thousands (eps shared by the boroughs), plus 10
+    early weeks of a handful counted with overdispersed (gamma-Poisson) noise: the model error comes back as
+    0.3 where the root mean square of all log residuals is far larger, the overdispersion above Poisson's 1,
+    and the predictive 80 % band covers about 80 % of fresh large-count weeks drawn the same way."""
     rng = np.random.default_rng(2)
-    sim = np.full((4, 40, 5, 3), 1000.0)
-    obs = 1000.0 * np.exp(0.3 * rng.standard_normal((40, 5, 3)))
-    sd = C.log_residual_sd(sim, obs, 40)
-    np.testing.assert_allclose(sd, 0.3, rtol=0.12)
-    draws = C.predictive_draws(sim, sd, 250, rng)
-    assert draws.shape == (1000, 40, 5, 3)
-    lo, hi = np.quantile(draws, 0.1, axis=0), np.quantile(draws, 0.9, axis=0)
-    fresh = 1000.0 * np.exp(0.3 * rng.standard_normal((40, 5, 3)))
-    assert 0.72 <= ((fresh >= lo) & (fresh <= hi)).mean() <= 0.88
-    # shared by the boroughs: the citywide sum keeps the relative spread
+    k, weeks, b, s = 4, 40, 5, 3
+    sim = np.full((k, weeks, b, s), 2000.0)
+    sim[:, :10] = 3.0
+    per_agent = np.ones(b)
+
+    def observe():
+        mean = sim[0] * np.exp(0.3 * rng.standard_normal((weeks, 1, s)))  # the city's error, shared
+        few = rng.poisson(sim[0] * rng.gamma(0.3, 1 / 0.3, size=sim[0].shape))
+        return np.where(np.arange(weeks)[:, None, None] < 10, few, mean)
+
+    obs = observe()
+    rms = np.sqrt(np.mean((np.log1p(obs) - np.log1p(sim[0])) ** 2, axis=(0, 1)))
+    sd, phi = C.observation_error(sim, obs, weeks, per_agent)
+    np.testing.assert_allclose(sd, 0.3, rtol=0.25)
+    assert (rms > 1.5 * sd).all()
+    assert (phi > 1.5).all()
+    draws = C.predictive_draws(sim, sd, phi, 250, rng)
+    assert draws.shape == (1000, weeks, b, s) and (draws >= 0).all()
+    lo, hi = np.quantile(draws, 0.1, axis=0)[10:], np.quantile(draws, 0.9, axis=0)[10:]
+    cover = np.mean([((f[10:] >= lo) & (f[10:] <= hi)).mean() for f in (observe() for _ in range(20))])
+    assert 0.72 <= cover <= 0.88
+    # the model error is shared by the boroughs: the citywide sum of the large weeks keeps it
     city = draws.sum(axis=2)
-    assert np.std(np.log(city[:, 0, 0])) == pytest.approx(sd[0], rel=0.15)
+    assert np.std(np.log(city[:, 20, 0])) == pytest.approx(sd[0], rel=0.2)
 
 
 def test_overlay_puts_a_fitted_list_inside_its_fitted_mapping(tmp_path):
