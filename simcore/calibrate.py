@@ -721,7 +721,8 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
     sample's moments under the weights tempered (:func:`tempered_weights`) to an ESS of at least
     max(2 (d + 1), n / 4) of the n points, at most n / 2: with a first proposal too narrow or off-centre the
     heavy points sit at its edge, so the tempered moments move and widen it round by round, where the raw
-    weights would collapse it onto one point. Returns every point, its log target, the (untempered)
+    weights would collapse it onto one point (below d + 1 effective points the covariance is topped up with
+    the last proposal's, so that it keeps every dimension). Returns every point, its log target, the (untempered)
     normalised weights, the ESS and the proposals used."""
     mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
     d = len(mean)
@@ -739,9 +740,12 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
                                     axis=0)
         log_w = np.where(np.isfinite(lt), lt - log_q, -np.inf)
         t = tempered_weights(log_w, min(max(2.0 * (d + 1), n / 4), n / 2))
+        ess_t = 1.0 / np.sum(t ** 2)
         mean = t @ zs
         dz = zs - mean
-        cov = (t[:, None] * dz).T @ dz + 1e-9 * np.eye(d)
+        # fewer than d + 1 effective points span less than d dimensions: the shortfall is the last proposal's
+        short = max(0.0, d + 1 - ess_t)
+        cov = (ess_t * ((t[:, None] * dz).T @ dz) + short * cov) / (ess_t + short) + 1e-9 * np.eye(d)
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
     return {"z": zs, "log_target": lt, "weights": w, "ess": float(1.0 / np.sum(w ** 2)),
