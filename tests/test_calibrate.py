@@ -309,6 +309,22 @@ def test_validation_metrics_by_hand():
     assert m["peak_error"] == 1 and m["coverage"] == 0.5
 
 
+def test_held_out_scores_pool_the_boroughs_coverage():
+    """Two boroughs' deaths (held out: 2 and 4 weeks), citywide deaths and a month of unemployment: the pooled
+    coverage counts weeks, not curves; the fitted weeks do not enter."""
+    rows = []
+    for borough, inside in (("A", [True, False]), ("B", [True, True, True, False]), ("citywide", [False])):
+        for i, ok in enumerate([False] + inside):  # one fitted week outside its band, then the held-out ones
+            rows.append({"series": "deaths", "borough": borough, "period": f"w{i}", "index": i, "held_out": i > 0,
+                         "observed": 10.0, "simulated": 12.0, "lo": 9.0 if ok else 11.0, "hi": 13.0})
+    rows.append({"series": "unemployment", "borough": "A", "period": "m", "index": 0, "held_out": True,
+                 "observed": 0.10, "simulated": 0.13, "lo": 0.1, "hi": 0.2})
+    h = validation.held_out(validation.validation_table(pl.DataFrame(rows)))
+    assert h["coverage80_pooled"] == pytest.approx(4 / 6)
+    assert h["deaths"] == {"nrmse": pytest.approx(0.2), "mae": pytest.approx(2.0), "coverage80": 0.0}
+    assert "cases" not in h and h["unemployment_mae_pp"] == pytest.approx(3.0)
+
+
 # -- the command line -----------------------------------------------------------------------------------
 BAD = [
     (["--observed", "nowhere"], "--observed: unknown observed data 'nowhere'"),
