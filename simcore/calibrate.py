@@ -876,16 +876,19 @@ def observation_error(weekly: np.ndarray, observed: np.ndarray, fit_weeks: int,
 
 def predictive_draws(weekly: np.ndarray, sd: np.ndarray, phi: np.ndarray, per_run: int,
                      rng: np.random.Generator) -> np.ndarray:
-    """Posterior-predictive weekly series [K x per_run, W, B, S] under :func:`observation_error`'s model: every
-    run's log(1 + value) plus the model error sd_s x eps, one eps per draw, week and series shared by the
-    boroughs (the model's errors are the city's: one transmission, one pause, so the citywide band keeps them),
-    plus counting noise of variance phi_s / (1 + value), independent per borough."""
+    """Posterior-predictive weekly counts [K x per_run, W, B, S] under :func:`observation_error`'s model: every
+    run's value times exp(sd_s x eps), one eps per draw, week and series shared by the boroughs (the model's
+    errors are the city's: one transmission, one pause, so the citywide band keeps them), then counted with
+    variance phi_s x mean, independently per borough: gamma-Poisson (negative binomial) for phi > 1, Poisson
+    at 1. A count, not a log-normal: a week expecting two deaths gets a band of a few, not of hundreds."""
     k, w, b, s = weekly.shape
     shared = rng.standard_normal((k, per_run, w, 1, s)) * np.asarray(sd)[None, None, None, None, :]
-    own = rng.standard_normal((k, per_run, w, b, s)) * np.sqrt(
-        np.asarray(phi)[None, None, None, None, :] / (1.0 + weekly[:, None]))
-    out = np.maximum(np.expm1(np.log1p(weekly[:, None]) + shared + own), 0.0)
-    return out.reshape(k * per_run, w, b, s)
+    mean = np.maximum(weekly[:, None], 0.0) * np.exp(shared)
+    extra = np.broadcast_to(np.asarray(phi, np.float64) - 1.0, mean.shape)
+    over = extra > 1e-9
+    rate = mean.copy()
+    rate[over] = rng.gamma(mean[over] / extra[over], extra[over])  # mean mu, variance (phi - 1) mu
+    return rng.poisson(rate).astype(np.float64).reshape(k * per_run, w, b, s)
 
 
 def _record(method, it, loss, problem, z, **extra) -> dict:

@@ -581,6 +581,14 @@ def test_observation_error_reads_small_counts_as_counting_noise():
     # the model error is shared by the boroughs: the citywide sum of the large weeks keeps it
     city = draws.sum(axis=2)
     assert np.std(np.log(city[:, 20, 0])) == pytest.approx(sd[0], rel=0.2)
+    # the small weeks are counts: mean 3 e^(sd²/2), variance phi x mean + 9 (e^(2 sd²) - e^(sd²))
+    few = draws[:, :10]
+    for j in range(s):
+        mean = 3 * np.exp(sd[j] ** 2 / 2)
+        var = phi[j] * mean + 9 * (np.exp(2 * sd[j] ** 2) - np.exp(sd[j] ** 2))
+        assert few[..., j].mean() == pytest.approx(mean, rel=0.05)
+        assert few[..., j].var() == pytest.approx(var, rel=0.1)
+    assert np.array_equal(few, np.round(few))
 
 
 def test_overlay_puts_a_fitted_list_inside_its_fitted_mapping(tmp_path):
