@@ -763,7 +763,7 @@ def laplace_proposal(points: np.ndarray, losses: np.ndarray, best_z: np.ndarray,
                      prior_sd: float) -> np.ndarray:
     """A Gaussian approximation of :func:`log_target`'s covariance around ``best_z``, from losses already computed
     (CMA-ES's): a quadratic fitted by least squares to the better half of them (the full quadratic when there
-    are twice as many points as its coefficients, else the diagonal one), its Hessian projected onto the
+    are four times as many points as its coefficients, else the diagonal one), its Hessian projected onto the
     positive semi-definite cone (a flat or saddle direction carries no information), scaled as
     :func:`log_target` scales the loss, plus the prior's precision.
 
@@ -800,9 +800,10 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
                      prior_sd: float = PRIOR_SD) -> dict:
     """The parameter posterior (:func:`log_target`, prior centred on the scenario's values), sampled by
     :func:`amis` in ``rounds`` rounds of ``proposals / rounds`` rollouts (default: rounds of at least 16, at
-    most 6 rounds: on wave 1 the first proposal is too wide and the rounds narrow it), from :func:`laplace_proposal` on
-    CMA-ES's evaluations (the same simulation seed, so the same loss function). ``n_eff`` comes from the best
-    fit's residuals (:func:`effective_points`). Returns ``draws`` resampled free points and the diagnostics."""
+    most 6 rounds: on wave 1 the first proposal is too wide and the rounds narrow it), starting from
+    :func:`laplace_proposal` on CMA-ES's evaluations (the same simulation seed, so the same loss function).
+    ``n_eff`` comes from the best fit's residuals (:func:`effective_points`). Returns ``draws`` resampled free
+    points and the diagnostics."""
     best_z = np.asarray(best_z, np.float64)
     if cmaes_fit is None or cmaes_fit.points is None or len(cmaes_fit.points) < 2 * cmaes_fit.popsize:
         return {"z": np.repeat(best_z[None], draws, 0), "ess": 1.0, "n_eff": None, "proposals": 0}
