@@ -63,11 +63,11 @@ def headline(table: pl.DataFrame) -> dict:
     if d_all:
         out["deaths_citywide_nrmse"] = d_all["nrmse"]
         out["deaths_peak_error_weeks"] = d_all["peak_error"]
-    d_ho = pick("deaths", "citywide", "held_out")
-    if d_ho:
-        out["forecast_deaths_citywide_nrmse"] = d_ho["nrmse"]
-        out["forecast_deaths_citywide_coverage80"] = d_ho["coverage"]
-        out["forecast_coverage80_pooled"] = held_out(table)["coverage80_pooled"]
+    ho = held_out(table)
+    if "deaths" in ho:
+        out["forecast_deaths_citywide_nrmse"] = ho["deaths"]["nrmse"]
+        out["forecast_deaths_citywide_coverage80"] = ho["deaths"]["coverage80"]
+        out["forecast_coverage80_pooled"] = ho["coverage80_pooled"]
     boro = table.filter((pl.col("series") == "deaths") & (pl.col("borough") != "citywide") & (pl.col("split") == "all"))
     if boro.height:
         out["deaths_borough_nrmse_max"] = float(boro["nrmse"].max())

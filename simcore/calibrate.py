@@ -691,13 +691,17 @@ def _log_normal_pdf(zs: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.nda
     return -0.5 * np.sum(sol ** 2, axis=0) - np.sum(np.log(np.diag(chol))) - 0.5 * len(mean) * np.log(2 * np.pi)
 
 
+def normalised(log_w: np.ndarray) -> np.ndarray:
+    """Weights from log weights (-inf: none), summing to 1."""
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
 def tempered_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
     """Normalised weights exp(beta x log_w) with the largest beta in [0, 1] whose ESS reaches ``min_ess``
     (bisection): the flattest change that keeps a proposal's moments from resting on a few heavy points."""
     def weights(beta):
-        lw = np.where(np.isfinite(log_w), beta * log_w, -np.inf)
-        w = np.exp(lw - lw.max())
-        return w / w.sum()
+        return normalised(np.where(np.isfinite(log_w), beta * log_w, -np.inf))
 
     w = weights(1.0)
     if 1.0 / np.sum(w ** 2) >= min_ess:
@@ -746,8 +750,7 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
         # fewer than d + 1 effective points span less than d dimensions: the shortfall is the last proposal's
         short = max(0.0, d + 1 - ess_t)
         cov = (ess_t * ((t[:, None] * dz).T @ dz) + short * cov) / (ess_t + short) + 1e-9 * np.eye(d)
-    w = np.exp(log_w - log_w.max())
-    w /= w.sum()
+    w = normalised(log_w)
     return {"z": zs, "log_target": lt, "weights": w, "ess": float(1.0 / np.sum(w ** 2)),
             "proposals": [(m, c) for m, c, _ in comps]}
 
@@ -807,8 +810,8 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
     best_z = np.asarray(best_z, np.float64)
     if cmaes_fit is None or cmaes_fit.points is None or len(cmaes_fit.points) < 2 * cmaes_fit.popsize:
         return {"z": np.repeat(best_z[None], draws, 0), "ess": 1.0, "n_eff": None, "proposals": 0}
-    loss_min = float(_padded_losses(problem, best_z[None], sim_seed, batch)[0])
-    d, _ = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
+    d, lab = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
+    loss_min = float(problem.loss_from(d, lab))
     sim = problem.weekly_sim(np.asarray(d))[: problem.target.fit_weeks]
     obs = np.asarray(problem.obs_fit)
     n_eff = effective_points((sim - obs) / np.asarray(problem.obs_max)[None])
