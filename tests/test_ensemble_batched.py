@@ -117,7 +117,7 @@ for spec in ("seir", "epidemic"):
         return m, [np.asarray(x) for x in jax.tree_util.tree_leaves(e.state)], e
 
     seq, seq_state, _ = run(1, 1)
-    for batch, devices in ((1, 2), (1, 4), (2, 3), (2, 4)):  # (1, 2), (2, 3), (2, 4): the last call padded
+    for batch, devices in ((1, 4), (2, 3)):  # 5 replicates: two calls of 4, the second padded; one call of 6
         m, st, e = run(batch, devices)
         out[f"{spec}_{batch}x{devices}_metrics"] = set(m) == set(seq) and all(np.array_equal(m[k], seq[k]) for k in seq)
         out[f"{spec}_{batch}x{devices}_state"] = all(np.array_equal(a, c) for a, c in zip(st, seq_state))
@@ -147,7 +147,7 @@ def test_replicates_split_over_devices_equal_sequential_runs(cli_env):
     out = run_script_on_devices(SPLIT_SCRIPT, cli_env, n_devices=4)
     assert out["devices"] == 4
     for spec in ("seir", "epidemic"):
-        for batch, devices in ((1, 2), (1, 4), (2, 3), (2, 4)):
+        for batch, devices in ((1, 4), (2, 3)):
             assert out[f"{spec}_{batch}x{devices}_metrics"] is True, (spec, batch, devices)
             assert out[f"{spec}_{batch}x{devices}_state"] is True, (spec, batch, devices)
             assert out[f"{spec}_{batch}x{devices}_split"] == min(devices, 5), (spec, batch, devices)
