@@ -62,6 +62,7 @@ from .models import epidemic as ep
 
 SERIES = ("cases", "hospitalizations", "deaths")
 PRIOR_SD = 1.5  # the parameters' prior sd in free (log / logit) units: a factor e^1.5 = 4.5 either way
+POSTERIOR_SEEDS = 4  # simulation seeds averaged in each posterior point's loss (see posterior_sample)
 DEFAULT_WEIGHTS = {"cases": 0.25, "hospitalizations": 1.0, "deaths": 1.0, "unemployment": 1.0}
 PREFIX = "model.params."
 
@@ -562,14 +563,15 @@ class Problem:
             self._loss_grad = jax.jit(jax.value_and_grad(self.loss))
         return self._loss_grad(jnp.asarray(z, jnp.float32), jnp.asarray(seeds, jnp.int32))
 
-    def batch_loss(self, zs, seed: int):
-        """Losses of several parameter points (one vmapped batch), one seed."""
+    def batch_loss(self, zs, seeds):
+        """Losses of several parameter points (one vmapped batch): ``seeds`` one per point, or one for all."""
         if not hasattr(self, "_batch"):
             def one(z, s):
                 d, lab = self._rollout_impl(z, s)
                 return self.loss_from(d, lab)
-            self._batch = jax.jit(jax.vmap(one, in_axes=(0, None)))
-        return np.asarray(self._batch(jnp.asarray(zs, jnp.float32), jnp.int32(seed)))
+            self._batch = jax.jit(jax.vmap(one))
+        seeds = np.broadcast_to(np.asarray(seeds, np.int32), (len(zs),))
+        return np.asarray(self._batch(jnp.asarray(zs, jnp.float32), jnp.asarray(seeds)))
 
     def batch_rollout(self, zs, seeds):
         if not hasattr(self, "_brollout"):
@@ -670,16 +672,17 @@ def effective_points(residuals: np.ndarray) -> float:
     return w * (1 - rho) / (1 + rho) * c / (1 + (c - 1) * rho_c)
 
 
-def log_target(losses, zs, loss_min: float, n_eff: float, prior_mean, prior_sd: float) -> np.ndarray:
-    """Unnormalised log posterior of free points ``zs``: the likelihood exp(-n_eff (L - L_min) / (2 L_min)) times
+def log_target(losses, zs, loss_ref: float, n_eff: float, prior_mean, prior_sd: float) -> np.ndarray:
+    """Unnormalised log posterior of free points ``zs``: the likelihood exp(-n_eff (L - L_ref) / (2 L_ref)) times
     a Gaussian prior N(prior_mean, prior_sd²) per free coordinate.
 
     The likelihood is that of the normalised residuals with their variance profiled at the best fit (the loss is
-    a weighted mean of squared NRMSEs, so L_min estimates it) and ``n_eff`` independent points. The prior is
+    a weighted mean of squared NRMSEs, so the best point's loss L_ref estimates it; :func:`posterior_sample`
+    averages it over fresh seeds) and ``n_eff`` independent points. The prior is
     proper so that a parameter the window cannot identify (how fast isolation wanes after the peak) keeps its
     prior spread instead of an improper flat one, and the forecast carries that spread."""
     zs = np.asarray(zs, np.float64)
-    log_l = -n_eff * (np.asarray(losses, np.float64) - loss_min) / (2 * max(loss_min, 1e-12))
+    log_l = -n_eff * (np.asarray(losses, np.float64) - loss_ref) / (2 * max(loss_ref, 1e-12))
     log_prior = -0.5 * np.sum(((zs - np.asarray(prior_mean, np.float64)) / prior_sd) ** 2, axis=1)
     return np.where(np.isfinite(log_l), log_l + log_prior, -np.inf)
 
@@ -762,7 +765,7 @@ def systematic_resample(weights: np.ndarray, k: int, rng: np.random.Generator) -
     return np.searchsorted(c, (rng.random() + np.arange(k)) / k)
 
 
-def laplace_proposal(points: np.ndarray, losses: np.ndarray, best_z: np.ndarray, loss_min: float, n_eff: float,
+def laplace_proposal(points: np.ndarray, losses: np.ndarray, best_z: np.ndarray, loss_ref: float, n_eff: float,
                      prior_sd: float) -> np.ndarray:
     """A Gaussian approximation of :func:`log_target`'s covariance around ``best_z``, from losses already computed
     (CMA-ES's): a quadratic fitted by least squares to the better half of them (the full quadratic when there
@@ -794,53 +797,69 @@ def laplace_proposal(points: np.ndarray, losses: np.ndarray, best_z: np.ndarray,
         h = h + h.T  # d²/dz_i² of c z_i² is 2c; d²/dz_i dz_j of c z_i z_j is c
     vals, vecs = np.linalg.eigh(h)
     h = (vecs * np.maximum(vals, 0.0)) @ vecs.T
-    prec = n_eff * h / (2 * max(loss_min, 1e-12)) + np.eye(p) / prior_sd ** 2
+    prec = n_eff * h / (2 * max(loss_ref, 1e-12)) + np.eye(p) / prior_sd ** 2
     return np.linalg.inv(prec)
 
 
 def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, proposals: int, draws: int,
                      sim_seed: int, rng: np.random.Generator, batch: int = 8, rounds: int | None = None,
-                     prior_sd: float = PRIOR_SD) -> dict:
+                     prior_sd: float = PRIOR_SD, seeds: int = POSTERIOR_SEEDS) -> dict:
     """The parameter posterior (:func:`log_target`, prior centred on the scenario's values), sampled by
-    :func:`amis` in ``rounds`` rounds of ``proposals / rounds`` rollouts (default: rounds of at least 16, at
-    most 6 rounds: on wave 1 the first proposal is too wide and the rounds narrow it), starting from
-    :func:`laplace_proposal` on CMA-ES's evaluations (the same simulation seed, so the same loss function).
+    :func:`amis` in ``rounds`` rounds of ``proposals / rounds`` points (default: rounds of at least 16, at
+    most 6 rounds), starting from :func:`laplace_proposal` on CMA-ES's evaluations.
+
+    Every point's loss is the mean over ``seeds`` simulation seeds that the search did not use (the same ones
+    for every point, so their differences are the parameters'), and so is the reference loss, at the best
+    point. Why: the search minimised one seed's loss, and a 100k-agent epidemic's early weeks are chance. On
+    wave 1 (seed 0's fit, loss 0.032) the same point scored 0.06-0.45 on seeds 1-7, so the single-seed
+    minimum took the seed's luck for the model's error: it made the likelihood about five times too sharp,
+    and the noise of single-seed losses (1.6 nats between points 0.03 apart) decided the weights.
     ``n_eff`` comes from the best fit's residuals (:func:`effective_points`). Returns ``draws`` resampled free
     points and the diagnostics."""
     best_z = np.asarray(best_z, np.float64)
     if cmaes_fit is None or cmaes_fit.points is None or len(cmaes_fit.points) < 2 * cmaes_fit.popsize:
         return {"z": np.repeat(best_z[None], draws, 0), "ess": 1.0, "n_eff": None, "proposals": 0}
-    d, lab = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
-    loss_min = float(problem.loss_from(d, lab))
+    d, _ = problem.rollout(np.asarray(best_z, np.float32), sim_seed)
     sim = problem.weekly_sim(np.asarray(d))[: problem.target.fit_weeks]
     obs = np.asarray(problem.obs_fit)
     n_eff = effective_points((sim - obs) / np.asarray(problem.obs_max)[None])
+    fresh = np.arange(sim_seed + 1, sim_seed + 1 + seeds)
+
+    def seed_mean_loss(zs):  # every (point, seed) pair a row of the same batches
+        rows = _padded_losses(problem, np.repeat(zs, seeds, 0), np.tile(fresh, len(zs)), batch)
+        return rows.reshape(len(zs), seeds).mean(axis=1)
+
+    per_seed = _padded_losses(problem, np.repeat(best_z[None], seeds, 0), fresh, batch)
+    loss_ref = float(per_seed.mean())
     prior_mean = np.asarray([f.to_free(f.start) for f in problem.fits], np.float64)
     cma_losses = np.asarray([r["loss"] for r in cmaes_fit.history], np.float64)
-    cov = laplace_proposal(cmaes_fit.points, cma_losses, best_z, loss_min, n_eff, prior_sd)
+    cov = laplace_proposal(cmaes_fit.points, cma_losses, best_z, loss_ref, n_eff, prior_sd)
     losses: list[np.ndarray] = []
 
     def target(zs):
-        loss = _padded_losses(problem, zs, sim_seed, batch)
+        loss = seed_mean_loss(zs)
         losses.append(loss)
-        return log_target(loss, zs, loss_min, n_eff, prior_mean, prior_sd)
+        return log_target(loss, zs, loss_ref, n_eff, prior_mean, prior_sd)
 
     rounds = max(1, min(6, proposals // 16)) if rounds is None else max(1, min(rounds, proposals))
     out = amis(target, best_z, cov, rounds=rounds, per_round=-(-proposals // rounds), rng=rng)
     idx = systematic_resample(out["weights"], draws, rng)
     return {"z": out["z"][idx], "ess": out["ess"], "n_eff": float(n_eff), "proposals": len(out["z"]),
-            "rounds": rounds, "loss_min": loss_min, "all_z": out["z"], "losses": np.concatenate(losses),
-            "weights": out["weights"]}
+            "rounds": rounds, "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(), "seeds": fresh.tolist(),
+            "all_z": out["z"], "losses": np.concatenate(losses), "weights": out["weights"]}
 
 
-def _padded_losses(problem: "Problem", zs: np.ndarray, sim_seed: int, batch: int) -> np.ndarray:
+def _padded_losses(problem: "Problem", zs: np.ndarray, seeds, batch: int) -> np.ndarray:
     """batch_loss in batches of exactly ``batch`` (the last padded with its first row): one compiled shape,
-    and never a vmap of size 1 (the engine's sparse-pull switch mis-shapes one)."""
+    and never a vmap of size 1 (the engine's sparse-pull switch mis-shapes one). ``seeds``: one per point, or
+    one for all."""
+    seeds = np.broadcast_to(np.asarray(seeds, np.int64), (len(zs),))
     out = []
     for i in range(0, len(zs), batch):
-        chunk = zs[i:i + batch]
-        pad = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), 0)])
-        out.append(problem.batch_loss(pad, sim_seed)[: len(chunk)])
+        chunk, chunk_seeds = zs[i:i + batch], seeds[i:i + batch]
+        pad = batch - len(chunk)
+        out.append(problem.batch_loss(np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]),
+                                      np.concatenate([chunk_seeds, np.repeat(chunk_seeds[:1], pad)]))[: len(chunk)])
     return np.concatenate(out)
 
 
@@ -1054,7 +1073,8 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         "interval_80": {f.path: [weighted_quantile(post_nat[:, i], all_w, 0.1),
                                  weighted_quantile(post_nat[:, i], all_w, 0.9)] for i, f in enumerate(fits)},
         "posterior": {"proposals": post["proposals"], "rounds": post.get("rounds", 0), "ess": post["ess"],
-                      "n_eff": post["n_eff"], "prior_sd": PRIOR_SD,
+                      "n_eff": post["n_eff"], "prior_sd": PRIOR_SD, "seeds": post.get("seeds"),
+                      "loss_ref": post.get("loss_ref"), "loss_ref_seeds": post.get("loss_ref_seeds"),
                       "observation_sd": dict(zip(SERIES, map(float, obs_sd))),
                       "count_overdispersion": dict(zip(SERIES, map(float, phi)))},
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},

@@ -538,6 +538,58 @@ def test_laplace_proposal_gives_a_blind_parameter_the_prior_width(evaluations):
     assert out["ess"] > 500
 
 
+class _SeedChanceProblem:
+    """A stand-in for :class:`simcore.calibrate.Problem` whose loss is l0 (1 + a |z - mu|^2) + e_s: a seed adds
+    chance error e_s, and the search's seed (0) has none, as a search that fitted one seed's epidemic finds."""
+
+    def __init__(self, l0, a, mu, extra, residuals):
+        self.l0, self.a, self.mu, self.extra = l0, a, np.asarray(mu), dict(extra)
+        self.fits = [C.FitParam(f"p{i}", 0.0, "identity") for i in range(len(mu))]
+        self.target = type("T", (), {"fit_weeks": len(residuals)})()
+        self.obs_fit, self.obs_max, self._res = np.zeros_like(residuals), np.ones(residuals.shape[1:]), residuals
+        self.seeds_asked: set[int] = set()
+
+    def rollout(self, z, seed):
+        return self._res, None
+
+    def weekly_sim(self, daily):
+        return daily
+
+    def batch_loss(self, zs, seeds):
+        seeds = np.broadcast_to(np.asarray(seeds), (len(zs),))
+        self.seeds_asked |= set(seeds.tolist())
+        quad = self.l0 * (1 + self.a * ((np.asarray(zs) - self.mu) ** 2).sum(1))
+        return quad + np.asarray([self.extra.get(int(s), 0.0) for s in seeds])
+
+
+def test_the_posterior_weighs_points_by_their_loss_over_fresh_seeds():
+    """The search's best point scores l0 on its own seed and l0 + 0.06 on the others (seeds 1-4 add chance
+    error 0.03-0.09): the posterior's reference loss is that seed mean, never the search seed's, and the
+    posterior has the precision that scale gives, n_eff a l0 / (l0 + 0.06) + 1 / s0^2 (twice as wide as
+    the search seed's n_eff a + 1 / s0^2 would make it)."""
+    l0, a, s0 = 0.02, 3.0, C.PRIOR_SD
+    mu = np.array([0.3, -0.2])
+    extra = {1: 0.03, 2: 0.05, 3: 0.07, 4: 0.09}
+    res = np.random.default_rng(0).standard_normal((40, 1))
+    prob = _SeedChanceProblem(l0, a, mu, extra, res)
+    rng = np.random.default_rng(1)
+    pts = mu + 0.15 * rng.standard_normal((200, 2))
+    cma = C.Fit("cmaes", mu, [{"loss": float(v)} for v in prob.batch_loss(pts, 0)], points=pts, popsize=8)
+    prob.seeds_asked.clear()
+    post = C.posterior_sample(prob, mu, cma, proposals=3000, draws=500, sim_seed=0, rng=rng, rounds=5)
+    assert prob.seeds_asked == {1, 2, 3, 4} and post["seeds"] == [1, 2, 3, 4]
+    assert post["loss_ref"] == pytest.approx(l0 + 0.06) and post["loss_ref_seeds"] == pytest.approx(
+        [l0 + e for e in extra.values()])
+    n_eff = post["n_eff"]
+    assert n_eff == pytest.approx(C.effective_points(res))
+    prec = n_eff * a * l0 / (l0 + 0.06) + 1 / s0 ** 2
+    w, z = post["weights"], post["all_z"]
+    mean = w @ z
+    np.testing.assert_allclose(mean, mu * n_eff * a * l0 / (l0 + 0.06) / prec, atol=0.03)
+    np.testing.assert_allclose(w @ (z - mean) ** 2, 1 / prec, rtol=0.15)
+    assert post["ess"] > 1000
+
+
 def test_effective_points_follow_the_autocorrelation_and_the_columns_shared_error():
     rng = np.random.default_rng(1)
     white = rng.standard_normal((2000, 3))
