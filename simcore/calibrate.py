@@ -825,11 +825,11 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
     n_eff = effective_points((sim - obs) / np.asarray(problem.obs_max)[None])
     fresh = np.arange(sim_seed + 1, sim_seed + 1 + seeds)
 
-    def seed_mean_loss(zs):  # every (point, seed) pair a row of the same batches
+    def seed_losses(zs):  # [points, seeds]: every (point, seed) pair a row of the same batches
         rows = _padded_losses(problem, np.repeat(zs, seeds, 0), np.tile(fresh, len(zs)), batch)
-        return rows.reshape(len(zs), seeds).mean(axis=1)
+        return rows.reshape(len(zs), seeds)
 
-    per_seed = _padded_losses(problem, np.repeat(best_z[None], seeds, 0), fresh, batch)
+    per_seed = seed_losses(best_z[None])[0]
     loss_ref = float(per_seed.mean())
     prior_mean = np.asarray([f.to_free(f.start) for f in problem.fits], np.float64)
     cma_losses = np.asarray([r["loss"] for r in cmaes_fit.history], np.float64)
@@ -837,7 +837,7 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
     losses: list[np.ndarray] = []
 
     def target(zs):
-        loss = seed_mean_loss(zs)
+        loss = seed_losses(zs).mean(axis=1)
         losses.append(loss)
         return log_target(loss, zs, loss_ref, n_eff, prior_mean, prior_sd)
 
