@@ -133,7 +133,8 @@ def cmd_calibrate(args) -> int:
     path = calibrate(sc, observed=args.observed, window=args.window, fit=args.fit, out=out, method=args.method,
                      size=args.size, forecast_to=args.forecast_to, iterations=args.iterations, lr=args.lr,
                      generations=args.generations, popsize=args.popsize, band_runs=args.band_runs,
-                     posterior_runs=args.posterior_runs,
+                     posterior_runs=args.posterior_runs, posterior_min_ess=args.posterior_min_ess,
+                     posterior_max_runs=args.posterior_max_runs,
                      weights=weights, progress=not args.quiet, settings=settings)
     print(f"calibration directory: {path}")
     return 0
@@ -325,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--band-runs", type=int, default=16, help="forward runs for the 80%% prediction bands")
     sp.add_argument("--posterior-runs", type=int, default=32, help="importance-sampling proposals for the "
                                                                      "posterior (after CMA-ES)")
+    sp.add_argument("--posterior-min-ess", type=float, default=0.0, help="add importance-sampling rounds while "
+                                                                        "the posterior's ESS is below this "
+                                                                        "(default 0: never)")
+    sp.add_argument("--posterior-max-runs", type=int, help="the most posterior proposals --posterior-min-ess may "
+                                                           "reach (default 3 x --posterior-runs)")
     sp.add_argument("--weight", action="append", metavar="SERIES=W", help="loss weight (defaults: deaths 1, "
                                                                           "hospitalizations 1, cases 0.25, unemployment 1)")
     sp.add_argument("--out", help="calibration directory (default: <output.dir>/calibrate-<name>-<time>)")

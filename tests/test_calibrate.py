@@ -345,6 +345,10 @@ BAD = [
     (["--fit", "interventions.pause_order"], "--fit: interventions.pause_order: expected interventions.<name or index>"),
     (["--size", "10"], "--size: must be >= 1000"),
     (["--method", "magic"], "--method: must be gradient, cmaes or both"),
+    (["--posterior-min-ess", "-1"], "--posterior-min-ess: must be >= 0, got -1.0"),
+    (["--posterior-min-ess", "nan"], "--posterior-min-ess: must be >= 0, got nan"),
+    (["--posterior-runs", "64", "--posterior-max-runs", "32"], "--posterior-max-runs: must be >= --posterior-runs "
+                                                               "(64), got 32"),
 ]
 
 
@@ -520,6 +524,31 @@ def test_amis_recovers_the_gaussian_posterior_of_a_quadratic_loss_from_a_poor_fi
     np.testing.assert_allclose(z[idx].mean(0), post_mean, atol=0.06)
     assert C.weighted_quantile(np.arange(10.0), np.ones(10), 0.5) == 4.0
     assert C.weighted_quantile(np.arange(10.0), np.r_[np.zeros(9), 1.0], 0.1) == 9.0
+
+
+def test_amis_adds_rounds_until_the_ess_reaches_its_floor_and_stops_at_the_cap():
+    """The same quadratic posterior from the same poor start, in rounds of 40: two rounds leave the ESS low;
+    with a floor of 60 the sampler goes on round by round and stops at the first round that reaches it (the
+    rounds before it did not); with a floor it cannot reach (more than its points) it stops at the cap."""
+    l0, a, n_eff, mu, m0, s0 = 0.02, 3.0, 8.0, np.array([0.5, -1.0, 2.0]), np.zeros(3), 1.5
+    prec = n_eff * a + 1 / s0 ** 2
+    post_mean, post_var = (n_eff * a * mu + m0 / s0 ** 2) / prec, 1 / prec
+    target = lambda zs: C.log_target(l0 * (1 + a * ((zs - mu) ** 2).sum(1)), zs, l0, n_eff, m0, s0)  # noqa: E731
+    start, cov = post_mean + np.sqrt(post_var), np.eye(3) * post_var / 4
+
+    def run(**kw):
+        return C.amis(target, start, cov, rounds=2, per_round=40, rng=np.random.default_rng(3), **kw)
+
+    base = run()
+    assert base["rounds"] == 2 and len(base["z"]) == 80 and base["ess"] < 60
+    more = run(min_ess=60, max_rounds=20)
+    assert 2 < more["rounds"] < 20 and len(more["z"]) == 40 * more["rounds"] and more["ess"] >= 60
+    assert run(min_ess=0, max_rounds=20)["rounds"] == 2  # no floor: the cap alone adds nothing
+    # the same stream run one round fewer (the same draws, the same adaptation) had not reached the floor
+    one_less = C.amis(target, start, cov, rounds=more["rounds"] - 1, per_round=40, rng=np.random.default_rng(3))
+    assert one_less["ess"] < 60
+    capped = run(min_ess=1e6, max_rounds=5)
+    assert capped["rounds"] == 5 and len(capped["z"]) == 200 and capped["ess"] < 200
 
 
 @pytest.mark.parametrize("evaluations", [120, 800])  # the diagonal quadratic, then the full one
