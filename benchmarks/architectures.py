@@ -7,8 +7,9 @@ Each architecture is a ``covid_nyc`` arm:
 
 - ``heuristic``: ``policy: null`` (the model's isolation and employment hazards);
 - ``llm_archetypes``: the scenario's LLM policy, one call per non-empty archetype per weekly round;
-- ``llm_per_agent``: the same decisions and prompts with ``policy.architecture: per_agent``, one
-  call per agent per round.
+- ``llm_per_agent``: ``policy.architecture: per_agent``, one call per agent per round, with prompts
+  that show each agent's own fields that the archetypes leave out (``PER_AGENT_DECISIONS``: occupation
+  and household size for isolation, age band and household size for the job).
 
 **Calibrated the same way, scored on held-out data.** Every arm is fitted by ``simcore calibrate``
 with the same observed series (NYC DOHMH, NYS DOL LAUS), window (2020-03-01 to 2020-04-12), method
@@ -19,9 +20,9 @@ parameters that each arm has of its own: the heuristic's isolation hazard (base,
 own job-loss hazard (base, case load), or the LLM map's bias and slope for isolation and for
 work, i.e. what the answer replaces. An LLM arm's answers are asked once per round and archetype
 before the fit (``simcore.calibrate.llm_answers``) and looked up on the device in every rollout;
-a test holds that lookup equal to the host-policy run. With the shipped prompts (archetype fields
-only) the per-agent arm asks the same questions, so its fit equals the archetype arm's; its cost
-does not.
+a test holds that lookup equal to the host-policy run, for these per-agent prompts too. The per-agent
+answers are a finer table (2,880 isolation and 576 job cells per round, against 90 and 24), so its fit is
+its own.
 
 **Cost.** Columns ``calib_llm_*``: the calibration's own LLM work (its table of answers).
 Columns ``run_*``: one forward run of the fitted arm (its calibration's ``overlay.yaml``) at ``--size``
@@ -47,10 +48,71 @@ from analysis import validation
 from scenarios import load_scenario
 from simcore.runs import run_scenario
 
+# The per-agent arm's prompts show each agent's own fields that the archetypes leave out: occupation and
+# household size for isolation, age band and household size for the job. Identical agents still get identical
+# prompts (the response cache scores each once); the archetype arm keeps the scenario's coarser prompts.
+OCCUPATION_WORDS = {"none": "not working", "health": "works in health care",
+                    "transport": "works in transport or protective services", "grocery": "works in a grocery store",
+                    "office": "works in an office job", "service": "works in restaurants or personal services",
+                    "education": "works in education or childcare",
+                    "construction_manufacturing": "works in construction or manufacturing"}
+JOB_WORDS = {"none": "no job (not working)", "health": "health care", "transport": "transport or protective services",
+             "grocery": "a grocery store", "office": "an office job", "service": "restaurants or personal services",
+             "education": "education or childcare", "construction_manufacturing": "construction or manufacturing"}
+HOUSEHOLD_WORDS = {"1": "alone", "2": "with 1 other person", "3-4": "with 2 or 3 others", "5+": "with 4 or more others"}
+AGE_WORDS = {"U19": "under 20", "20t29": "20 to 29", "30t39": "30 to 39", "40t49": "40 to 49", "50t64": "50 to 64",
+             "65A": "65 or older"}
+PER_AGENT_DECISIONS = [
+    {"group_by": ["age_band", "borough", "case_trend", "occupation", "household_size"],
+     "labels": {"age_band": AGE_WORDS, "occupation": OCCUPATION_WORDS, "household_size": HOUSEHOLD_WORDS},
+     "prompt": "New Yorkers were asked in 2020 whether they would isolate at home next week ({options}).\n\n"
+               "Age 65 or older, not working, lives alone, cases rising, stay-at-home order in force. Will isolate: yes\n"
+               "Age 20 to 29, works in restaurants or personal services, lives with 2 or 3 others, cases falling, "
+               "stay-at-home order not in force. Will isolate: no\n"
+               "Age 50 to 64, works in an office job, lives with 1 other person, cases flat, stay-at-home order in "
+               "force. Will isolate: yes\n"
+               "Age 30 to 39, works in health care, lives with 4 or more others, cases rising, stay-at-home order in "
+               "force. Will isolate: no\n"
+               "Age 40 to 49, works in education or childcare, lives with 2 or 3 others, cases rising, stay-at-home "
+               "order in force. Will isolate: yes\n"
+               "Age under 20, not working, lives with 4 or more others, cases falling, stay-at-home order not in "
+               "force. Will isolate: no\n\n"
+               "Age {age_band}, {occupation}, lives {household_size}, cases {case_trend}, stay-at-home order "
+               "{pause_order}. Will isolate:"},
+    {"group_by": ["occupation", "case_trend", "age_band", "household_size"],
+     "labels": {"age_band": AGE_WORDS, "occupation": JOB_WORDS, "household_size": HOUSEHOLD_WORDS},
+     "prompt": "New York City workers were asked in 2020 whether they would keep or lose their job next week "
+               "({options}).\n\n"
+               "Works in an office job, age 40 to 49, lives with 2 or 3 others, cases falling, stay-at-home order in "
+               "force. Next week: keep\n"
+               "Works in restaurants or personal services, age 20 to 29, lives alone, cases rising, stay-at-home "
+               "order in force. Next week: lose\n"
+               "Works in health care, age 50 to 64, lives with 1 other person, cases rising, stay-at-home order in "
+               "force. Next week: keep\n"
+               "Works in construction or manufacturing, age 30 to 39, lives with 4 or more others, cases rising, "
+               "stay-at-home order in force. Next week: lose\n"
+               "Works in a grocery store, age under 20, lives with 2 or 3 others, cases flat, stay-at-home order in "
+               "force. Next week: keep\n"
+               "Works in restaurants or personal services, age 65 or older, lives with 1 other person, cases "
+               "falling, stay-at-home order not in force. Next week: keep\n\n"
+               "Works in {occupation}, age {age_band}, lives {household_size}, cases {case_trend}, stay-at-home order "
+               "{pause_order}. Next week:"},
+]
+
+
+def per_agent_settings() -> list[str]:
+    """``--set`` items that turn ``covid_nyc``'s decisions into the per-agent ones (JSON is YAML, so every
+    value, the prompts' newlines and colons included, reads back as written)."""
+    out = ["policy.architecture=per_agent"]
+    for i, d in enumerate(PER_AGENT_DECISIONS):
+        out += [f"policy.decisions.{i}.{k}={json.dumps(v)}" for k, v in d.items()]
+    return out
+
+
 ARCHITECTURES = {
     "heuristic": ["policy=null"],
     "llm_archetypes": [],
-    "llm_per_agent": ["policy.architecture=per_agent"],
+    "llm_per_agent": per_agent_settings(),
 }
 
 
@@ -97,10 +159,14 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
     d = calibrate(sc, observed="nyc", window=WINDOW, forecast_to=FORECAST_TO, fit=fit, out=out / f"calib_{arch}",
                   size=args.calibrate_size, iterations=args.iterations, lr=0.08, generations=args.generations,
                   popsize=args.popsize, posterior_runs=args.posterior_runs, band_runs=args.band_runs,
+                  posterior_min_ess=args.posterior_min_ess, posterior_max_runs=args.posterior_max_runs,
                   seed=args.seed, weights={"hospitalizations": 3.0}, progress=False, settings=settings)
     summary = json.loads((d / "summary.json").read_text())
     llm = summary.get("llm") or {}
+    post = summary["posterior"]
     return {"calib_seconds": round(time.perf_counter() - t0, 1), "fit_loss": round(min(summary["loss"].values()), 4),
+            "posterior_ess": round(post["ess"], 1), "posterior_points": post["proposals"],
+            "n_eff": round(post["n_eff"] or 0.0, 1),
             **forecast_error(d), "calib_llm_calls": llm.get("calls", 0),
             "calib_llm_distinct": distinct_prompts(d),
             "calib_llm_seconds": round(llm.get("llm_seconds", 0.0), 1)}
@@ -118,6 +184,9 @@ def main(argv=None) -> None:
     ap.add_argument("--generations", type=int, default=30, help="CMA-ES generations of each calibration")
     ap.add_argument("--popsize", type=int, default=16)
     ap.add_argument("--posterior-runs", type=int, default=96)
+    ap.add_argument("--posterior-min-ess", type=float, default=32.0,
+                    help="more posterior rounds while the ESS is below this (a band from fewer points is chance)")
+    ap.add_argument("--posterior-max-runs", type=int, default=192)
     ap.add_argument("--band-runs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/architectures")
@@ -132,6 +201,8 @@ def main(argv=None) -> None:
     results = {}
     for arch in names:
         calib, fitted = {}, []
+        print(f"{arch}: {'forward run' if args.no_calibrate else 'calibrating'} ({time.strftime('%H:%M:%S')})",
+              flush=True)
         if not args.no_calibrate:
             from simcore.calibrate import read_overlay
 
@@ -159,7 +230,7 @@ def main(argv=None) -> None:
             "run_seconds": round(seconds, 1),
         })
     table = pl.DataFrame(rows)
-    shown = [c for c in ("architecture", "fit_loss", "deaths_nrmse", "deaths_coverage80", "coverage80_pooled",
+    shown = [c for c in ("architecture", "fit_loss", "posterior_ess", "posterior_points", "deaths_nrmse", "deaths_coverage80", "coverage80_pooled",
                          "hospitalizations_nrmse",
                          "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct",
                          "calib_llm_seconds", "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds",

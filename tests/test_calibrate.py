@@ -167,20 +167,38 @@ def _hashed_answers(prompt, options):
     return {options[0]: math.log(p), options[1]: math.log1p(-p)}
 
 
-@pytest.mark.parametrize("architecture,pipelined", [("archetypes", False), ("per_agent", False), ("archetypes", True)])
-def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, pipelined, tmp_path):
+def _individual_fields():
+    from benchmarks.architectures import per_agent_settings
+
+    return per_agent_settings()
+
+
+# distinct prompts of a 42-day run: the fields a prompt shows x the pause order (off, then on from day 21);
+# borough is grouped on but not shown. Archetypes per round: every level of every grouped feature.
+SHIPPED = {"archetypes": (6 * 5 * 3, 8 * 3), "distinct": 6 * 3 * 2 + 8 * 3 * 2}
+INDIVIDUAL = {"archetypes": (6 * 5 * 3 * 8 * 4, 8 * 3 * 6 * 4), "distinct": 6 * 3 * 8 * 4 * 2 + 8 * 3 * 6 * 4 * 2}
+
+
+@pytest.mark.parametrize("architecture,pipelined,prompts", [
+    ("archetypes", False, "shipped"), ("per_agent", False, "shipped"), ("archetypes", True, "shipped"),
+    ("per_agent", False, "individual")])
+def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, pipelined, prompts, tmp_path):
     """The calibration's LLM rounds (one answer per archetype and round, looked up on the device) give the run
     a host policy gives, with one call per archetype or one per agent, asked and applied at once or one
-    cadence later (pipelined): the same job losses to the agent, the same observables to float rounding."""
+    cadence later (pipelined): the same job losses to the agent, the same observables to float rounding.
+    "individual": the architecture benchmark's per-agent prompts, which show each agent's occupation and
+    household size (and, for the job, age band) that the archetypes leave out."""
     from llm_policy.backends import ScriptedBackend
     from simcore.models import build
     from simcore.runs import make_simulation
     from simcore.session import drive, make_archetype_policy
 
     steps = 42  # six weekly rounds; the pause order (a prompt field) starts at day 21
+    extra = _individual_fields() if prompts == "individual" else []
     sc = load_scenario("covid_nyc", ["population.size=6000", f"run.steps={steps}", "output.sample_agents=0",
                                      "model.params.initial_infected=0.004", f"policy.architecture={architecture}",
-                                     f"policy.pipelined={str(pipelined).lower()}"])
+                                     f"policy.pipelined={str(pipelined).lower()}", *extra])
+    expect = INDIVIDUAL if prompts == "individual" else SHIPPED
     built = build(sc)
     sim = make_simulation(sc, built, sc.run.seed)
     policy = make_archetype_policy(sc, built, backend=ScriptedBackend(_hashed_answers))
@@ -195,12 +213,12 @@ def test_llm_answer_tables_reproduce_the_host_policy_run(architecture, pipelined
     backend = ScriptedBackend(_hashed_answers)
     answers, pol = C.llm_answers(sc, prob, tmp_path, backend=backend)
     assert [a.target for a in answers] == ["isolate_llm", "work_llm"]
-    assert answers[0].values.shape == (6, 6 * 5 * 3)  # rounds x (age band x borough x trend)
+    assert [a.values.shape for a in answers] == [(6, n) for n in expect["archetypes"]]  # rounds x archetypes
     assert np.isfinite(answers[0].values).all() and answers[0].values.std() > 0.1
-    # each distinct prompt asked once (borough is not in the isolation prompt; the pause order changes at day 21)
+    # each distinct prompt asked once
     scored = [r.prompt for b in backend.calls for r in b]
-    assert len(scored) == len(set(scored)) == 6 * 3 * 2 + 8 * 3 * 2  # (age bands | occupations) x trends x pause
-    assert pol.totals.calls == 6 * (90 + 24)  # every archetype of every round, counted as a run counts them
+    assert len(scored) == len(set(scored)) == expect["distinct"]
+    assert pol.totals.calls == 6 * sum(expect["archetypes"])  # every archetype of every round, as a run counts
     assert (tmp_path / "llm_calls.parquet").exists()
     z = np.array([f.to_free(f.start) for f in fits], np.float32)
     prob.answers = answers
