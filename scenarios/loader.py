@@ -225,7 +225,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
                 node = node[idx]
                 continue
             if part not in node or node[part] is None:
-                node[part] = [] if nxt.isdigit() else {}
+                # a mapping: a new list could take no index, and a digit is a mapping's key just as well
+                # (a label map keyed by household size "1", "2": an overlay flattens it to labels.x.1)
+                node[part] = {}
             node = node[part]
         last = parts[-1]
         if isinstance(node, list):

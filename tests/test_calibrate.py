@@ -751,6 +751,25 @@ def test_overlay_carries_the_settings_the_fit_was_made_under(tmp_path):
     assert got.contact_scales == "people" and got.beta.community == 0.07 and got.initial_infected == 0.001
 
 
+def test_overlay_carries_per_agent_prompts_whose_labels_are_keyed_by_digits(tmp_path):
+    """The architecture benchmark's per-agent arm is fitted under --set items that replace whole decisions
+    (labels keyed by household size "1", "2", prompts with newlines and colons): its overlay applied to the
+    base scenario gives those decisions back, so the forward run is the fitted model."""
+    from benchmarks.architectures import PER_AGENT_DECISIONS, per_agent_settings
+
+    settings = ["model.params.contact_scales=people", *per_agent_settings()]
+    sc = load_scenario("covid_nyc", settings)
+    fits = C.resolve_fit(sc, "beta.community")
+    C.write_overlay(tmp_path / "o.yaml", sc, fits, [0.07], np.array([[0.05]] * 3), "w", "nyc", "cmaes",
+                    settings=settings)
+    got = load_scenario("covid_nyc", C.read_overlay(tmp_path / "o.yaml"))
+    assert got.policy.architecture == "per_agent" and got.model.params.beta.community == 0.07
+    for d, want in zip(got.policy.decisions, PER_AGENT_DECISIONS):
+        assert d.group_by == want["group_by"] and d.prompt == want["prompt"]
+        for feature, words in want["labels"].items():
+            assert d.labels[feature] == words
+
+
 def test_baseline_unemployment_sets_each_boroughs_rate_and_leaves_the_rest():
     """With per-borough baseline rates the labour force's unemployment matches each borough's rate (to sampling
     error) and no one enters or leaves the labour force; without them the population's states stand."""
