@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -155,8 +156,9 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
         settings.append(f"policy.per_agent_max={max(args.calibrate_size, 20_000)}")
     sc = load_scenario("covid_nyc", settings)
     fit = SHARED_FIT + "," + BEHAVIOUR_FIT["heuristic" if sc.policy is None else "llm"]
-    t0 = time.perf_counter()
-    d = calibrate(sc, observed="nyc", window=WINDOW, forecast_to=FORECAST_TO, fit=fit, out=out / f"calib_{arch}",
+    d = out / f"calib_{arch}"
+    if not (args.reuse and (d / "summary.json").exists()):
+        calibrate(sc, observed="nyc", window=WINDOW, forecast_to=FORECAST_TO, fit=fit, out=d,
                   size=args.calibrate_size, iterations=args.iterations, lr=0.08, generations=args.generations,
                   popsize=args.popsize, posterior_runs=args.posterior_runs, band_runs=args.band_runs,
                   posterior_min_ess=args.posterior_min_ess, posterior_max_runs=args.posterior_max_runs,
@@ -164,7 +166,7 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
     summary = json.loads((d / "summary.json").read_text())
     llm = summary.get("llm") or {}
     post = summary["posterior"]
-    return {"calib_seconds": round(time.perf_counter() - t0, 1), "fit_loss": round(min(summary["loss"].values()), 4),
+    return {"calib_seconds": round(summary["seconds"]["total"], 1), "fit_loss": round(min(summary["loss"].values()), 4),
             "posterior_ess": round(post["ess"], 1), "posterior_points": post["proposals"],
             "n_eff": round(post["n_eff"] or 0.0, 1),
             **forecast_error(d), "calib_llm_calls": llm.get("calls", 0),
@@ -190,6 +192,8 @@ def main(argv=None) -> None:
     ap.add_argument("--band-runs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/architectures")
+    ap.add_argument("--reuse", action="store_true", help="reuse an arm's calibration directory in --out when "
+                                                         "it is complete (holds summary.json), e.g. after a crash")
     ap.add_argument("--only", help="comma-separated architectures to run (default: all three)")
     ap.add_argument("--set", action="append", default=[], metavar="dotted.key=value", help="edit every arm")
     args = ap.parse_args(argv)
@@ -210,6 +214,8 @@ def main(argv=None) -> None:
             fitted = read_overlay(out / f"calib_{arch}" / "overlay.yaml")  # the forward run is the fitted model
         sc = load_scenario("covid_nyc", [*fitted, f"population.size={args.size}", "output.sample_agents=0",
                                          *args.set, *ARCHITECTURES[arch]])
+        if args.reuse and (out / arch).exists():
+            shutil.rmtree(out / arch)  # a forward run is cheap and is the cost measure: always run afresh
         t0 = time.perf_counter()
         run = run_scenario(sc, out / arch, steps=args.steps, seed=args.seed)
         seconds = time.perf_counter() - t0
