@@ -67,7 +67,8 @@ PER_AGENT_DECISIONS = [
     {"group_by": ["age_band", "borough", "case_trend", "occupation", "household_size"],
      "labels": {"age_band": AGE_WORDS, "occupation": OCCUPATION_WORDS, "household_size": HOUSEHOLD_WORDS},
      "prompt": "New Yorkers were asked in 2020 whether they would isolate at home next week ({options}).\n\n"
-               "Age 65 or older, not working, lives alone, cases rising, stay-at-home order in force. Will isolate: yes\n"
+               "Age 65 or older, not working, lives alone, cases rising, stay-at-home order in force. "
+               "Will isolate: yes\n"
                "Age 20 to 29, works in restaurants or personal services, lives with 2 or 3 others, cases falling, "
                "stay-at-home order not in force. Will isolate: no\n"
                "Age 50 to 64, works in an office job, lives with 1 other person, cases flat, stay-at-home order in "
@@ -236,9 +237,8 @@ def main(argv=None) -> None:
             "run_seconds": round(seconds, 1),
         })
     table = pl.DataFrame(rows)
-    shown = [c for c in ("architecture", "fit_loss", "posterior_ess", "posterior_points", "deaths_nrmse", "deaths_coverage80", "coverage80_pooled",
-                         "hospitalizations_nrmse",
-                         "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct",
+    shown = [c for c in ("architecture", "fit_loss", "posterior_ess", "posterior_points", "deaths_nrmse",
+                         "deaths_coverage80", "coverage80_pooled", "hospitalizations_nrmse", "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct",
                          "calib_llm_seconds", "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds",
                          "run_seconds") if c in table.columns]
     with pl.Config(tbl_cols=-1, tbl_width_chars=400, tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):

@@ -734,9 +734,9 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
     counts as ``SHRINK_POINTS`` x (d + 1) points: measured on a 12-dimensional Gaussian posterior with 96
     points (16 a round), starting from the exact posterior, the median ESS over 8 streams was 6 of 96
     with the raw sample covariance and 51 with the shrunk one (with 1 nat of noise on the log target:
-    18 and 43). After ``rounds`` rounds it goes on, a round at a
-    time, while the ESS is below ``min_ess``, up to ``max_rounds`` in all. Returns every point, its log target,
-    the (untempered) normalised weights, the ESS, the rounds run and the proposals used."""
+    18 and 43). After ``rounds`` rounds it goes on, a round at a time, while the ESS is below ``min_ess``,
+    up to ``max_rounds`` in all. Returns every point, its log target, the (untempered) normalised weights,
+    the ESS, the rounds run and the proposals used."""
     mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
     d = len(mean)
     zs = np.empty((0, d))
@@ -865,7 +865,8 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
                max_rounds=max(rounds, cap // per_round))
     idx = systematic_resample(out["weights"], draws, rng)
     return {"z": out["z"][idx], "ess": out["ess"], "n_eff": float(n_eff), "proposals": len(out["z"]),
-            "rounds": out["rounds"], "min_ess": min_ess, "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(), "seeds": fresh.tolist(),
+            "rounds": out["rounds"], "min_ess": min_ess, "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(),
+            "seeds": fresh.tolist(),
             "all_z": out["z"], "losses": np.concatenate(losses), "weights": out["weights"]}
 
 
@@ -900,8 +901,9 @@ def observation_error(weekly: np.ndarray, observed: np.ndarray, fit_weeks: int,
     on each run, so the runs' spread is in the band already; an sd fitted to the mean's residual counted
     that spread twice: on synthetic weeks (32 runs spread by a factor exp(0.5 eta), the observed one more run
     times exp(0.3 eps); 6 streams) it read 0.55 and the 80 % band covered 0.91; the mixture reads 0.36 (the
-    runs' finite number needs some smoothing) and covers 0.82. ``weekly`` [K, W, B, S], ``observed`` [W, B, S], ``people_per_agent`` [B] ->
-    (sd [S], phi [S])."""
+    runs' finite number needs some smoothing) and covers 0.82.
+
+    ``weekly`` [K, W, B, S], ``observed`` [W, B, S], ``people_per_agent`` [B] -> (sd [S], phi [S])."""
     from scipy.optimize import minimize
     from scipy.special import logsumexp
 
