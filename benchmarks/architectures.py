@@ -169,7 +169,7 @@ def calibrate_arm(arch: str, args, out: Path) -> dict:
     post = summary["posterior"]
     return {"calib_seconds": round(summary["seconds"]["total"], 1), "fit_loss": round(min(summary["loss"].values()), 4),
             "posterior_ess": round(post["ess"], 1), "posterior_points": post["proposals"],
-            "n_eff": round(post["n_eff"] or 0.0, 1),
+            "n_eff": None if post["n_eff"] is None else round(post["n_eff"], 1),  # None: no CMA-ES, no posterior
             **forecast_error(d), "calib_llm_calls": llm.get("calls", 0),
             "calib_llm_distinct": distinct_prompts(d),
             "calib_llm_seconds": round(llm.get("llm_seconds", 0.0), 1)}
@@ -238,9 +238,10 @@ def main(argv=None) -> None:
         })
     table = pl.DataFrame(rows)
     shown = [c for c in ("architecture", "fit_loss", "posterior_ess", "posterior_points", "deaths_nrmse",
-                         "deaths_coverage80", "coverage80_pooled", "hospitalizations_nrmse", "cases_nrmse", "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct",
-                         "calib_llm_seconds", "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds",
-                         "run_seconds") if c in table.columns]
+                         "deaths_coverage80", "coverage80_pooled", "hospitalizations_nrmse", "cases_nrmse",
+                         "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct", "calib_llm_seconds",
+                         "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds", "run_seconds")
+             if c in table.columns]
     with pl.Config(tbl_cols=-1, tbl_width_chars=400, tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
         print(table.select(shown))
     out.mkdir(parents=True, exist_ok=True)

@@ -218,8 +218,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
                 raise  # a limit (depth, duplicate key, tag): not just text that is no YAML
             value = raw  # e.g. name=a: b is the string "a: b"
         node: Any = out
-        for i, part in enumerate(parts[:-1]):
-            nxt = parts[i + 1]
+        for part in parts[:-1]:
             if isinstance(node, list):
                 idx = _index(part, node, key)
                 node = node[idx]

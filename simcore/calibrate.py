@@ -865,8 +865,7 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
                max_rounds=max(rounds, cap // per_round))
     idx = systematic_resample(out["weights"], draws, rng)
     return {"z": out["z"][idx], "ess": out["ess"], "n_eff": float(n_eff), "proposals": len(out["z"]),
-            "rounds": out["rounds"], "min_ess": min_ess, "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(),
-            "seeds": fresh.tolist(),
+            "rounds": out["rounds"], "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(), "seeds": fresh.tolist(),
             "all_z": out["z"], "losses": np.concatenate(losses), "weights": out["weights"]}
 
 
