@@ -169,8 +169,9 @@ def _observed_section(doc: "_Doc", m: pl.DataFrame, manifest: dict, sc: dict) ->
     doc.figures.append(path)
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     doc.raw(f'<figure><img alt="observed" src="data:image/png;base64,{data}"></figure>')
-    table = validation.validation_table(frame).filter(pl.col("split") == "all").drop("split", "coverage",
-                                                                                    strict=False)
+    # a run has no band (lo = hi = simulated): its coverage and interval score say nothing
+    table = validation.validation_table(frame).filter(pl.col("split") == "all").drop(
+        "split", "coverage", "interval_score", "interval_score_norm", strict=False)
     doc.raw(html_table(table))
 
 

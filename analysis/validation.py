@@ -7,7 +7,14 @@ Metrics per series, borough and split (``fit`` / ``held_out`` / ``all``):
 - MAE and RMSE of the simulated median against the observed;
 - NRMSE = RMSE / max(observed) (OASIS's normalisation);
 - peak-timing error = index of the simulated peak minus index of the observed peak (weeks; over ``all``);
-- coverage = share of observed values inside the 80 % band.
+- coverage = share of observed values inside the 80 % band;
+- interval score of the 80 % band (Gneiting & Raftery 2007, the COVID-19 Forecast Hub's score at one level):
+  width + (2 / 0.2) x the distance by which the observed falls outside it, averaged over the periods;
+  ``interval_score_norm`` divides it by max(observed), as NRMSE does. Lower is better: a band is paid for its
+  width and fined for every miss, so a band that covers everything by being wide scores badly too, which
+  coverage alone cannot say.
+
+:func:`coverage_if_calibrated` says how far one forecast's coverage can be from 80 % by chance.
 """
 from __future__ import annotations
 
@@ -34,7 +41,18 @@ def series_metrics(observed, simulated, lo=None, hi=None) -> dict:
     if lo is not None and hi is not None:
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
         out["coverage"] = float(np.mean((obs >= lo) & (obs <= hi)))
+        score = float(np.mean(interval_score(obs, lo, hi)))
+        out["interval_score"] = score
+        out["interval_score_norm"] = score / max(float(obs.max()), 1e-12)
     return out
+
+
+def interval_score(observed, lo, hi, alpha: float = 0.2) -> np.ndarray:
+    """The interval score of a central (1 - ``alpha``) band per value: (hi - lo) + (2 / alpha) x (lo - y) when
+    y < lo, + (2 / alpha) x (y - hi) when y > hi (Gneiting & Raftery 2007, eq. 43). A proper score: its
+    expectation is lowest for the true alpha / 2 and 1 - alpha / 2 quantiles."""
+    y, lo, hi = (np.asarray(a, float) for a in (observed, lo, hi))
+    return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
 
 
 def validation_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -67,6 +85,7 @@ def headline(table: pl.DataFrame) -> dict:
     if "deaths" in ho:
         out["forecast_deaths_citywide_nrmse"] = ho["deaths"]["nrmse"]
         out["forecast_deaths_citywide_coverage80"] = ho["deaths"]["coverage80"]
+        out["forecast_deaths_citywide_interval_score"] = ho["deaths"]["interval_score_norm"]
         out["forecast_coverage80_pooled"] = ho["coverage80_pooled"]
     boro = table.filter((pl.col("series") == "deaths") & (pl.col("borough") != "citywide") & (pl.col("split") == "all"))
     if boro.height:
@@ -82,7 +101,8 @@ WEEKLY = ("cases", "hospitalizations", "deaths")
 
 
 def held_out(table: pl.DataFrame) -> dict:
-    """The forecast's scores on the held-out split: per weekly series, citywide NRMSE, MAE and 80 % coverage;
+    """The forecast's scores on the held-out split: per weekly series, citywide NRMSE, MAE, 80 % coverage and
+    the band's interval score over max(observed);
     the coverage pooled over every borough and weekly series (``coverage80_pooled``: 15 curves instead of one,
     so a better-sampled check of the bands than one citywide series of autocorrelated weeks); unemployment's
     mean absolute error over boroughs and held-out months, in percentage points. Empty without held-out rows."""
@@ -92,13 +112,51 @@ def held_out(table: pl.DataFrame) -> dict:
         r = ho.filter((pl.col("series") == series) & (pl.col("borough") == "citywide"))
         if r.height:
             row = r.row(0, named=True)
-            out[series] = {"nrmse": row["nrmse"], "mae": row["mae"], "coverage80": row["coverage"]}
+            out[series] = {"nrmse": row["nrmse"], "mae": row["mae"], "coverage80": row["coverage"],
+                           "interval_score_norm": row["interval_score_norm"]}
     boro = ho.filter(pl.col("series").is_in(WEEKLY) & (pl.col("borough") != "citywide"))
     if boro.height:
         out["coverage80_pooled"] = float((boro["coverage"] * boro["n"]).sum() / boro["n"].sum())
     un = ho.filter(pl.col("series") == "unemployment")
     if un.height:
         out["unemployment_mae_pp"] = float(100 * un["mae"].mean())
+    return out
+
+
+def coverage_if_calibrated(draws: np.ndarray, fit_weeks: int, series: tuple = WEEKLY,
+                           target: tuple[float, float] = (0.6, 0.95)) -> dict:
+    """The held-out coverage one forecast would score if its model were right: how far from 80 % chance alone
+    takes it, on these weeks.
+
+    ``draws`` [K, D, W, B, S]: D posterior-predictive draws of each of K runs (``simcore calibrate``'s band:
+    weeks W, boroughs B, weekly ``series`` S). Every draw in turn plays the observed city, against the 80 %
+    band (10 and 90 % quantiles) of the other K - 1 runs' draws, and scores its coverage of the weeks from
+    ``fit_weeks`` on: citywide deaths (the boroughs summed, as the band sums them) and pooled over boroughs
+    and series. Why: the weeks of one epidemic share their errors (a forecast that starts high stays high),
+    so a perfectly calibrated band covers all eleven held-out weeks, or almost none, far more often than
+    independent weeks would (0.8^11 = 9 %). Returns, for ``deaths_citywide`` and ``pooled``, the 10 / 50 /
+    90 % quantiles of those coverages, the share of them inside ``target`` and the share at 1."""
+    draws = np.asarray(draws, np.float64)
+    k, d, w, b, s = draws.shape
+    if k < 2 or w <= fit_weeks:
+        raise ValueError(f"need two runs or more and held-out weeks, got {k} runs, {w} weeks, {fit_weeks} fitted")
+    held = draws[:, :, fit_weeks:]
+    city = held[..., list(series).index("deaths")].sum(axis=-1)  # [K, D, H]
+    scores: dict[str, list[np.ndarray]] = {"deaths_citywide": [], "pooled": []}
+    for i in range(k):
+        others = np.delete(held, i, axis=0).reshape(-1, *held.shape[2:])
+        lo, hi = np.quantile(others, [0.1, 0.9], axis=0)
+        scores["pooled"].append(((held[i] >= lo) & (held[i] <= hi)).mean(axis=(1, 2, 3)))
+        c_others = np.delete(city, i, axis=0).reshape(-1, city.shape[-1])
+        c_lo, c_hi = np.quantile(c_others, [0.1, 0.9], axis=0)
+        scores["deaths_citywide"].append(((city[i] >= c_lo) & (city[i] <= c_hi)).mean(axis=1))
+    out = {}
+    for name, parts in scores.items():
+        c = np.concatenate(parts)
+        q10, q50, q90 = np.quantile(c, [0.1, 0.5, 0.9])
+        out[name] = {"q10": float(q10), "median": float(q50), "q90": float(q90),
+                     "in_target": float(np.mean((c >= target[0]) & (c <= target[1]))),
+                     "at_one": float(np.mean(c == 1.0)), "forecasts": int(c.size)}
     return out
 
 

@@ -61,6 +61,7 @@ from .models import build
 from .models import epidemic as ep
 
 SERIES = ("cases", "hospitalizations", "deaths")
+BAND_DRAWS = 32  # posterior-predictive draws per band run (observation error and counting noise)
 PRIOR_SD = 1.5  # the parameters' prior sd in free (log / logit) units: a factor e^1.5 = 4.5 either way
 POSTERIOR_SEEDS = 4  # simulation seeds averaged in each posterior point's loss (see posterior_sample)
 SHRINK_POINTS = 2  # amis: the last proposal's covariance counts as this many x (dimensions + 1) points
@@ -1089,7 +1090,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
     weekly, unemp = ensemble(search, picks, seeds)
     obs_sd, phi = observation_error(weekly, target.weekly, target.fit_weeks, np.asarray(search.scale))
-    band = predictive_draws(weekly, obs_sd, phi, 32, rng)
+    band = predictive_draws(weekly, obs_sd, phi, BAND_DRAWS, rng)
     out.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(rows).write_parquet(out / "calibration.parquet")
     all_z = post.get("all_z", picks)
@@ -1120,7 +1121,9 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
                       "count_overdispersion": dict(zip(SERIES, map(float, phi)))},
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
         "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
-        "validation": validation.headline(table),
+        "validation": validation.headline(table) | ({"coverage_if_calibrated": validation.coverage_if_calibrated(
+            band.reshape(band_runs, BAND_DRAWS, *band.shape[1:]), target.fit_weeks, SERIES)}
+            if target.weeks > target.fit_weeks and band_runs > 1 else {}),
         "llm": llm,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

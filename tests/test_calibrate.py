@@ -1,5 +1,6 @@
 """Observed data, the observation model, and simcore calibrate: equivalence, gradients, recovery, bad input."""
 import datetime as dt
+import json
 import shutil
 
 import jax
@@ -328,6 +329,50 @@ def test_validation_metrics_by_hand():
     assert m["rmse"] == pytest.approx(np.sqrt(11 / 4))
     assert m["nrmse"] == pytest.approx(np.sqrt(11 / 4) / 4)
     assert m["peak_error"] == 1 and m["coverage"] == 0.5
+    # widths 1, 2, 2, 3; week 3 is 1 above its band and week 4 is 1 below: each fined 2 / 0.2 = 10
+    assert m["interval_score"] == pytest.approx((1 + 2 + 12 + 13) / 4)
+    assert m["interval_score_norm"] == pytest.approx(7.0 / 4)
+
+
+def test_interval_score_is_lowest_at_the_true_quantiles():
+    """A proper score: for standard normal values the 10-90 % band (+-1.2816) scores below a narrower or a
+    wider band, although the wider one covers more."""
+    y = np.random.default_rng(0).standard_normal(200_000)
+    score = {h: validation.interval_score(y, -h, h).mean() for h in (1.0, 1.2816, 1.6)}
+    assert score[1.2816] < score[1.0] and score[1.2816] < score[1.6]
+    # the closed form for a normal: width 2z + (2 / 0.2) x two tails of E[(y - z)+] = phi(z) - z (1 - Phi(z))
+    from scipy.stats import norm
+    z = 1.2816
+    assert score[z] == pytest.approx(2 * z + 10 * 2 * (norm.pdf(z) - z * norm.sf(z)), rel=0.01)
+
+
+def _ar1_draws(rho: float, runs=16, per_run=32, weeks=17, boroughs=5, seed=0) -> np.ndarray:
+    """Log-normal weekly counts whose weeks follow AR(1) with correlation ``rho``: every draw as likely as any
+    other to be the truth, so a band from the others is calibrated by construction."""
+    e = np.random.default_rng(seed).standard_normal((runs, per_run, weeks, boroughs, 3))
+    x = e.copy()
+    for w in range(1, weeks):
+        x[:, :, w] = rho * x[:, :, w - 1] + np.sqrt(1 - rho ** 2) * e[:, :, w]
+    return np.exp(6 + 0.3 * x)
+
+
+def test_coverage_if_calibrated_matches_binomial_and_fully_shared_errors():
+    """Independent weeks: the eleven held-out weeks' coverage is Binomial(11, 0.8) / 11 (median 9/11, all
+    eleven 0.8^11 = 8.6 % of the time). Errors shared by every week: a draw is inside the band for all of
+    them or none, so 80 % of forecasts cover every week and none lands in [0.6, 0.95]."""
+    from scipy.stats import binom
+
+    ind = validation.coverage_if_calibrated(_ar1_draws(0.0), fit_weeks=6)["deaths_citywide"]
+    assert ind["forecasts"] == 16 * 32 and ind["median"] == pytest.approx(9 / 11)
+    assert ind["at_one"] == pytest.approx(0.8 ** 11, abs=0.04)
+    assert ind["in_target"] == pytest.approx(binom.cdf(10, 11, 0.8) - binom.cdf(6, 11, 0.8), abs=0.06)
+    shared = validation.coverage_if_calibrated(_ar1_draws(1.0), fit_weeks=6)
+    assert shared["deaths_citywide"]["at_one"] == pytest.approx(0.8, abs=0.05)
+    assert shared["deaths_citywide"]["in_target"] == 0.0
+    # fifteen borough-series curves with their own errors: the pooled coverage stays near 0.8
+    assert shared["pooled"]["median"] == pytest.approx(0.8, abs=0.05) and shared["pooled"]["in_target"] > 0.9
+    with pytest.raises(ValueError, match="held-out weeks"):
+        validation.coverage_if_calibrated(_ar1_draws(0.0, weeks=6), fit_weeks=6)
 
 
 def test_held_out_scores_pool_the_boroughs_coverage():
@@ -342,7 +387,9 @@ def test_held_out_scores_pool_the_boroughs_coverage():
                  "observed": 0.10, "simulated": 0.13, "lo": 0.1, "hi": 0.2})
     h = validation.held_out(validation.validation_table(pl.DataFrame(rows)))
     assert h["coverage80_pooled"] == pytest.approx(4 / 6)
-    assert h["deaths"] == {"nrmse": pytest.approx(0.2), "mae": pytest.approx(2.0), "coverage80": 0.0}
+    # citywide: observed 10 under a band 11..13: width 2 + fined 10 x 1, over max observed 10
+    assert h["deaths"] == {"nrmse": pytest.approx(0.2), "mae": pytest.approx(2.0), "coverage80": 0.0,
+                           "interval_score_norm": pytest.approx(1.2)}
     assert "cases" not in h and h["unemployment_mae_pp"] == pytest.approx(3.0)
 
 
@@ -400,7 +447,9 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert weekly.filter(pl.col("held_out"))["index"].unique().sort().to_list() == [4, 5]
     assert (fc["lo"] <= fc["simulated"]).all() and (fc["simulated"] <= fc["hi"]).all()
     val = pl.read_parquet(out / "validation.parquet")
-    assert {"mae", "rmse", "nrmse", "peak_error", "coverage"} <= set(val.columns)
+    assert {"mae", "rmse", "nrmse", "peak_error", "coverage", "interval_score"} <= set(val.columns)
+    chance = json.loads((out / "summary.json").read_text())["validation"]["coverage_if_calibrated"]
+    assert chance["deaths_citywide"]["forecasts"] == 4 * C.BAND_DRAWS
     assert (out / "fit.png").stat().st_size > 10_000
     items = C.read_overlay(out / "overlay.yaml")
     keys = [i.split("=")[0] for i in items]
