@@ -130,16 +130,23 @@ FIT_SETTINGS = ["model.params.contact_scales=people"]  # as the README's forecas
 
 def forecast_error(calib_dir: Path) -> dict[str, float]:
     """Held-out (2020-04-13 on) error of a calibration's forecast (``analysis.validation.held_out``): citywide
-    weekly NRMSE / MAE and 80 % coverage per series, the coverage pooled over boroughs and series, and the
-    mean absolute error of monthly unemployment over boroughs, in percentage points."""
-    h = validation.held_out(pl.read_parquet(calib_dir / "validation.parquet"))
+    weekly NRMSE / MAE, 80 % coverage and interval score (over max observed) per series, the coverage pooled
+    over boroughs and series, the mean absolute error of monthly unemployment over boroughs, in percentage
+    points, and how often a calibrated band would land in the coverage target on these weeks (from
+    summary.json; absent in a directory written before it). The scores come from ``forecast.parquet``, so a
+    reused directory gets the current metrics."""
+    h = validation.held_out(validation.validation_table(pl.read_parquet(calib_dir / "forecast.parquet")))
     out = {}
     for series in validation.WEEKLY:
         out[f"{series}_nrmse"] = round(h[series]["nrmse"], 3)
         out[f"{series}_mae"] = round(h[series]["mae"], 1)
         out[f"{series}_coverage80"] = round(h[series]["coverage80"], 2)
+        out[f"{series}_interval_score"] = round(h[series]["interval_score_norm"], 3)
     out["coverage80_pooled"] = round(h["coverage80_pooled"], 2)
     out["unemployment_mae_pp"] = round(h["unemployment_mae_pp"], 2)
+    chance = json.loads((calib_dir / "summary.json").read_text())["validation"].get("coverage_if_calibrated")
+    if chance:
+        out["deaths_coverage80_calibrated_in_target"] = round(chance["deaths_citywide"]["in_target"], 2)
     return out
 
 
@@ -238,7 +245,8 @@ def main(argv=None) -> None:
         })
     table = pl.DataFrame(rows)
     shown = [c for c in ("architecture", "fit_loss", "posterior_ess", "posterior_points", "deaths_nrmse",
-                         "deaths_coverage80", "coverage80_pooled", "hospitalizations_nrmse", "cases_nrmse",
+                         "deaths_coverage80", "deaths_interval_score", "deaths_coverage80_calibrated_in_target",
+                         "coverage80_pooled", "hospitalizations_nrmse", "cases_nrmse",
                          "unemployment_mae_pp", "calib_llm_calls", "calib_llm_distinct", "calib_llm_seconds",
                          "run_llm_calls", "run_llm_prompt_tokens", "run_llm_seconds", "run_seconds")
              if c in table.columns]
