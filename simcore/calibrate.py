@@ -43,6 +43,7 @@ import copy
 import datetime as dt
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -721,6 +722,32 @@ def tempered_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
     return weights(lo)
 
 
+def pareto_khat(log_w: np.ndarray) -> tuple[float, float]:
+    """The Pareto k-hat diagnostic of importance weights and its sample-size threshold (Vehtari, Simpson,
+    Gelman, Yao & Gabry 2024, "Pareto smoothed importance sampling", JMLR 25(72)): the shape k of a generalised
+    Pareto distribution fitted to the ceil(min(S / 5, 3 sqrt(S))) largest weights' excess over the next one.
+    1 / k estimates how many moments the weights have; above min(1 - 1 / log10 S, 0.7) the weighted sample
+    does not stand for the target whatever its ESS says (the proposals missed where the target has mass),
+    and the bands built from it are too narrow. Fitted by maximum likelihood (scipy), where the paper uses
+    Zhang and Stephens' estimator: with 20-40 tail weights a few hundredths apart. Returns (k, threshold);
+    k is inf when one weight holds everything and the tail is empty."""
+    from scipy.stats import genpareto
+
+    w = np.sort(np.exp(log_w - np.max(log_w)))  # a point of no weight (-inf) counts, as a 0
+    s = len(w)
+    m = int(np.ceil(min(0.2 * s, 3 * np.sqrt(s))))
+    threshold = min(1.0 - 1.0 / np.log10(max(s, 11)), 0.7)
+    if m < 5:
+        return float("nan"), threshold
+    excess = w[-m:] - w[-m - 1]
+    if not np.any(excess > 0):
+        return 0.0, threshold  # equal weights: the lightest possible tail
+    if np.count_nonzero(w[:-1]) == 0:
+        return float("inf"), threshold
+    k, _, _ = genpareto.fit(excess / excess.max(), floc=0.0)
+    return float(k), threshold
+
+
 def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.random.Generator,
          min_ess: float = 0.0, max_rounds: int | None = None) -> dict:
     """Adaptive multiple importance sampling (Cornuet et al. 2012): each round draws ``per_round`` points from a
@@ -737,7 +764,8 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
     with the raw sample covariance and 51 with the shrunk one (with 1 nat of noise on the log target:
     18 and 43). After ``rounds`` rounds it goes on, a round at a time, while the ESS is below ``min_ess``,
     up to ``max_rounds`` in all. Returns every point, its log target, the (untempered) normalised weights,
-    the ESS, the rounds run and the proposals used."""
+    the ESS, the Pareto k-hat of the weights with its threshold (:func:`pareto_khat`), the rounds run
+    and the proposals used."""
     mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
     d = len(mean)
     zs = np.empty((0, d))
@@ -768,8 +796,9 @@ def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.rando
         cov = (ess_t * ((t[:, None] * dz).T @ dz) + prior_points * cov) / (ess_t + prior_points) + 1e-9 * np.eye(d)
         ess = float(1.0 / np.sum(normalised(log_w) ** 2)) if np.isfinite(log_w).any() else 0.0
     w = normalised(log_w)
-    return {"z": zs, "log_target": lt, "weights": w, "ess": ess, "rounds": done,
-            "proposals": [(m, c) for m, c, _ in comps]}
+    k_hat, k_max = pareto_khat(log_w)
+    return {"z": zs, "log_target": lt, "weights": w, "ess": ess, "rounds": done, "pareto_k": k_hat,
+            "pareto_k_threshold": k_max, "proposals": [(m, c) for m, c, _ in comps]}
 
 
 def systematic_resample(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -866,7 +895,8 @@ def posterior_sample(problem: "Problem", best_z, cmaes_fit: Fit | None, *, propo
                max_rounds=max(rounds, cap // per_round))
     idx = systematic_resample(out["weights"], draws, rng)
     return {"z": out["z"][idx], "ess": out["ess"], "n_eff": float(n_eff), "proposals": len(out["z"]),
-            "rounds": out["rounds"], "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(), "seeds": fresh.tolist(),
+            "rounds": out["rounds"], "pareto_k": out["pareto_k"], "pareto_k_threshold": out["pareto_k_threshold"],
+            "loss_ref": loss_ref, "loss_ref_seeds": per_seed.tolist(), "seeds": fresh.tolist(),
             "all_z": out["z"], "losses": np.concatenate(losses), "weights": out["weights"]}
 
 
@@ -1086,6 +1116,12 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     post = posterior_sample(search, best.z, cma, proposals=posterior_runs, draws=band_runs,
                             sim_seed=scenario.run.seed, rng=rng, min_ess=posterior_min_ess,
                             max_proposals=posterior_max_runs)
+    if post.get("pareto_k", 0.0) > post.get("pareto_k_threshold", np.inf):
+        # printed even under --quiet: the run succeeds, but its bands and intervals rest on too few points
+        print(f"warning: the posterior sample is unreliable: Pareto k {post['pareto_k']:.2f} > "
+              f"{post['pareto_k_threshold']:.2f} (ESS {post['ess']:.1f} of {post['proposals']} points), so the 80 % "
+              "bands and intervals are too narrow; more --posterior-runs or --posterior-min-ess may help",
+              file=sys.stderr, flush=True)
     picks = post["z"]
     seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
     weekly, unemp = ensemble(search, picks, seeds)
@@ -1114,7 +1150,8 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         "interval_80": {f.path: [weighted_quantile(post_nat[:, i], all_w, 0.1),
                                  weighted_quantile(post_nat[:, i], all_w, 0.9)] for i, f in enumerate(fits)},
         "posterior": {"proposals": post["proposals"], "rounds": post.get("rounds", 0), "ess": post["ess"],
-                      "min_ess": posterior_min_ess,
+                      "min_ess": posterior_min_ess, "pareto_k": post.get("pareto_k"),
+                      "pareto_k_threshold": post.get("pareto_k_threshold"),
                       "n_eff": post["n_eff"], "prior_sd": PRIOR_SD, "seeds": post.get("seeds"),
                       "loss_ref": post.get("loss_ref"), "loss_ref_seeds": post.get("loss_ref_seeds"),
                       "observation_sd": dict(zip(SERIES, map(float, obs_sd))),

@@ -448,8 +448,10 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert (fc["lo"] <= fc["simulated"]).all() and (fc["simulated"] <= fc["hi"]).all()
     val = pl.read_parquet(out / "validation.parquet")
     assert {"mae", "rmse", "nrmse", "peak_error", "coverage", "interval_score"} <= set(val.columns)
-    chance = json.loads((out / "summary.json").read_text())["validation"]["coverage_if_calibrated"]
-    assert chance["deaths_citywide"]["forecasts"] == 4 * C.BAND_DRAWS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["validation"]["coverage_if_calibrated"]["deaths_citywide"]["forecasts"] == 4 * C.BAND_DRAWS
+    post = summary["posterior"]
+    assert post["pareto_k_threshold"] == pytest.approx(min(1 - 1 / np.log10(post["proposals"]), 0.7))
     assert (out / "fit.png").stat().st_size > 10_000
     items = C.read_overlay(out / "overlay.yaml")
     keys = [i.split("=")[0] for i in items]
@@ -591,6 +593,23 @@ def test_amis_recovers_the_gaussian_posterior_of_a_quadratic_loss_from_a_poor_fi
     np.testing.assert_allclose(z[idx].mean(0), post_mean, atol=0.06)
     assert C.weighted_quantile(np.arange(10.0), np.ones(10), 0.5) == 4.0
     assert C.weighted_quantile(np.arange(10.0), np.r_[np.zeros(9), 1.0], 0.1) == 9.0
+
+
+def test_pareto_khat_reads_the_tail_of_the_weights():
+    """Weights drawn from a Pareto law with tail index 1 / k give k back. Importance weights of N(0, 1) under
+    a proposal N(0, 0.5²) have an infinite variance (asymptotic tail k = 1 / (1 - 0.5²) = 1.33, approached
+    slowly: 0.34-0.87 over 20 streams of 2,000), under N(0, 2²) they are bounded (k < 0). One point holding
+    every weight is infinite; equal weights are 0."""
+    rng = np.random.default_rng(3)
+    for k in (0.3, 0.9):
+        got, threshold = C.pareto_khat(-k * np.log(rng.random(2000)))
+        assert got == pytest.approx(k, abs=0.25) and threshold == pytest.approx(1 - 1 / np.log10(2000))
+    for sd, low, high in ((0.5, 0.5, 1.5), (2.0, -3.0, 0.0)):
+        z = rng.normal(0.0, sd, 2000)
+        assert low < C.pareto_khat(-0.5 * z ** 2 + 0.5 * (z / sd) ** 2)[0] < high
+    assert C.pareto_khat(np.array([0.0] + [-np.inf] * 95))[0] == np.inf
+    assert C.pareto_khat(np.array([0.0] + [-1e4] * 95))[0] == np.inf
+    assert C.pareto_khat(np.zeros(96)) == (0.0, pytest.approx(1 - 1 / np.log10(96)))
 
 
 def test_amis_adds_rounds_until_the_ess_reaches_its_floor_and_stops_at_the_cap():
