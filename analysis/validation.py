@@ -124,7 +124,7 @@ def held_out(table: pl.DataFrame) -> dict:
 
 
 def coverage_if_calibrated(draws: np.ndarray, fit_weeks: int, series: tuple = WEEKLY,
-                           target: tuple[float, float] = (0.6, 0.95)) -> dict:
+                           target: tuple[float, float] = (0.6, 0.95), observed: dict | None = None) -> dict:
     """The held-out coverage one forecast would score if its model were right: how far from 80 % chance alone
     takes it, on these weeks.
 
@@ -135,7 +135,9 @@ def coverage_if_calibrated(draws: np.ndarray, fit_weeks: int, series: tuple = WE
     and series. Why: the weeks of one epidemic share their errors (a forecast that starts high stays high),
     so a perfectly calibrated band covers all eleven held-out weeks, or almost none, far more often than
     independent weeks would (0.8^11 = 9 %). Returns, for ``deaths_citywide`` and ``pooled``, the 10 / 50 /
-    90 % quantiles of those coverages, the share of them inside ``target`` and the share at 1."""
+    90 % quantiles of those coverages, the share of them inside ``target`` and the share at 1; with the
+    forecast's ``observed`` coverages (same keys), also ``p_as_far``: the share of calibrated forecasts whose
+    coverage is at least as far from 0.8 (a two-sided p-value of "the band is right")."""
     draws = np.asarray(draws, np.float64)
     k, d, w, b, s = draws.shape
     if k < 2 or w <= fit_weeks:
@@ -157,6 +159,9 @@ def coverage_if_calibrated(draws: np.ndarray, fit_weeks: int, series: tuple = WE
         out[name] = {"q10": float(q10), "median": float(q50), "q90": float(q90),
                      "in_target": float(np.mean((c >= target[0]) & (c <= target[1]))),
                      "at_one": float(np.mean(c == 1.0)), "forecasts": int(c.size)}
+        if observed is not None and name in observed:
+            dist = abs(observed[name] - 0.8) - 1e-9  # coverages are counts over weeks: ties are as far
+            out[name] |= {"observed": float(observed[name]), "p_as_far": float(np.mean(np.abs(c - 0.8) >= dist))}
     return out
 
 

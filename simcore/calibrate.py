@@ -1143,6 +1143,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
                   settings=settings, loss_weights=weights)
     from analysis.validation import plot_forecast
     plot_forecast(frame, out / "fit.png", title=f"{scenario.name}: fitted {target.start}..{target.fit_end}")
+    headline = validation.headline(table)
     summary = {
         "scenario": scenario.name, "observed": observed, "window": window, "forecast_to": str(target.end),
         "population": scenario.population.size, "method": method, "best_method": best.method,
@@ -1158,8 +1159,10 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
                       "count_overdispersion": dict(zip(SERIES, map(float, phi)))},
         "seconds": {fd.method: fd.seconds for fd in fits_done} | {"total": time.perf_counter() - t_start},
         "loss": {fd.method: float(min(r["loss"] for r in fd.history)) for fd in fits_done},
-        "validation": validation.headline(table) | ({"coverage_if_calibrated": validation.coverage_if_calibrated(
-            band.reshape(band_runs, BAND_DRAWS, *band.shape[1:]), target.fit_weeks, SERIES)}
+        "validation": headline | ({"coverage_if_calibrated": validation.coverage_if_calibrated(
+            band.reshape(band_runs, BAND_DRAWS, *band.shape[1:]), target.fit_weeks, SERIES,
+            observed={"deaths_citywide": headline["forecast_deaths_citywide_coverage80"],
+                      "pooled": headline["forecast_coverage80_pooled"]})}
             if target.weeks > target.fit_weeks and band_runs > 1 else {}),
         "llm": llm,
     }

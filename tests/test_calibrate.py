@@ -371,6 +371,11 @@ def test_coverage_if_calibrated_matches_binomial_and_fully_shared_errors():
     assert shared["deaths_citywide"]["in_target"] == 0.0
     # fifteen borough-series curves with their own errors: the pooled coverage stays near 0.8
     assert shared["pooled"]["median"] == pytest.approx(0.8, abs=0.05) and shared["pooled"]["in_target"] > 0.9
+    # p_as_far: a band covering every week, against shared errors, is what 80 % of right bands do
+    seen = validation.coverage_if_calibrated(_ar1_draws(1.0), fit_weeks=6,
+                                             observed={"deaths_citywide": 1.0, "pooled": 0.5})
+    assert seen["deaths_citywide"]["p_as_far"] == pytest.approx(1.0)  # every coverage is 0 or 1: as far
+    assert seen["pooled"]["observed"] == 0.5 and seen["pooled"]["p_as_far"] < 0.05
     with pytest.raises(ValueError, match="held-out weeks"):
         validation.coverage_if_calibrated(_ar1_draws(0.0, weeks=6), fit_weeks=6)
 
