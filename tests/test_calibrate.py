@@ -442,9 +442,11 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     out = tmp_path / "cal"
     argv = ["calibrate", "covid_small", "--observed", "nyc", "--window", "2020-03-01:2020-03-28",
             "--forecast-to", "2020-04-11", "--fit", "beta.community,ifr.5", "--size", "4000",
-            "--iterations", "2", "--generations", "2", "--popsize", "4", "--band-runs", "4", "--out", str(out),
-            "--quiet"]
+            "--iterations", "2", "--generations", "2", "--popsize", "4", "--band-runs", "4", "--out", str(out)]
     assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"calibration directory: {out}" and printed[-4].startswith("fit (")
+    assert printed[-2].startswith("held-out citywide deaths: NRMSE ") and "a right band: " in printed[-2]
     cal = pl.read_parquet(out / "calibration.parquet")
     assert set(cal["method"]) == {"gradient", "cmaes"} and {"loss", "beta.community", "ifr.5"} <= set(cal.columns)
     fc = pl.read_parquet(out / "forecast.parquet")
@@ -457,6 +459,8 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert summary["validation"]["coverage_if_calibrated"]["deaths_citywide"]["forecasts"] == 4 * C.BAND_DRAWS
     post = summary["posterior"]
     assert post["pareto_k_threshold"] == pytest.approx(min(1 - 1 / np.log10(post["proposals"]), 0.7))
+    assert post["pareto_k"] is not None  # 32 points: a tail of 7
+    assert post["reliable"] == (post["pareto_k"] <= post["pareto_k_threshold"])
     assert (out / "fit.png").stat().st_size > 10_000
     items = C.read_overlay(out / "overlay.yaml")
     keys = [i.split("=")[0] for i in items]
@@ -615,6 +619,26 @@ def test_pareto_khat_reads_the_tail_of_the_weights():
     assert C.pareto_khat(np.array([0.0] + [-np.inf] * 95))[0] == np.inf
     assert C.pareto_khat(np.array([0.0] + [-1e4] * 95))[0] == np.inf
     assert C.pareto_khat(np.zeros(96)) == (0.0, pytest.approx(1 - 1 / np.log10(96)))
+
+
+def test_summary_lines_say_whether_the_posterior_and_the_coverage_can_be_trusted():
+    summary = {"best_method": "cmaes", "loss": {"gradient": 0.2, "cmaes": 0.0955},
+               "posterior": {"n_eff": 7.4, "ess": 1.4, "proposals": 192, "pareto_k": None,
+                             "pareto_k_threshold": 0.56, "reliable": False},
+               "validation": {"forecast_deaths_citywide_nrmse": 0.16, "forecast_deaths_citywide_coverage80": 1.0,
+                              "forecast_deaths_citywide_interval_score": 0.468, "forecast_coverage80_pooled": 0.87,
+                              "coverage_if_calibrated": {"deaths_citywide": {"q10": 0.18, "q90": 1.0,
+                                                                             "p_as_far": 0.8}}}}
+    fit, post, held = C.summary_lines(summary)
+    assert fit == "fit (cmaes): loss 0.0955"
+    assert post == ("posterior: ESS 1.4 of 192 points, Pareto k inf (threshold 0.56: UNRELIABLE, bands too "
+                    "narrow)")
+    assert held == ("held-out citywide deaths: NRMSE 0.160, 80 % coverage 1.00 (a right band: 0.18-1.00 in 80 % "
+                    "of forecasts, p 0.80), interval score 0.468; pooled coverage 0.87")
+    summary["posterior"] |= {"pareto_k": 0.31, "reliable": True}
+    assert C.summary_lines(summary)[1].endswith("Pareto k 0.31 (threshold 0.56: reliable)")
+    del summary["validation"]["forecast_deaths_citywide_nrmse"]  # no held-out weeks
+    assert len(C.summary_lines(summary)) == 2
 
 
 def test_amis_adds_rounds_until_the_ess_reaches_its_floor_and_stops_at_the_cap():
