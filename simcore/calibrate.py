@@ -749,6 +749,21 @@ def pareto_khat(log_w: np.ndarray) -> tuple[float, float]:
     return float(k), threshold
 
 
+def posterior_verdict(k: float | None, threshold: float) -> tuple[bool, str]:
+    """Whether a weighted sample with Pareto k-hat ``k`` (:func:`pareto_khat`) can be trusted, and what to do,
+    after Vehtari et al. (2024): below the sample-size threshold it can; up to 0.7 more points would make it
+    so (about 10^(1 / (1 - k)) of them, the paper's minimum sample size); from 0.7 on no feasible number
+    would: the proposals missed where the posterior has mass, and bands drawn from it are too narrow."""
+    if k is None or math.isnan(k):
+        return True, "too few points to judge the weights' tail"
+    if k <= threshold:
+        return True, "reliable"
+    if k < 0.7:
+        return False, (f"too few points for this tail: about {math.ceil(10 ** (1 / (1 - k)))} would do "
+                       "(--posterior-min-ess, --posterior-max-runs)")
+    return False, "the proposals missed where the posterior has mass: the bands are too narrow"
+
+
 def amis(log_target_fn, mean, cov, *, rounds: int, per_round: int, rng: np.random.Generator,
          min_ess: float = 0.0, max_rounds: int | None = None) -> dict:
     """Adaptive multiple importance sampling (Cornuet et al. 2012): each round draws ``per_round`` points from a
@@ -1117,13 +1132,10 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     post = posterior_sample(search, best.z, cma, proposals=posterior_runs, draws=band_runs,
                             sim_seed=scenario.run.seed, rng=rng, min_ess=posterior_min_ess,
                             max_proposals=posterior_max_runs)
-    if post.get("pareto_k", 0.0) > post.get("pareto_k_threshold", math.inf):
-        # printed even under --quiet: the run succeeds, but its bands and intervals rest on too few points
-        print(f"warning: the posterior sample is unreliable: Pareto k {post['pareto_k']:.2f} > "
-              f"{post['pareto_k_threshold']:.2f} (ESS {post['ess']:.1f} of {post['proposals']} points), so the 80 % "
-              "bands and intervals are too narrow; more --posterior-runs, --posterior-min-ess or "
-              "--posterior-max-runs may help",
-              file=sys.stderr, flush=True)
+    reliable, verdict = posterior_verdict(post.get("pareto_k"), post.get("pareto_k_threshold", math.inf))
+    if not reliable:  # printed even under --quiet: the run succeeds, but its bands may not mean what they say
+        print(f"warning: posterior sample (Pareto k {post['pareto_k']:.2f} > {post['pareto_k_threshold']:.2f}, "
+              f"ESS {post['ess']:.1f} of {post['proposals']} points): {verdict}", file=sys.stderr, flush=True)
     picks = post["z"]
     seeds = [scenario.run.seed + 1000 + i for i in range(band_runs)]
     weekly, unemp = ensemble(search, picks, seeds)
@@ -1157,7 +1169,7 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
                       # JSON has no inf or nan: None, with the verdict beside it
                       "pareto_k": post["pareto_k"] if math.isfinite(post.get("pareto_k", math.nan)) else None,
                       "pareto_k_threshold": post.get("pareto_k_threshold"),
-                      "reliable": not post.get("pareto_k", 0.0) > post.get("pareto_k_threshold", math.inf),
+                      "reliable": reliable, "verdict": verdict,
                       "n_eff": post["n_eff"], "prior_sd": PRIOR_SD, "seeds": post.get("seeds"),
                       "loss_ref": post.get("loss_ref"), "loss_ref_seeds": post.get("loss_ref_seeds"),
                       "observation_sd": dict(zip(SERIES, map(float, obs_sd))),
@@ -1283,8 +1295,8 @@ def summary_lines(summary: dict) -> list[str]:
     if post.get("n_eff") is not None:
         k = post.get("pareto_k")
         lines.append(f"posterior: ESS {post['ess']:.1f} of {post['proposals']} points, Pareto k "
-                     f"{('inf' if not post.get('reliable', True) else 'n/a') if k is None else f'{k:.2f}'} (threshold {post['pareto_k_threshold']:.2f}: "
-                     f"{'reliable' if post.get('reliable', True) else 'UNRELIABLE, bands too narrow'})")
+                     f"{('inf' if not post['reliable'] else 'n/a') if k is None else f'{k:.2f}'} "
+                     f"(threshold {post['pareto_k_threshold']:.2f}): {post['verdict']}")
     if "forecast_deaths_citywide_nrmse" in val:
         line = (f"held-out citywide deaths: NRMSE {val['forecast_deaths_citywide_nrmse']:.3f}, 80 % coverage "
                 f"{val['forecast_deaths_citywide_coverage80']:.2f}")

@@ -1,6 +1,7 @@
 """Observed data, the observation model, and simcore calibrate: equivalence, gradients, recovery, bad input."""
 import datetime as dt
 import json
+import math
 import shutil
 
 import jax
@@ -621,22 +622,33 @@ def test_pareto_khat_reads_the_tail_of_the_weights():
     assert C.pareto_khat(np.zeros(96)) == (0.0, pytest.approx(1 - 1 / np.log10(96)))
 
 
+def test_posterior_verdict_follows_the_pareto_k_bands():
+    """Vehtari et al. (2024): below the threshold, trusted; up to 0.7, 10^(1 / (1 - k)) points would do
+    (k 0.6: 317); from 0.7 on, none would."""
+    assert C.posterior_verdict(0.4, 0.55) == (True, "reliable")
+    ok, text = C.posterior_verdict(0.6, 0.55)
+    assert not ok and "about 317 would do" in text
+    assert not C.posterior_verdict(0.75, 0.7)[0] and "missed" in C.posterior_verdict(1.22, 0.56)[1]
+    assert C.posterior_verdict(None, 0.5)[0] and C.posterior_verdict(math.nan, 0.5)[0]
+
+
 def test_summary_lines_say_whether_the_posterior_and_the_coverage_can_be_trusted():
     summary = {"best_method": "cmaes", "loss": {"gradient": 0.2, "cmaes": 0.0955},
                "posterior": {"n_eff": 7.4, "ess": 1.4, "proposals": 192, "pareto_k": None,
-                             "pareto_k_threshold": 0.56, "reliable": False},
+                             "pareto_k_threshold": 0.56, "reliable": False,
+                             "verdict": C.posterior_verdict(math.inf, 0.56)[1]},
                "validation": {"forecast_deaths_citywide_nrmse": 0.16, "forecast_deaths_citywide_coverage80": 1.0,
                               "forecast_deaths_citywide_interval_score": 0.468, "forecast_coverage80_pooled": 0.87,
                               "coverage_if_calibrated": {"deaths_citywide": {"q10": 0.18, "q90": 1.0,
                                                                              "p_as_far": 0.8}}}}
     fit, post, held = C.summary_lines(summary)
     assert fit == "fit (cmaes): loss 0.0955"
-    assert post == ("posterior: ESS 1.4 of 192 points, Pareto k inf (threshold 0.56: UNRELIABLE, bands too "
-                    "narrow)")
+    assert post == ("posterior: ESS 1.4 of 192 points, Pareto k inf (threshold 0.56): the proposals missed "
+                    "where the posterior has mass: the bands are too narrow")
     assert held == ("held-out citywide deaths: NRMSE 0.160, 80 % coverage 1.00 (a right band: 0.18-1.00 in 80 % "
                     "of forecasts, p 0.80), interval score 0.468; pooled coverage 0.87")
-    summary["posterior"] |= {"pareto_k": 0.31, "reliable": True}
-    assert C.summary_lines(summary)[1].endswith("Pareto k 0.31 (threshold 0.56: reliable)")
+    summary["posterior"] |= {"pareto_k": 0.31, "reliable": True, "verdict": "reliable"}
+    assert C.summary_lines(summary)[1].endswith("Pareto k 0.31 (threshold 0.56): reliable")
     del summary["validation"]["forecast_deaths_citywide_nrmse"]  # no held-out weeks
     assert len(C.summary_lines(summary)) == 2
 
