@@ -1184,6 +1184,8 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
         "llm": llm,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if progress:
+        print("\n".join(summary_lines(summary)), flush=True)
     return out
 
 
@@ -1287,7 +1289,7 @@ def read_overlay(path: str | Path) -> list[str]:
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """What a calibration found, in a few lines for the terminal (``simcore calibrate`` prints them): the fit,
+    """What a calibration found, in a few lines for the terminal (:func:`calibrate` prints them): the fit,
     the posterior sample's quality and, with held-out weeks, the citywide deaths forecast against what a
     right band would score on the same weeks (:func:`analysis.validation.coverage_if_calibrated`)."""
     lines = [f"fit ({summary['best_method']}): loss {min(summary['loss'].values()):.4f}"]
@@ -1302,8 +1304,8 @@ def summary_lines(summary: dict) -> list[str]:
                 f"{val['forecast_deaths_citywide_coverage80']:.2f}")
         chance = (val.get("coverage_if_calibrated") or {}).get("deaths_citywide")
         if chance:
-            p = f", p {chance['p_as_far']:.2f}" if "p_as_far" in chance else ""
-            line += f" (a right band: {chance['q10']:.2f}-{chance['q90']:.2f} in 80 % of forecasts{p})"
+            line += (f" (a right band: {chance['q10']:.2f}-{chance['q90']:.2f} in 80 % of forecasts, "
+                     f"p {chance['p_as_far']:.2f})")
         lines.append(line + f", interval score {val['forecast_deaths_citywide_interval_score']:.3f}; pooled "
                             f"coverage {val['forecast_coverage80_pooled']:.2f}")
     return lines

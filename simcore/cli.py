@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -137,10 +136,6 @@ def cmd_calibrate(args) -> int:
                      posterior_runs=args.posterior_runs, posterior_min_ess=args.posterior_min_ess,
                      posterior_max_runs=args.posterior_max_runs,
                      weights=weights, progress=not args.quiet, settings=settings)
-    if not args.quiet:
-        from simcore.calibrate import summary_lines
-
-        print("\n".join(summary_lines(json.loads((Path(path) / "summary.json").read_text()))))
     print(f"calibration directory: {path}")
     return 0
 
