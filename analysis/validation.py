@@ -35,15 +35,15 @@ def series_metrics(observed, simulated, lo=None, hi=None) -> dict:
         raise ValueError(f"observed and simulated must be non-empty and the same shape, got {obs.shape}, {sim.shape}")
     err = sim - obs
     rmse = float(np.sqrt(np.mean(err ** 2)))
-    out = {"n": int(obs.size), "mae": float(np.mean(np.abs(err))), "rmse": rmse,
-           "nrmse": rmse / max(float(obs.max()), 1e-12),
+    peak = max(float(obs.max()), 1e-12)  # OASIS's normaliser, for NRMSE and the interval score alike
+    out = {"n": int(obs.size), "mae": float(np.mean(np.abs(err))), "rmse": rmse, "nrmse": rmse / peak,
            "peak_error": int(np.argmax(sim)) - int(np.argmax(obs))}
     if lo is not None and hi is not None:
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
         out["coverage"] = float(np.mean((obs >= lo) & (obs <= hi)))
         score = float(np.mean(interval_score(obs, lo, hi)))
         out["interval_score"] = score
-        out["interval_score_norm"] = score / max(float(obs.max()), 1e-12)
+        out["interval_score_norm"] = score / peak
     return out
 
 
