@@ -1132,8 +1132,11 @@ def calibrate(scenario: Scenario, *, observed: str, window: str, fit: str | Sequ
     post = posterior_sample(search, best.z, cma, proposals=posterior_runs, draws=band_runs,
                             sim_seed=scenario.run.seed, rng=rng, min_ess=posterior_min_ess,
                             max_proposals=posterior_max_runs)
-    reliable, verdict = posterior_verdict(post.get("pareto_k"), post.get("pareto_k_threshold", math.inf))
-    if not reliable:  # printed even under --quiet: the run succeeds, but its bands may not mean what they say
+    if "pareto_k" in post:
+        reliable, verdict = posterior_verdict(post["pareto_k"], post["pareto_k_threshold"])
+    else:  # no CMA-ES search to start from, so no weighted sample to judge
+        reliable, verdict = None, "no posterior sampled: the bands re-run the best point"
+    if reliable is False:  # printed even under --quiet: the run succeeds, but its bands may not mean what they say
         print(f"warning: posterior sample (Pareto k {post['pareto_k']:.2f} > {post['pareto_k_threshold']:.2f}, "
               f"ESS {post['ess']:.1f} of {post['proposals']} points): {verdict}", file=sys.stderr, flush=True)
     picks = post["z"]

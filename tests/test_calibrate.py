@@ -468,6 +468,19 @@ def test_calibrate_cli_writes_the_directory(tmp_path, capsys):
     assert "model.params.beta.community" in keys and "model.params.ifr" in keys
 
 
+@pytest.mark.slow  # ~30 s idle: compiles the gradient path and the band ensemble
+def test_gradient_only_calibration_says_it_sampled_no_posterior(tmp_path, capsys):
+    """Without a CMA-ES search there is no weighted sample: the summary says so, judges nothing and warns of
+    nothing (its bands re-run the best point)."""
+    out = C.calibrate(load_scenario("covid_small"), observed="nyc", window="2020-03-01:2020-03-28",
+                      forecast_to="2020-04-11", fit="beta.community", out=tmp_path / "cal", method="gradient",
+                      size=4000, iterations=2, band_runs=4, progress=False)
+    post = json.loads((out / "summary.json").read_text())["posterior"]
+    assert post["proposals"] == 0 and post["reliable"] is None and post["pareto_k"] is None
+    assert post["verdict"] == "no posterior sampled: the bands re-run the best point"
+    assert capsys.readouterr().err == ""
+
+
 def test_calibrated_scenario_reproduces_its_reported_error(tmp_path):
     """README, "Calibrated to New York City": covid_nyc_wave1 at 50,000 agents, seed 0, weekly citywide deaths
     NRMSE 0.093 against DOHMH (death-peak week exact), boroughs at most 0.232, and every borough-month of LAUS
